@@ -1,0 +1,42 @@
+"""The spatial-smoothing model zoo.
+
+    import models
+    models.list_models("resnet_mcdo*")                  # names, filtered by shell wildcards
+    model = models.get_model("resnet_mcdo_smoothing_18", num_classes=100, stem=False)
+    with models.mc_dropout(model, enabled=False):       # MC dropout is on in eval(); switch it off here
+        logits = model(x)
+    models.save(model, "cifar_100", uid)                # models_checkpoints/cifar_100/<name>/...pth.tar
+    models.load(model, "cifar_100", uid)
+"""
+import torch
+
+from . import alexnet, resnet, vgg  # noqa: F401  (importing registers the families)
+from .checkpoints import atomic_save, check_state_dict, checkpoint_path, load, save, unwrap
+from .layers import MCDropout, is_stochastic, mc_dropout
+from .registry import get_model, list_models, register
+from .smoothing import SMOOTHING_BLOCKS, TanhBlurBlock, make_smoothing
+from . import ensemble  # noqa: E402
+
+__all__ = ["get_model", "list_models", "register", "save", "load", "checkpoint_path", "atomic_save",
+           "check_state_dict", "unwrap", "mc_dropout", "is_stochastic", "MCDropout", "TanhBlurBlock",
+           "SMOOTHING_BLOCKS", "make_smoothing", "count_parameters", "summary", "ensemble"]
+
+
+def count_parameters(model, trainable_only=False):
+    """Number of parameters (all, or only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def summary(model, input_size=(1, 3, 32, 32)):
+    """One line: name, parameter count, input and output shape (one eval forward pass on the model's device)."""
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        out = model(torch.zeros(input_size, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+    name = getattr(unwrap(model), "name", type(model).__name__)
+    return (f"{name}: {count_parameters(model):,} parameters, input {tuple(input_size)} "
+            f"-> output {tuple(out.shape)}")
