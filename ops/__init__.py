@@ -1,0 +1,1 @@
+"""Operations around the model zoo: data, training, evaluation metrics, MC prediction, plots."""

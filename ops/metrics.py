@@ -1,0 +1,251 @@
+"""Predictive-performance metrics of the spatial-smoothing paper, as a streaming accumulator.
+
+Inputs: `probs` (N, C) predictive probabilities (rows sum to 1), `targets` (N,) integer labels.
+conf = max_c probs, pred = argmax_c probs, correct = (pred == target).
+
+    nll          mean of -log p[y], with p[y] floored at NLL_FLOOR so that a zero probability stays finite
+    acc          mean of correct
+    top5         share of samples whose label is among the k = min(5, C) most probable classes
+    brier        mean over samples of sum_c (p_c - onehot_c)^2
+    ece          sum_b (n_b / N) |acc_b - conf_b|   over `bins` equal-width bins; bin b holds conf in
+                 (b/B, (b+1)/B] and bin 0 also holds 0 (the same edges for counts, accuracies and confidences)
+    ece_signed   sum_b (n_b / N) (conf_b - acc_b)   (positive = over-confident)
+    For each cutoff c (keys carry it in percent, 0.9 -> `_90`), with certain = conf > c:
+    acc_90       accuracy among certain predictions (0 if none is certain)
+    freq_90      share of certain predictions
+    unc_90       share of inaccurate predictions that are not certain (0 if none is inaccurate)
+    iou_90       mean over classes whose label occurs among certain samples of TP / (TP + FP + FN), counted
+                 on certain samples only; `iou` is the same at cutoff 0 (all samples)
+    auroc        misclassification detection: P(conf of a correct prediction > conf of a wrong one), ties
+                 counting 1/2 (Mann-Whitney); NaN if all predictions are correct or all wrong
+    aurc         area under the risk-coverage curve: predictions sorted by decreasing confidence, the mean
+                 over k = 1..N of the error rate among the k most confident
+    For stochastic predictions (`samples`: (S, N, C) per-sample probabilities of MC passes or ensemble members,
+    whose mean is `probs`), in nats:
+    entropy            mean predictive entropy H[mean_s p_s]
+    expected_entropy   mean over samples of mean_s H[p_s] (aleatoric part)
+    mutual_info        entropy - expected_entropy (epistemic part, the BALD score)
+
+State: sums, per-bin totals and the per-class marginals of the confusion matrix of certain predictions
+(diagonal, row and column sums: all IoU needs, C numbers instead of C^2), all on the input's device; one
+all-reduce combines processes. auroc / aurc need every (conf, correct) pair: those two are concatenated, not
+summed. `summarize(...)` is `Metrics(...).update(...).compute()`.
+"""
+import math
+
+import torch
+import torch.distributed as dist
+
+NLL_FLOOR = torch.finfo(torch.float32).tiny  # -log(floor) ~ 87.3: only exact zeros are affected
+SUM_TOL = 1e-3  # rows of probs must sum to 1 within this
+
+
+def cutoff_key(cutoff):
+    """0.9 -> '90', 0.0 -> '0', 0.995 -> '99.5'."""
+    return f"{cutoff * 100:.6g}"
+
+
+def _check(probs, targets, num_classes=None):
+    if not torch.is_tensor(probs) or not torch.is_tensor(targets):
+        raise ValueError("probs and targets must be tensors")
+    if probs.ndim != 2:
+        raise ValueError(f"probs must have shape (N, C), got {tuple(probs.shape)}")
+    if targets.shape != probs.shape[:1]:
+        raise ValueError(f"targets must have shape ({probs.shape[0]},) to match probs {tuple(probs.shape)}, "
+                         f"got {tuple(targets.shape)}")
+    if num_classes is not None and probs.shape[1] != num_classes:
+        raise ValueError(f"probs has {probs.shape[1]} classes but this accumulator was built for {num_classes}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integer class labels, got dtype {targets.dtype}")
+    p = probs.float()
+    # One host sync for all checks.
+    bad = torch.stack([~torch.isfinite(p).all(), (p < 0).any(), ((p.sum(1) - 1).abs() > SUM_TOL).any(),
+                       ((targets < 0) | (targets >= probs.shape[1])).any()]).tolist()
+    if bad[0]:
+        raise ValueError("probs contains NaN or inf")
+    if bad[1]:
+        raise ValueError("probs contains negative values; pass probabilities (softmax), not logits")
+    if bad[2]:
+        worst = (p.sum(1) - 1).abs().max().item()
+        raise ValueError(f"rows of probs must sum to 1 (worst row is off by {worst:.3g}); pass softmax "
+                         "probabilities, not logits or log-probabilities")
+    if bad[3]:
+        raise ValueError(f"targets out of range: labels must be in [0, {probs.shape[1] - 1}], got "
+                         f"[{targets.min().item()}, {targets.max().item()}]")
+    return p
+
+
+def _entropy(p):  # (..., C) -> (...), 0 log 0 = 0
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+class Metrics:
+    """Streaming accumulator: `update(probs, targets[, samples])` any number of times, then `compute()`."""
+
+    def __init__(self, num_classes, bins=10, cutoffs=(0.0, 0.9), device=None):
+        if bins < 1:
+            raise ValueError(f"bins must be >= 1, got {bins}")
+        if any(not 0.0 <= c < 1.0 for c in cutoffs):
+            raise ValueError(f"cutoffs must be in [0, 1), got {cutoffs}")
+        self.num_classes, self.bins, self.cutoffs = num_classes, bins, tuple(float(c) for c in cutoffs)
+        # Cutoff 0 is always tracked: it gives `iou`.
+        self._cuts = tuple(sorted(set(self.cutoffs) | {0.0}))
+        self.device = device
+        self.reset()
+
+    def reset(self):
+        K, B, C = len(self._cuts), self.bins, self.num_classes
+        z = lambda *s: torch.zeros(s, dtype=torch.float64, device=self.device)  # noqa: E731
+        self.sums = z(8)  # n, nll, correct, top5, brier, entropy, expected_entropy, n_stochastic
+        self.bin_stats = z(3, B)  # count, correct, sum of conf
+        self.cut_stats = z(3, K)  # certain, certain & correct, uncertain & wrong
+        self.class_stats = z(K, 3, C)  # per class among certain: TP, label count (row), prediction count (col)
+        self.confs, self.corrects = [], []  # concatenated (auroc, aurc)
+        self.edges = (torch.arange(1, B, dtype=torch.float64, device=self.device) / B)
+        self.cut_values = torch.tensor(self._cuts, dtype=torch.float32, device=self.device)
+        return self
+
+    def _to(self, device):
+        if self.sums.device != device:
+            self.device = device
+            for name in ("sums", "bin_stats", "cut_stats", "class_stats", "edges", "cut_values"):
+                setattr(self, name, getattr(self, name).to(device))
+
+    @torch.no_grad()
+    def update(self, probs, targets, samples=None):
+        p = _check(probs, targets, self.num_classes)  # (N, C) float32
+        self._to(p.device)
+        t = targets.to(p.device).long()
+        N, C = p.shape
+        conf, pred = p.max(dim=1)  # (N,), (N,)
+        p_true = p.gather(1, t[:, None]).squeeze(1)  # (N,)
+        correct = pred == t
+        top5 = (p.topk(min(5, C), dim=1).indices == t[:, None]).any(1)
+        brier = (p * p).sum(1) - 2 * p_true + 1  # sum_c (p_c - onehot_c)^2
+        nll = -p_true.double().clamp_min(NLL_FLOOR).log()
+
+        stoch = torch.zeros(3, dtype=torch.float64, device=p.device)
+        if samples is not None:
+            s = samples.float()
+            if s.ndim != 3 or s.shape[1:] != p.shape:
+                raise ValueError(f"samples must have shape (S, {N}, {C}), got {tuple(samples.shape)}")
+            stoch = torch.stack([_entropy(p).double().sum(), _entropy(s).double().mean(0).sum(),
+                                 torch.tensor(float(N), dtype=torch.float64, device=p.device)])
+        self.sums += torch.cat([torch.stack([torch.tensor(float(N), dtype=torch.float64, device=p.device),
+                                             nll.sum(), correct.double().sum(), top5.double().sum(),
+                                             brier.double().sum()]), stoch])
+
+        idx = torch.bucketize(conf.double(), self.edges)  # (N,) bin b <=> b/B < conf <= (b+1)/B, 0 in bin 0
+        self.bin_stats[0] += torch.bincount(idx, minlength=self.bins)
+        self.bin_stats[1] += torch.bincount(idx, weights=correct.double(), minlength=self.bins)
+        self.bin_stats[2] += torch.bincount(idx, weights=conf.double(), minlength=self.bins)
+
+        certain = conf[None, :] > self.cut_values[:, None]  # (K, N)
+        self.cut_stats[0] += certain.sum(1)
+        self.cut_stats[1] += (certain & correct).sum(1)
+        self.cut_stats[2] += (~certain & ~correct).sum(1)
+        w = certain.double()  # (K, N)
+        K = len(self._cuts)
+        offset = torch.arange(K, device=p.device)[:, None] * C  # one bincount for all cutoffs
+        for j, (cls, keep) in enumerate(((t, w * correct), (t, w), (pred, w))):  # TP, row, column
+            counts = torch.bincount((offset + cls).flatten(), weights=keep.flatten(), minlength=K * C)
+            self.class_stats[:, j] += counts.view(K, C)
+        self.confs.append(conf)
+        self.corrects.append(correct)
+        return self
+
+    def sync(self):
+        """Combine the states of all processes (call on every rank before compute() under DDP)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        for tensor in (self.sums, self.bin_stats, self.cut_stats, self.class_stats):
+            dist.all_reduce(tensor)
+        conf, correct = self._cat()
+        n = torch.tensor([conf.numel()], device=conf.device)
+        sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, n)
+        m = int(max(s.item() for s in sizes))
+        both = torch.zeros(2, m, device=conf.device)
+        both[0, :conf.numel()], both[1, :conf.numel()] = conf, correct.float()
+        gathered = [torch.zeros_like(both) for _ in sizes]
+        dist.all_gather(gathered, both)
+        self.confs = [g[0, :int(s.item())] for g, s in zip(gathered, sizes)]
+        self.corrects = [g[1, :int(s.item())].bool() for g, s in zip(gathered, sizes)]
+        return self
+
+    def _cat(self):
+        if not self.confs:
+            return torch.zeros(0, device=self.sums.device), torch.zeros(0, dtype=torch.bool, device=self.sums.device)
+        return torch.cat(self.confs), torch.cat(self.corrects)
+
+    @torch.no_grad()
+    def compute(self):
+        n, nll, correct, top5, brier, ent, exp_ent, n_stoch = self.sums.tolist()
+        if n == 0:
+            raise ValueError("no predictions were accumulated; call update() first")
+        count, bin_correct, bin_conf = self.bin_stats
+        nonempty = count > 0
+        bin_acc = torch.where(nonempty, bin_correct / count.clamp_min(1), torch.nan)
+        bin_mean_conf = torch.where(nonempty, bin_conf / count.clamp_min(1), torch.nan)
+        gap = torch.where(nonempty, bin_mean_conf - bin_acc, 0.0) * count / n
+        out = {"n": int(n), "nll": nll / n, "acc": correct / n, "top5": top5 / n, "brier": brier / n,
+               "ece": gap.abs().sum().item(), "ece_signed": gap.sum().item()}
+
+        certain, certain_correct, uncertain_wrong = self.cut_stats.tolist()
+        tp, rows, cols = self.class_stats.unbind(1)  # (K, C) each
+        present = rows > 0
+        iou_c = tp / (rows + cols - tp).clamp_min(1)
+        ious = torch.where(present, iou_c, 0.0).sum(1) / present.sum(1).clamp_min(1)  # (K,)
+        wrong = n - correct
+        for k, c in enumerate(self._cuts):
+            if c not in self.cutoffs:
+                continue
+            key = cutoff_key(c)
+            out[f"acc_{key}"] = certain_correct[k] / certain[k] if certain[k] else 0.0
+            out[f"unc_{key}"] = uncertain_wrong[k] / wrong if wrong else 0.0
+            out[f"iou_{key}"] = ious[k].item()
+            out[f"freq_{key}"] = certain[k] / n
+        out["iou"] = ious[self._cuts.index(0.0)].item()
+
+        conf, corr = self._cat()
+        out["auroc"] = auroc(conf, corr)
+        out["aurc"] = aurc(conf, corr)
+        if n_stoch:
+            out.update(entropy=ent / n_stoch, expected_entropy=exp_ent / n_stoch,
+                       mutual_info=(ent - exp_ent) / n_stoch)
+        out["bin_count"] = count.long().tolist()
+        out["bin_acc"] = bin_acc.tolist()
+        out["bin_conf"] = bin_mean_conf.tolist()
+        return out
+
+
+def auroc(scores, positive):
+    """Area under the ROC curve of `scores` separating positive from negative (Mann-Whitney, ties 1/2)."""
+    n_pos = int(positive.sum())
+    n_neg = positive.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    _, inverse, counts = torch.unique(scores.double(), return_inverse=True, return_counts=True)
+    avg_rank = counts.cumsum(0) - (counts - 1) / 2  # 1-based average rank of each distinct value
+    rank_sum = avg_rank[inverse][positive].sum().item()
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def aurc(conf, correct):
+    """Area under the risk-coverage curve (lower is better)."""
+    if conf.numel() == 0:
+        return math.nan
+    order = torch.sort(conf, descending=True, stable=True).indices
+    errors = (~correct[order]).double().cumsum(0)
+    k = torch.arange(1, conf.numel() + 1, device=conf.device, dtype=torch.float64)
+    return (errors / k).mean().item()
+
+
+def summarize(probs, targets, *, bins=10, cutoffs=(0.0, 0.9), samples=None):
+    """All metrics of `probs` (N, C) against `targets` (N,) in one call; see the module docstring."""
+    _check(probs, targets)
+    return Metrics(probs.shape[1], bins=bins, cutoffs=cutoffs, device=probs.device).update(
+        probs, targets, samples).compute()
+
+
+SCALAR_KEYS = ("nll", "acc", "top5", "brier", "ece", "ece_signed", "iou", "auroc", "aurc")
