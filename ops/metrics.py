@@ -57,7 +57,8 @@ def _check(probs, targets, num_classes=None):
         raise ValueError(f"probs has {probs.shape[1]} classes but this accumulator was built for {num_classes}")
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"targets must be integer class labels, got dtype {targets.dtype}")
-    p = probs.float()
+    # float64 inputs stay float64 (exact bin edges); everything else is computed in float32.
+    p = probs if probs.dtype == torch.float64 else probs.float()
     # One host sync for all checks.
     bad = torch.stack([~torch.isfinite(p).all(), (p < 0).any(), ((p.sum(1) - 1).abs() > SUM_TOL).any(),
                        ((targets < 0) | (targets >= probs.shape[1])).any()]).tolist()
@@ -113,7 +114,7 @@ class Metrics:
 
     @torch.no_grad()
     def update(self, probs, targets, samples=None):
-        p = _check(probs, targets, self.num_classes)  # (N, C) float32
+        p = _check(probs, targets, self.num_classes)  # (N, C) float32 or float64
         self._to(p.device)
         t = targets.to(p.device).long()
         N, C = p.shape
