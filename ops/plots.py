@@ -1,0 +1,67 @@
+"""Figures, kept apart from computation: they read the metric dicts of ops.metrics / ops.tests.
+
+- `reliability_diagram(metrics)`: confidence histogram + accuracy per confidence bin. Empty bins are drawn
+  empty (no bar), never as zero accuracy.
+- `ensemble_size_figure({label: {n: metrics}})`: NLL, Acc and ECE against ensemble size, one line per model on
+  shared axes (the paper's main figure).
+"""
+import math
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg by itself
+
+LABELS = {"nll": "NLL (lower is better)", "acc": "Accuracy (%)", "ece": "ECE (%)", "brier": "Brier",
+          "acc_90": "Acc-90 (%)", "unc_90": "Unc-90 (%)", "iou": "IoU (%)", "top5": "Top-5 (%)"}
+PERCENT = {"acc", "ece", "acc_90", "unc_90", "iou", "iou_90", "freq_90", "top5"}
+
+
+def reliability_diagram(metrics, title=None):
+    """Figure with the confidence histogram (left) and the reliability diagram (right)."""
+    counts, accs, n = metrics["bin_count"], metrics["bin_acc"], metrics["n"]
+    B = len(counts)
+    centers = [(b + 0.5) / B * 100 for b in range(B)]
+    fig, (ax_h, ax_r) = plt.subplots(1, 2, figsize=(9, 3.8))
+    ax_h.bar(centers, [100 * c / n for c in counts], width=100 / B, color="tab:green", edgecolor="black",
+             alpha=0.8)
+    ax_h.set(xlim=(0, 100), ylim=(0, 100), xlabel="Confidence (%)", ylabel="Frequency (%)")
+    filled = [(c, 100 * a) for c, a, k in zip(centers, accs, counts) if k > 0 and not math.isnan(a)]
+    if filled:
+        xs, ys = zip(*filled)
+        ax_r.bar(xs, ys, width=100 / B, color="tab:red", edgecolor="black", alpha=0.8, label="accuracy")
+    ax_r.plot([0, 100], [0, 100], linestyle=(0, (1, 1)), color="black", label="perfect calibration")
+    ax_r.set(xlim=(0, 100), ylim=(0, 100), xlabel="Confidence (%)", ylabel="Accuracy (%)")
+    ax_r.text(3, 92, f"ECE {100 * metrics['ece']:.2f}%  NLL {metrics['nll']:.3f}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def ensemble_size_figure(sweeps, keys=("nll", "acc", "ece"), title=None):
+    """One panel per metric, x = ensemble size (log scale), one line per model. sweeps: {label: {n: metrics}}."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, results in sweeps.items():
+            ns = sorted(results)
+            scale = 100 if key in PERCENT else 1
+            ax.plot(ns, [scale * results[n][key] for n in ns], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({n for r in sweeps.values() for n in r}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set(xlabel="Ensemble size", ylabel=LABELS.get(key, key))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path, dpi=110):
+    """Save as PNG (creating folders) and close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

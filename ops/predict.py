@@ -1,0 +1,57 @@
+"""MC-dropout prediction: S stochastic passes of a batch, batched along the batch dimension.
+
+Instead of S sequential forward passes of a (B, ...) batch, the batch is repeated k times along dim 0 and run as
+one (k*B, ...) batch, k chosen so that k*B <= max_batch (a memory budget in images). Dropout draws independent
+masks for every row, and BatchNorm in eval() uses running statistics, so the k copies are k independent MC
+samples. Deterministic models (no active MC dropout) need a single pass, repeated.
+
+Probabilities are averaged in log space (log-mean-exp of log-softmax) in float32, also under bf16 autocast.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+import models
+
+from .runtime import autocast, to_device
+
+
+@torch.inference_mode()
+def predict_log_probs(model, x, n_samples, max_batch=1024, precision="fp32", channels_last=False):
+    """(S, B, C) float32 log-probabilities of `n_samples` passes of `x` (B, ...) through `model` (in eval())."""
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    device = next(model.parameters()).device
+    x = to_device(x, device, channels_last)
+    B = x.shape[0]
+
+    def run(inp):
+        with autocast(device, precision):
+            return F.log_softmax(model(inp).float(), dim=-1)
+
+    if not models.is_stochastic(model):
+        lp = run(x)  # (B, C)
+        return lp.unsqueeze(0).expand(n_samples, *lp.shape)
+    per_chunk = max(1, max_batch // B)
+    chunks, done = [], 0
+    while done < n_samples:
+        k = min(per_chunk, n_samples - done)
+        xs = x.repeat(k, *([1] * (x.ndim - 1))) if k > 1 else x  # (k*B, ...)
+        if channels_last and xs.ndim == 4:
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        chunks.append(run(xs).view(k, B, -1))
+        done += k
+    return torch.cat(chunks)  # (S, B, C)
+
+
+def log_mean_exp(log_probs, n=None):
+    """log of the mean over the first `n` samples of exp(log_probs): (S, B, C) -> (B, C)."""
+    lp = log_probs if n is None else log_probs[:n]
+    return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
+
+
+@torch.inference_mode()
+def predict(model, x, n_samples=1, **kwargs):
+    """Predictive probabilities (B, C): the mean of `n_samples` MC passes (see predict_log_probs)."""
+    return log_mean_exp(predict_log_probs(model, x, n_samples, **kwargs)).exp()

@@ -1,0 +1,153 @@
+"""MC prediction, ensemble-size sweeps, leaderboard files and figures."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import models
+from ops import plots, reports
+from ops.metrics import summarize
+from ops.predict import log_mean_exp, predict, predict_log_probs
+from ops import tests as evaluation
+from ops.tests import prepare_for_inference, sweep
+
+
+@pytest.fixture
+def loader():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (24,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def tiny(name="resnet_mcdo_smoothing_18"):
+    return models.get_model(name, width=4).eval()
+
+
+class RowCounter:
+    def __init__(self, model):
+        self.rows, self.calls = 0, 0
+        model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.rows += args[0].shape[0]
+        self.calls += 1
+
+
+def test_predict_log_probs_batches_samples():
+    model = tiny()
+    counter = RowCounter(model)
+    x = torch.randn(4, 3, 32, 32)
+    lp = predict_log_probs(model, x, n_samples=10, max_batch=12)  # 3 samples per chunk -> 4 calls
+    assert lp.shape == (10, 4, 10) and lp.dtype == torch.float32
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(10, 4))
+    assert counter.rows == 40 and counter.calls == 4
+    assert not torch.equal(lp[0], lp[1]) and not torch.equal(lp[0], lp[2])  # independent masks within a chunk
+
+
+def test_deterministic_model_needs_one_pass():
+    model = tiny("resnet_dnn_smoothing_18")
+    counter = RowCounter(model)
+    lp = predict_log_probs(model, torch.randn(3, 3, 32, 32), n_samples=7)
+    assert counter.calls == 1 and lp.shape == (7, 3, 10)
+    assert torch.equal(lp[0], lp[6])
+    mc = tiny()
+    with models.mc_dropout(mc, enabled=False):
+        lp = predict_log_probs(mc, torch.randn(3, 3, 32, 32), n_samples=4)
+    assert torch.equal(lp[0], lp[3])
+
+
+def test_log_mean_exp_is_log_of_mean_probability():
+    lp = torch.log_softmax(torch.randn(5, 3, 4), -1)
+    torch.testing.assert_close(log_mean_exp(lp, 3), lp[:3].exp().mean(0).log())
+    torch.testing.assert_close(predict(tiny("resnet_dnn_18"), torch.randn(2, 3, 32, 32)).sum(-1), torch.ones(2))
+
+
+def test_bf16_autocast_returns_float32_log_probs():
+    lp = predict_log_probs(tiny(), torch.randn(2, 3, 32, 32), 3, precision="bf16", channels_last=True)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(3, 2))
+
+
+def test_sweep_scores_prefixes_of_one_sample_set(loader):
+    model = tiny()
+    with torch.no_grad():  # spread the logits of this untrained net so that MC samples disagree visibly
+        model.classifier[0].dense.weight.mul_(100)
+    counter = RowCounter(model)
+    torch.manual_seed(1)
+    results = sweep(model, loader, sizes=(5, 1, 3))
+    assert list(results) == [1, 3, 5]
+    assert counter.rows == 5 * 24  # max(sizes) passes, not 1 + 3 + 5
+
+    torch.manual_seed(1)  # redraw the same samples and score each prefix independently
+    draws = [(predict_log_probs(model, x, 5), y) for x, y in loader]
+    for n in (1, 3, 5):
+        probs = torch.cat([log_mean_exp(lp, n).exp() for lp, _ in draws])
+        samples = torch.cat([lp[:n].exp() for lp, _ in draws], dim=1)
+        expected = summarize(probs, torch.cat([y for _, y in draws]), samples=samples)
+        for key in ("nll", "acc", "ece", "brier", "iou_90", "entropy", "mutual_info"):
+            assert results[n][key] == pytest.approx(expected[key], abs=1e-6), (n, key)
+    assert results[1]["mutual_info"] == pytest.approx(0.0, abs=1e-6)
+    assert results[5]["mutual_info"] > 0
+
+
+def test_deterministic_model_same_figures_at_every_size(loader):
+    results = sweep(tiny("resnet_dnn_smoothing_18"), loader, sizes=(1, 2, 10))
+    for key in ("nll", "acc", "ece", "brier", "acc_90", "unc_90", "iou"):
+        assert results[1][key] == results[2][key] == results[10][key], key
+
+
+def test_test_is_one_size_of_sweep(loader):
+    model = tiny()
+    torch.manual_seed(3)
+    one = evaluation.test(model, 4, loader)
+    torch.manual_seed(3)
+    assert sweep(model, loader, sizes=(4,))[4]["nll"] == one["nll"]
+
+
+def test_batchnorm_folding_is_exact_and_keeps_mc(loader):
+    model = tiny()
+    x = torch.randn(4, 3, 32, 32)
+    with models.mc_dropout(model, enabled=False):
+        fused = prepare_for_inference(model, fuse_bn=True)
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+    fused = prepare_for_inference(model, fuse_bn=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert not torch.equal(fused(x), fused(x))
+
+
+def test_leaderboard_csv_in_original_column_order(tmp_path, loader):
+    results = sweep(tiny(), loader, sizes=(1, 2))
+    path = reports.leaderboard_path("fashion_mnist", "resnet_mcdo_smoothing_18", "u1", root=tmp_path)
+    reports.write_leaderboard(results, path)
+    assert path == tmp_path / "fashion_mnist" / "resnet_mcdo_smoothing_18" / "fashion_mnist_resnet_mcdo_smoothing_18_u1.csv"
+    rows = list(csv.reader(open(path)))
+    assert rows[0] == ["size", "nll", "cutoff_0", "cutoff_90", "acc_0", "acc_90", "unc_0", "unc_90", "iou_0",
+                       "iou_90", "freq_0", "freq_90", "top5", "brier", "ece", "ece_signed"]
+    assert [r[0] for r in rows[1:]] == ["1", "2"]
+    back = reports.read_leaderboard(path)
+    assert back[2]["nll"] == pytest.approx(results[2]["nll"]) and back[2]["cutoff_90"] == 0.9
+    assert json.load(open(path.with_suffix(".json")))["1"]["acc"] == results[1]["acc"]
+    table = reports.format_table({"m": results})
+    assert table.splitlines()[0] == "| model | size | NLL | Acc | ECE |" and len(table.splitlines()) == 4
+
+
+def test_reliability_diagram_draws_empty_bins_empty(tmp_path):
+    p = torch.tensor([[0.95, 0.05], [0.55, 0.45], [0.97, 0.03]])
+    metrics = summarize(p, torch.tensor([0, 1, 0]))
+    fig = plots.reliability_diagram(metrics, title="t")
+    accuracy_bars = [b for b in fig.axes[1].patches]
+    assert len(accuracy_bars) == 2  # bins 5 and 9 only
+    assert sorted(round(b.get_height()) for b in accuracy_bars) == [0, 100]
+    assert plots.save_figure(fig, tmp_path / "r.png").stat().st_size > 0
+
+
+def test_ensemble_size_figure_has_a_line_per_model():
+    fake = {n: {"nll": 1 / n, "acc": 0.5, "ece": 0.1} for n in (1, 2, 5)}
+    fig = plots.ensemble_size_figure({"a": fake, "b": fake})
+    assert len(fig.axes) == 3 and all(len(ax.lines) == 2 for ax in fig.axes)
+    assert fig.axes[1].lines[0].get_ydata().tolist() == [50.0, 50.0, 50.0]
+    assert not math.isnan(fig.axes[0].lines[0].get_ydata()[0])
