@@ -1,0 +1,138 @@
+"""Training: it learns, it resumes exactly, it stops on a non-finite loss, and DDP agrees with one process."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from ops import trains
+from ops.trains import NonFiniteLossError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def overrides(tmp_path, *extra):
+    return ["dataset.name=synthetic", "dataset.kwargs={\"n_train\": 512, \"n_test\": 256}", "train.batch_size=64",
+            "model.block.width=8", "optim.scheduler.name=constant", "optim.lr=0.05", "env.progress=false",
+            "env.device=cpu", f"env.out_dir={tmp_path / 'runs'}", f"env.checkpoint_root={tmp_path / 'ckpt'}",
+            *extra]
+
+
+def test_short_run_learns_and_writes_its_run_folder(tmp_path):
+    result = train(None, "resnet_mcdo_smoothing_18", overrides(
+        tmp_path, "train.epochs=4", "env.uid=a", "dataset.kwargs={\"n_train\": 1024, \"n_test\": 256}",
+        "optim.lr=0.1", "optim.scheduler.name=CosineAnnealingLR"))
+    history = result["history"]
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
+    assert history[-1]["test_acc"] > 0.5  # 10 classes: chance is 0.1
+    run = result["run_dir"]
+    assert {p.name for p in run.iterdir()} >= {"config.json", "model.txt", "metrics.csv", "checkpoint.pth.tar"}
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 5  # header + 4 epochs
+    assert result["checkpoint"] == tmp_path / "ckpt" / "synthetic" / "resnet_mcdo_smoothing_18" / \
+        "synthetic_resnet_mcdo_smoothing_18_a.pth.tar"
+    loaded = models.load(models.get_model("resnet_mcdo_smoothing_18", width=8), "synthetic", "a",
+                         root=tmp_path / "ckpt")
+    for a, b in zip(loaded.state_dict().values(), result["model"].state_dict().values()):
+        assert torch.equal(a, b.cpu())
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
+    common = overrides(tmp_path, "train.epochs=3", "train.max_steps_per_epoch=3", "optim.scheduler.name=MultiStepLR",
+                       "optim.scheduler.milestones=[2]")
+    full = train(None, "resnet_mcdo_smoothing_18", common + ["env.uid=full"])
+
+    saves = []
+    real_save = models.atomic_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        saves.append(path)
+        if len(saves) == 2:  # killed right after the checkpoint of epoch 2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trains.models, "atomic_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(None, "resnet_mcdo_smoothing_18", common + ["env.uid=cut"])
+    monkeypatch.setattr(trains.models, "atomic_save", real_save)
+    state = torch.load(saves[-1], weights_only=True)
+    assert state["epoch"] == 2 and set(state) >= {"optimizer", "scheduler", "scaler", "history"}
+
+    resumed = train(None, "resnet_mcdo_smoothing_18", common + ["env.uid=cut"])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    for (k, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
+        assert torch.equal(a, b), k
+    assert resumed["history"][-1]["test_nll"] == full["history"][-1]["test_nll"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    model = models.get_model("resnet_dnn_18", width=4)
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # the 6th training step (epoch 2, step 1) produces NaN
+        calls["n"] += module.training
+        return output * float("nan") if calls["n"] > 5 and module.training else output
+
+    model.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLossError, match="epoch 2"):
+        train(None, overrides=overrides(tmp_path, "train.epochs=3", "train.max_steps_per_epoch=5", "env.uid=nan"),
+              model=model)
+    state = torch.load(tmp_path / "runs" / "synthetic" / "resnet_dnn_18" / "nan" / "checkpoint.pth.tar",
+                       weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_mixup_and_label_smoothing_are_opt_in(tmp_path):
+    result = train(None, "resnet_dnn_18", overrides(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=2",
+                                                    "train.mixup=0.2", "train.cutmix=1.0",
+                                                    "train.label_smoothing=0.1", "env.tensorboard=false"))
+    assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
+
+
+def test_warmup_then_multistep_schedule():
+    sched = {"name": "MultiStepLR", "milestones": [2, 3], "gamma": 0.1, "eta_min": 0.0}
+    f = [trains.lr_factor(s, 10, 4, 1, sched) for s in (0, 4, 9, 10, 25, 35)]
+    assert f == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.1, 0.01])
+    cos = {"name": "CosineAnnealingLR", "milestones": [], "gamma": 1.0, "eta_min": 0.0}
+    assert trains.lr_factor(20, 10, 4, 0, cos) == pytest.approx(0.5)
+
+
+DDP_ARGS = ["dataset.name=synthetic", "dataset.kwargs={\"n_train\": 256, \"n_test\": 64}", "train.batch_size=32",
+            "train.epochs=1", "train.max_steps_per_epoch=4", "train.augment=false", "train.warmup_epochs=0",
+            "optim.scheduler.name=constant", "optim.lr=0.02", "model.block={\"classifier\": \"gap\"}",
+            "env.device=cpu", "env.progress=false", "env.tensorboard=false", "env.uid=ddp"]
+
+
+def _run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_ddp_two_processes_agree_with_one(tmp_path):
+    # AlexNet with a GAP head has neither BatchNorm nor dropout: with the same global batch, two processes
+    # must reach the weights of one process, up to the order of floating-point sums.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "ops.run", "train", "--model", "alexnet_dnn", *DDP_ARGS]
+    _run(base + [f"env.out_dir={tmp_path}/one", f"env.checkpoint_root={tmp_path}/one_ckpt"], tmp_path, env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "ops.run", "train", "--model", "alexnet_dnn", *DDP_ARGS]
+    _run(torchrun + [f"env.out_dir={tmp_path}/two", f"env.checkpoint_root={tmp_path}/two_ckpt"], tmp_path, env)
+
+    path = "synthetic/alexnet_dnn/synthetic_alexnet_dnn_ddp.pth.tar"
+    one = torch.load(tmp_path / "one_ckpt" / path, weights_only=True)["state_dict"]
+    two = torch.load(tmp_path / "two_ckpt" / path, weights_only=True)["state_dict"]
+    torch.manual_seed(0)  # the trainer's seed: the same initial weights
+    start = models.get_model("alexnet_dnn", classifier="gap").state_dict()
+    assert all(not torch.equal(one[k], start[k]) for k in one)  # training moved every tensor
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-6)
+    rows = [(tmp_path / d / "synthetic/alexnet_dnn/ddp/metrics.csv").read_text().splitlines() for d in ("one", "two")]
+    header = rows[0][0].split(",")
+    one_row, two_row = (dict(zip(header, r[1].split(","))) for r in rows)
+    assert float(one_row["test_nll"]) == pytest.approx(float(two_row["test_nll"]), rel=1e-4)
+    assert float(one_row["train_loss"]) == pytest.approx(float(two_row["train_loss"]), rel=1e-4)
+    assert not (tmp_path / "two" / "synthetic/alexnet_dnn/ddp/metrics.csv.tmp").exists()
