@@ -5,7 +5,8 @@ conf = max_c probs, pred = argmax_c probs, correct = (pred == target).
 
     nll          mean of -log p[y], with p[y] floored at NLL_FLOOR so that a zero probability stays finite
     acc          mean of correct
-    top5         share of samples whose label is among the k = min(5, C) most probable classes
+    top5         share of samples whose label is among the 5 most probable classes: fewer than 5 classes are
+                 strictly more probable than the label (so ties count in the label's favour)
     brier        mean over samples of sum_c (p_c - onehot_c)^2
     ece          sum_b (n_b / N) |acc_b - conf_b|   over `bins` equal-width bins; bin b holds conf in
                  (b/B, (b+1)/B] and bin 0 also holds 0 (the same edges for counts, accuracies and confidences)
@@ -59,15 +60,17 @@ def _check(probs, targets, num_classes=None):
         raise ValueError(f"targets must be integer class labels, got dtype {targets.dtype}")
     # float64 inputs stay float64 (exact bin edges); everything else is computed in float32.
     p = probs if probs.dtype == torch.float64 else probs.float()
-    # One host sync for all checks.
-    bad = torch.stack([~torch.isfinite(p).all(), (p < 0).any(), ((p.sum(1) - 1).abs() > SUM_TOL).any(),
+    # Cheap checks (a NaN or inf anywhere makes its row sum non-finite), one host sync for all of them.
+    row_sums = p.sum(1)
+    bad = torch.stack([~torch.isfinite(row_sums).all(), p.amin() < 0 if p.numel() else torch.zeros((), dtype=torch.bool, device=p.device),
+                       ((row_sums - 1).abs() > SUM_TOL).any(),
                        ((targets < 0) | (targets >= probs.shape[1])).any()]).tolist()
     if bad[0]:
         raise ValueError("probs contains NaN or inf")
     if bad[1]:
         raise ValueError("probs contains negative values; pass probabilities (softmax), not logits")
     if bad[2]:
-        worst = (p.sum(1) - 1).abs().max().item()
+        worst = (row_sums - 1).abs().max().item()
         raise ValueError(f"rows of probs must sum to 1 (worst row is off by {worst:.3g}); pass softmax "
                          "probabilities, not logits or log-probabilities")
     if bad[3]:
@@ -121,7 +124,7 @@ class Metrics:
         conf, pred = p.max(dim=1)  # (N,), (N,)
         p_true = p.gather(1, t[:, None]).squeeze(1)  # (N,)
         correct = pred == t
-        top5 = (p.topk(min(5, C), dim=1).indices == t[:, None]).any(1)
+        top5 = (p > p_true[:, None]).sum(1) < 5  # fewer than 5 classes strictly more probable than the label
         brier = (p * p).sum(1) - 2 * p_true + 1  # sum_c (p_c - onehot_c)^2
         nll = -p_true.double().clamp_min(NLL_FLOOR).log()
 

@@ -12,6 +12,8 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+import models
+
 from .metrics import Metrics
 from .predict import log_mean_exp, predict_log_probs
 from .runtime import check_precision, resolve_device
@@ -19,20 +21,29 @@ from .runtime import check_precision, resolve_device
 PAPER_SIZES = (1, 2, 3, 4, 5, 10, 20, 50)
 
 
+class _KeepMCDropout(torch.fx.Tracer):
+    """Trace through everything but MCDropout, which stays a module (so mc_dropout() still switches it)."""
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, models.MCDropout) or super().is_leaf_module(m, qualname)
+
+
 def prepare_for_inference(model, channels_last=False, fuse_bn=False):
     """eval() model, optionally channels_last and with BatchNorm folded into the preceding convolutions.
 
-    Folding (torch.fx) is exact up to float rounding (~1e-8 here) and saves the BatchNorm passes; it freezes the
-    current MC dropout on/off state into the traced graph. Models that cannot be traced are returned unfused.
+    Folding (torch.fx, on a copy) is exact up to float rounding (~1e-8 here) and saves the BatchNorm passes.
+    Models that cannot be traced are returned unfused, with a warning.
     """
     model = model.eval()
     if fuse_bn:
         from torch.fx.experimental.optimization import fuse
 
         try:
-            name = getattr(model, "name", None)
-            model = fuse(model)
-            model.name = name
+            graph = _KeepMCDropout().trace(model)
+            traced = torch.fx.GraphModule(model, graph)
+            fused = fuse(traced, no_trace=True)
+            fused.name = getattr(model, "name", None)
+            model = fused
         except Exception as exc:  # tracing is best effort: fall back to the eager model
             warnings.warn(f"BatchNorm folding skipped ({type(exc).__name__}: {exc})")
     if channels_last:
@@ -40,13 +51,16 @@ def prepare_for_inference(model, channels_last=False, fuse_bn=False):
     return model
 
 
-def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", channels_last=False,
-          fuse_bn=False, max_batch=1024, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None):
+def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", channels_last=True,
+          fuse_bn=True, max_batch=None, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None):
     """Metrics for every ensemble size in `sizes` from one set of max(sizes) MC samples: {n: dict}.
 
     dataset: iterable of (x, y) batches (a DataLoader or ops.datasets' in-memory loader). For a deterministic
     model the figures are the same at every size. The model is evaluated in eval() with MC dropout as it is
-    set (models.mc_dropout).
+    set (models.mc_dropout). precision: "fp32" (default) or "bf16"/"fp16" autocast; channels_last and fuse_bn
+    (BatchNorm folded into convolutions, on a copy) change the speed, not the figures (see
+    benchmarks/eval_speed.py). max_batch: images per forward pass when MC copies of a batch are stacked
+    (None: ops.predict.DEFAULT_MAX_BATCH for the device).
     """
     sizes = tuple(sorted(set(int(n) for n in sizes)))
     if not sizes or sizes[0] < 1:

@@ -18,8 +18,7 @@ def reference(probs, targets, bins=10, cutoffs=(0.0, 0.9)):
     conf = [float(P[i].max()) for i in range(N)]
     correct = [pred[i] == targets[i] for i in range(N)]
     out["acc"] = np.mean(correct)
-    k = min(5, C)
-    out["top5"] = np.mean([targets[i] in np.argsort(-P[i], kind="stable")[:k] for i in range(N)])
+    out["top5"] = np.mean([sum(1 for c in range(C) if P[i, c] > P[i, targets[i]]) < 5 for i in range(N)])
     out["brier"] = np.mean([sum((P[i, c] - (c == targets[i])) ** 2 for c in range(C)) for i in range(N)])
     ece = ece_signed = 0.0
     for b in range(bins):
@@ -104,6 +103,14 @@ def test_bin_edges_are_left_open():
     ours = summarize(p, y, bins=10)
     assert ours["bin_count"] == [0, 0, 0, 0, 1, 1, 1, 0, 0, 1]
     assert_matches(ours, reference(p.numpy(), y.numpy()))
+
+
+def test_top5_counts_ties_for_the_label():
+    p = torch.full((2, 8), 1 / 8)  # all tied: the label is among the top 5
+    p2 = torch.tensor([[0.3, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05, 0.0]])
+    assert summarize(p, torch.tensor([7, 0]))["top5"] == 1.0
+    assert summarize(p2, torch.tensor([4]))["top5"] == 1.0  # 4 classes strictly above 0.1
+    assert summarize(p2, torch.tensor([5]))["top5"] == 0.0  # 5 classes strictly above 0.05
 
 
 def test_single_class():
