@@ -17,6 +17,9 @@ $(STAMP): requirements.txt requirements-test.txt setup.py
 
 install: $(STAMP)
 
+demo: $(STAMP)
+	$(PY) -m ops.demo
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 

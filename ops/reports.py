@@ -50,9 +50,14 @@ def read_leaderboard(path):
         return {int(float(r["size"])): {k: float(v) for k, v in r.items() if k != "size"} for r in csv.DictReader(f)}
 
 
+HEADERS = {"nll": "NLL", "acc": "Acc", "ece": "ECE", "brier": "Brier", "top5": "Top-5", "iou": "IoU",
+           "acc_90": "Acc-90", "unc_90": "Unc-90", "iou_90": "IoU-90", "freq_90": "Freq-90", "auroc": "AUROC",
+           "aurc": "AURC", "mutual_info": "MI"}
+
+
 def format_table(sweeps, keys=("nll", "acc", "ece"), sizes=None):
     """Markdown table: one row per (model, size), one column per metric. sweeps: {label: {n: metrics}}."""
-    header = "| model | size | " + " | ".join(k.upper() if k != "acc" else "Acc" for k in keys) + " |"
+    header = "| model | size | " + " | ".join(HEADERS.get(k, k) for k in keys) + " |"
     lines = [header, "|" + " --- |" * (len(keys) + 2)]
     for label, results in sweeps.items():
         for n in sorted(results):
