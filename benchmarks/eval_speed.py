@@ -32,6 +32,13 @@ from ops.metrics import Metrics  # noqa: E402
 from ops.tests import PAPER_SIZES, sweep  # noqa: E402
 
 
+def timed(fn, *args, **kwargs):
+    """(result, seconds) of one call."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
 class NumpyMetrics:
     """The original style: numpy on the host, a C x C confusion matrix per cutoff (certain and uncertain) and
     per calibration bin, accumulated batch by batch."""
@@ -81,19 +88,13 @@ def bench_metrics(n=20000, classes=1000, batch=500):
     y = torch.randint(0, classes, (n,), generator=g)
     probs_np, y_np = probs.numpy(), y.numpy()
 
-    start = time.perf_counter()
-    ref = NumpyMetrics(classes)
-    for i in range(0, n, batch):
-        ref.update(probs_np[i:i + batch], y_np[i:i + batch])
-    ref_out = ref.compute()
-    numpy_s = time.perf_counter() - start
+    def accumulate(meter, p, t):
+        for i in range(0, n, batch):
+            meter.update(p[i:i + batch], t[i:i + batch])
+        return meter.compute()
 
-    start = time.perf_counter()
-    ours = Metrics(classes)
-    for i in range(0, n, batch):
-        ours.update(probs[i:i + batch], y[i:i + batch])
-    out = ours.compute()
-    ours_s = time.perf_counter() - start
+    ref_out, numpy_s = timed(accumulate, NumpyMetrics(classes), probs_np, y_np)
+    out, ours_s = timed(accumulate, Metrics(classes), probs, y)
     assert abs(out["nll"] - ref_out["nll"]) < 1e-4 and abs(out["ece"] - ref_out["ece"]) < 1e-4
     return {"metrics_predictions": n, "metrics_classes": classes, "metrics_numpy_s": round(numpy_s, 3),
             "metrics_ours_s": round(ours_s, 3), "metrics_speedup": round(numpy_s / ours_s, 1),
@@ -109,7 +110,7 @@ def naive_sweep(model, batches, sizes):
         meter = NumpyMetrics(10)
         for x, y in batches:
             probs = torch.stack([F.softmax(model(x), dim=1) for _ in range(n)]).mean(0)
-            meter.update(probs.numpy(), y.numpy())
+            meter.update(probs.cpu().numpy(), y.numpy())
         results[n] = meter.compute()
     return results
 
@@ -122,18 +123,10 @@ def bench_sweep(images, device):
     y = torch.randint(0, 10, (images,), generator=g)
     batches = [(x[i:i + 64].to(device), y[i:i + 64]) for i in range(0, images, 64)]
 
-    start = time.perf_counter()
-    naive = naive_sweep(model, [(a, b) for a, b in batches], PAPER_SIZES)
-    naive_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ours = sweep(model, batches, PAPER_SIZES, device=device)
-    ours_s = time.perf_counter() - start
-    start = time.perf_counter()
-    sweep(model, batches, PAPER_SIZES, device=device, channels_last=False, fuse_bn=False)
-    plain_s = time.perf_counter() - start
-    start = time.perf_counter()
-    sweep(model, batches, PAPER_SIZES, device=device, max_batch=1024)
-    stacked_s = time.perf_counter() - start
+    naive, naive_s = timed(naive_sweep, model, batches, PAPER_SIZES)
+    ours, ours_s = timed(sweep, model, batches, PAPER_SIZES, device=device)
+    _, plain_s = timed(sweep, model, batches, PAPER_SIZES, device=device, channels_last=False, fuse_bn=False)
+    _, stacked_s = timed(sweep, model, batches, PAPER_SIZES, device=device, max_batch=1024)
     return {"sweep_images": images, "sweep_sizes": list(PAPER_SIZES),
             "sweep_passes_naive": sum(PAPER_SIZES), "sweep_passes_ours": max(PAPER_SIZES),
             "sweep_naive_s": round(naive_s, 2), "sweep_ours_s": round(ours_s, 2),
