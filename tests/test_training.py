@@ -136,3 +136,27 @@ def test_ddp_two_processes_agree_with_one(tmp_path):
     assert float(one_row["test_nll"]) == pytest.approx(float(two_row["test_nll"]), rel=1e-4)
     assert float(one_row["train_loss"]) == pytest.approx(float(two_row["train_loss"]), rel=1e-4)
     assert not (tmp_path / "two" / "synthetic/alexnet_dnn/ddp/metrics.csv.tmp").exists()
+
+
+def test_cli_trains_then_tests_a_checkpoint(tmp_path, monkeypatch):
+    from ops import run
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(ROOT / "configs" / "fashion_mnist_general.json"), "--model", "resnet_mcdo_18",
+            "dataset.name=synthetic", "dataset.mean=null", "dataset.std=null",
+            "dataset.kwargs={\"n_train\": 128, \"n_test\": 32}", "train.epochs=1", "model.block.width=4",
+            "env.progress=false", "env.tensorboard=false", "env.uid=cli"]
+    assert run.main(["train", *args]) == 0
+    assert (tmp_path / "models_checkpoints/synthetic/resnet_mcdo_18/synthetic_resnet_mcdo_18_cli.pth.tar").exists()
+    assert run.main(["test", *args, "--sizes", "1,3"]) == 0
+    rows = (tmp_path / "leaderboard/logs/synthetic/resnet_mcdo_18/synthetic_resnet_mcdo_18_cli.csv").read_text()
+    assert [r.split(",")[0] for r in rows.strip().splitlines()] == ["size", "1", "3"]
+
+
+def test_demo_explains_how_to_get_fashion_mnist(tmp_path, monkeypatch):
+    from ops import datasets, demo
+
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)  # not root: no apt-get
+    with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist"):
+        demo.ensure_fashion_mnist(tmp_path / "data")
