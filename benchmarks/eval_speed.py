@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 from ops import trains  # noqa: E402
-from ops.loaders import DeviceLoader  # noqa: E402
 from ops.metrics import Metrics  # noqa: E402
 from ops.tests import PAPER_SIZES, sweep  # noqa: E402
 

@@ -45,7 +45,7 @@ def prepare_for_inference(model, channels_last=False, fuse_bn=False):
             fused.name = getattr(model, "name", None)
             model = fused
         except Exception as exc:  # tracing is best effort: fall back to the eager model
-            warnings.warn(f"BatchNorm folding skipped ({type(exc).__name__}: {exc})")
+            warnings.warn(f"BatchNorm folding skipped ({type(exc).__name__}: {exc})", stacklevel=3)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -207,7 +207,7 @@ def test_save_load_round_trip_in_original_layout(tmp_path):
     other = _tiny()
     opt2 = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
     models.load(other, "cifar_100", "abc", root=tmp_path, optimizer=opt2)
-    for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert opt2.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
 

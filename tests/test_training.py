@@ -36,7 +36,7 @@ def test_short_run_learns_and_writes_its_run_folder(tmp_path):
         "synthetic_resnet_mcdo_smoothing_18_a.pth.tar"
     loaded = models.load(models.get_model("resnet_mcdo_smoothing_18", width=8), "synthetic", "a",
                          root=tmp_path / "ckpt")
-    for a, b in zip(loaded.state_dict().values(), result["model"].state_dict().values()):
+    for a, b in zip(loaded.state_dict().values(), result["model"].state_dict().values(), strict=True):
         assert torch.equal(a, b.cpu())
 
 
@@ -63,7 +63,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
 
     resumed = train(None, "resnet_mcdo_smoothing_18", common + ["env.uid=cut"])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    for (k, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
+    for (k, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert resumed["history"][-1]["test_nll"] == full["history"][-1]["test_nll"]
 
@@ -132,7 +132,7 @@ def test_ddp_two_processes_agree_with_one(tmp_path):
         torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-6)
     rows = [(tmp_path / d / "synthetic/alexnet_dnn/ddp/metrics.csv").read_text().splitlines() for d in ("one", "two")]
     header = rows[0][0].split(",")
-    one_row, two_row = (dict(zip(header, r[1].split(","))) for r in rows)
+    one_row, two_row = (dict(zip(header, r[1].split(","), strict=True)) for r in rows)
     assert float(one_row["test_nll"]) == pytest.approx(float(two_row["test_nll"]), rel=1e-4)
     assert float(one_row["train_loss"]) == pytest.approx(float(two_row["train_loss"]), rel=1e-4)
     assert not (tmp_path / "two" / "synthetic/alexnet_dnn/ddp/metrics.csv.tmp").exists()
