@@ -85,7 +85,7 @@ def lr_factor(step, steps_per_epoch, epochs, warmup_epochs, scheduler):
         epoch = step // steps_per_epoch
         main = scheduler["gamma"] ** sum(epoch >= m for m in scheduler["milestones"])
     elif name == "CosineAnnealingLR":
-        ratio = scheduler["eta_min"] / 1.0
+        ratio = scheduler["eta_min"]  # final lr as a fraction of the base lr (see build_scheduler)
         t = min(1.0, step / max(1, epochs * steps_per_epoch))
         main = ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * t))
     elif name == "constant":
