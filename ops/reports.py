@@ -36,12 +36,8 @@ def write_leaderboard(results, path, cutoffs=(0.0, 0.9)):
             row = {"size": n, **{f"cutoff_{cutoff_key(c)}": c for c in cutoffs}, **metrics}
             writer.writerow([row[c] for c in columns])
     with open(path.with_suffix(".json"), "w") as f:
-        json.dump({str(n): m for n, m in sorted(results.items())}, f, indent=1, default=_nan_safe)
+        json.dump({str(n): m for n, m in sorted(results.items())}, f, indent=1)
     return path
-
-
-def _nan_safe(value):
-    return str(value)
 
 
 def read_leaderboard(path):

@@ -46,20 +46,15 @@ def main(argv=None):
 def _test(cfg, args):
     import models
 
-    from . import datasets, loaders, reports
+    from . import loaders, reports
     from .tests import sweep
-    from .trains import init_distributed
+    from .trains import init_distributed, load_data
 
     name = args.model or cfg["model"]["name"]
     if name is None or cfg["env"]["uid"] is None:
         sys.exit("test needs --model NAME and --uid UID (the checkpoint's run id)")
     rank, world_size, device = init_distributed(cfg["env"]["device"])
-    d = cfg["dataset"]
-    dataset_name = datasets.canonical_name(d["name"])
-    _, test_set = datasets.get_dataset(dataset_name, root=d["root"], download=d["download"], mean=d["mean"],
-                                       std=d["std"], **d["kwargs"])
-    if d["test_size"]:
-        test_set = test_set.subset(d["test_size"], seed=cfg["env"]["seed"] + 1)
+    dataset_name, _, test_set = load_data(cfg)
     model = models.get_model(name, num_classes=len(test_set.classes), stem=cfg["model"]["stem"],
                              **cfg["model"]["block"])
     models.load(model, dataset_name, cfg["env"]["uid"], root=cfg["env"]["checkpoint_root"])

@@ -35,10 +35,6 @@ def autocast(device, precision="fp32"):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def memory_format(channels_last):
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 def to_device(x, device, channels_last=False, non_blocking=True):
     """Move an image batch (B, C, H, W) to `device`, optionally in channels_last layout."""
     x = x.to(device, non_blocking=non_blocking)

@@ -36,7 +36,7 @@ from . import loaders, plots
 from . import tests as evaluation
 from .configs import make_config
 from .metrics import SCALAR_KEYS
-from .runtime import autocast, check_precision, resolve_device
+from .runtime import autocast, check_precision, resolve_device, to_device
 
 CHECKPOINT = "checkpoint.pth.tar"
 
@@ -116,6 +116,21 @@ def build_loss(cfg, num_classes):
     return None, nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
 
 
+def load_data(cfg):
+    """(canonical dataset name, train set, test set) of a config, cut to dataset.train_size / test_size.
+
+    The subsets are fixed by env.seed, so `python -m ops.run test` scores the test images the run validated on.
+    """
+    d, seed = cfg["dataset"], cfg["env"]["seed"]
+    name = datasets_.canonical_name(d["name"])
+    train_set, test_set = datasets_.get_dataset(name, root=d["root"], download=d["download"], mean=d["mean"],
+                                                std=d["std"], **d["kwargs"])
+    if d["train_size"] or d["test_size"]:
+        train_set = train_set.subset(d["train_size"], seed=seed)
+        test_set = test_set.subset(d["test_size"], seed=seed + 1)
+    return name, train_set, test_set
+
+
 def run_folder(cfg, dataset_name, model_name, rank, world_size):
     uid = cfg["env"]["uid"] or time.strftime("%Y%m%d-%H%M%S")
     if world_size > 1:  # every rank must agree on the folder (rank 0's clock)
@@ -149,13 +164,7 @@ def train(config=None, model_name=None, overrides=(), model=None):
     seed_everything(env["seed"])
 
     # Data
-    dcfg = cfg["dataset"]
-    dataset_name = datasets_.canonical_name(dcfg["name"])
-    train_set, test_set = datasets_.get_dataset(dataset_name, root=dcfg["root"], download=dcfg["download"],
-                                                mean=dcfg["mean"], std=dcfg["std"], **dcfg["kwargs"])
-    if dcfg["train_size"] or dcfg["test_size"]:
-        train_set = train_set.subset(dcfg["train_size"], seed=env["seed"])
-        test_set = test_set.subset(dcfg["test_size"], seed=env["seed"] + 1)
+    dataset_name, train_set, test_set = load_data(cfg)
     if tcfg["batch_size"] % world_size:
         raise ValueError(f"train.batch_size={tcfg['batch_size']} must be divisible by the {world_size} processes")
     common = dict(device=device, workers=env["workers"], seed=env["seed"], rank=rank, world_size=world_size,
@@ -225,9 +234,7 @@ def train(config=None, model_name=None, overrides=(), model=None):
         for step, (x, y) in enumerate(train_loader):
             if step >= steps_per_epoch:
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if env["channels_last"]:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = to_device(x, device, env["channels_last"]), y.to(device, non_blocking=True)
             target = y
             if mixup is not None:
                 x, target = mixup(x, y)
