@@ -56,11 +56,18 @@ def save(model, dataset_name, uid, optimizer=None, root="models_checkpoints"):
 
 def check_state_dict(model, state_dict, source="checkpoint", checkpoint_name=None, limit=5):
     """Raise a ValueError naming the first differing keys/shapes if `state_dict` does not fit `model`."""
+    from .smoothing import Blur
+
     expected = model.state_dict()
+    # The original stored blur filters as frozen Parameters: accepted when they equal this model's filter.
+    filters = {f"{n}.filter" if n else "filter": m.filter for n, m in model.named_modules() if isinstance(m, Blur)}
     missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    unexpected = [k for k in state_dict if k not in expected and k not in filters]
     shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    shapes += [f"{k}: the checkpoint's blur filter differs from this model's sfilter" for k, v in filters.items()
+               if k in state_dict and (state_dict[k].shape != v.shape
+                                       or not torch.allclose(state_dict[k].float().cpu(), v.float().cpu()))]
     if missing or unexpected or shapes:
         model_name = getattr(model, "name", type(model).__name__)
         lines = [f"{source} does not fit model {model_name!r}"

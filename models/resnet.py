@@ -135,11 +135,12 @@ class ResNet(nn.Module):
     block: one of the block classes above; depths: blocks per stage; width: channels of the stem and first
     stage (64 in the paper; smaller trains faster on a CPU); stem: False = CIFAR (3x3 conv, 32x32 inputs),
     True = ImageNet (7x7/2 conv + 3x3/2 max-pool, 224x224 inputs); smoothing: factory `in_filters -> module`
-    or None; classifier: head name or class (default GAP, BN-GAP for pre-activation blocks).
+    or None; classifier: head name or class (default GAP, BN-GAP for pre-activation blocks); smooth_last: False
+    leaves the last stage unsmoothed (the original pre-activation ResNet, whose BN-GAP head follows directly).
     """
 
     def __init__(self, block, depths, num_classes=10, stem=False, width=64, groups=1, width_per_group=64,
-                 rate=0.0, smoothing=None, classifier=None, shortcut_bn=True):
+                 rate=0.0, smoothing=None, classifier=None, shortcut_bn=True, smooth_last=True):
         super().__init__()
         # A pre-activation stem is the bare convolution: the first block normalises and activates.
         stem_act = [] if block.preact else [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
@@ -159,7 +160,8 @@ class ResNet(nn.Module):
                 in_channels = channels * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             # Wrapped in a Sequential so a smoothing block with parameters gets the original's `smoothN.0.` keys.
-            setattr(self, f"smooth{i + 1}", nn.Sequential(smoothing(in_channels)) if smoothing else nn.Identity())
+            smooth = smoothing and (smooth_last or i + 1 < len(depths))
+            setattr(self, f"smooth{i + 1}", nn.Sequential(smoothing(in_channels)) if smooth else nn.Identity())
         self.num_stages = len(depths)
 
         classifier = classifier or ("bngap" if block.preact else "gap")
@@ -181,9 +183,10 @@ register_variants("resnet", ResNet, extra_kwargs=EXTRA, depths={
     d: dict(block=b, depths=n) for d, (b, n) in RESNET_DEPTHS.items()})
 
 # In the original, only the MC dropout *bottleneck* of the pre-act family has a BatchNorm in its shortcut
-# (7,680 parameters for depth 50..152). Kept so that its checkpoints load.
+# (7,680 parameters for depth 50..152): kept so that its checkpoints load. Its +smoothing variants smooth
+# stages 1-3 only (no smooth4 before the BN-GAP head).
 register_variants("preresnet", ResNet, extra_kwargs=EXTRA, depths={
-    d: dict(block=PREACT[b], depths=n) for d, (b, n) in RESNET_DEPTHS.items()},
+    d: dict(block=PREACT[b], depths=n, smooth_last=False) for d, (b, n) in RESNET_DEPTHS.items()},
     fixed_by=lambda mcdo, block, **_: dict(shortcut_bn=mcdo and block is PreActBottleneck))
 
 # ResNeXt-50 is 32x4d and ResNeXt-101 32x8d; Wide ResNet-50/101 are "-2" (bottleneck twice as wide).

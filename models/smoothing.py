@@ -1,12 +1,25 @@
-"""Spatial smoothing blocks: a bounded nonlinearity followed by a blur (Park & Kim, 2021).
+"""Spatial smoothing blocks: a bounded activation followed by a blur (Park & Kim, 2021).
 
-The paper's block, `TanhBlurBlock`, is  t * tanh(x / t) -> ReLU -> AvgPool2d(kernel_size=2, stride=1, padding=1)
-with t = 10. The average pool makes each feature map one pixel larger and counts the zero padding in border
-averages (count_include_pad=True); that is the original behaviour and trained checkpoints depend on it.
+The paper's block is  t * tanh(x / t) -> ReLU -> AvgPool2d(kernel_size=2, stride=1, padding=1)  with t = 10.
+The average pool makes each feature map one pixel larger and counts the zero padding in border averages
+(count_include_pad=True); that is the original behaviour and trained checkpoints depend on it.
 
-The alternatives of the paper's ablations are here too (sigmoid, softmax, ReLU6-style clip, scaling,
-BatchNorm + blur, plain blur). Every blur takes any separable filter, e.g. (1, 2, 1) or (1, 3, 3, 1), and a
-padding mode. Blocks are built as `block(in_filters, **kwargs)`; `make_smoothing` resolves names.
+Every block of the paper's ablations is the same `SmoothingBlock` with another activation, computed exactly as
+the original implementation's classes compute it (checked against its outputs in tests/test_exactness.py):
+
+    name      original class      activation before the blur                     default t
+    tanh      TanhBlurBlock       relu(t * tanh(x / t))                          10
+    bntanh    BNTanhBlurBlock     relu(t * tanh(BN(x) / t))                      10
+    sigmoid   SigmoidBlurBlock    relu(4t * (sigmoid(x / t) - 1/2))              10
+    softmax   SoftmaxBlurBlock    t * softmax(x / t) over channels               10
+    relu6     ReLuBlurBlock       clamp(x, 0, t)            (`thr` is an alias)  6
+    scaling   ScalingBlurBlock    x / t                                          5
+    bn        BNBlurBlock         relu(BN(x))                                    -
+    blur      BlurBlock           x                                              -
+
+The original's BNBlurBlock cannot be built (its constructor calls the base class of another name), so `bn` is
+our working version of what it describes. Every blur takes any separable filter, e.g. (1, 2, 1) or
+(1, 3, 3, 1), and a padding mode; the default 2x2 box with zero padding is the AvgPool2d above.
 """
 import functools
 import math
@@ -19,7 +32,9 @@ import torch.nn.functional as F
 class Blur(nn.Module):
     """Depthwise convolution with a fixed, normalised, separable filter ("same" padding).
 
-    The filter is a non-persistent buffer: it follows .to(device) but is not part of the state_dict.
+    The filter is a non-persistent buffer: it follows .to(device) but is not part of our state_dict. The
+    original stored it as a frozen Parameter `filter`; such checkpoints load (the stored filter is checked
+    against this one and then dropped).
     """
 
     def __init__(self, in_filters, sfilter=(1, 2, 1), pad_mode="replicate"):
@@ -31,7 +46,7 @@ class Blur(nn.Module):
         kernel = kernel / kernel.sum()
         self.register_buffer("filter", kernel.expand(in_filters, 1, -1, -1).contiguous(), persistent=False)
         n = len(proto)
-        # (left, right, top, bottom): an even filter puts the extra pixel on the right/bottom.
+        # (left, right, top, bottom): an even filter puts the extra pixel on the right/bottom, as the original.
         self.padding = ((n - 1) // 2, math.ceil((n - 1) / 2)) * 2
         self.pad_mode = "constant" if pad_mode == "zero" else pad_mode
         self.sfilter = tuple(float(v) for v in sfilter)
@@ -40,10 +55,16 @@ class Blur(nn.Module):
         x = F.pad(x, self.padding, mode=self.pad_mode)
         return F.conv2d(x, self.filter.to(x.dtype), groups=x.shape[1])
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The original stored this filter as a frozen Parameter; drop it so those checkpoints still load.
-        state_dict.pop(prefix + "filter", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        stored = state_dict.pop(prefix + "filter", None)  # the original's frozen Parameter
+        if stored is not None and (stored.shape != self.filter.shape
+                                   or not torch.allclose(stored.float().cpu(), self.filter.float().cpu())):
+            error_msgs.append(f"{prefix}filter: the checkpoint's blur filter (shape {tuple(stored.shape)}) is not "
+                              f"this model's sfilter={self.sfilter}; build the model with the sfilter it was "
+                              f"trained with")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def extra_repr(self):
         return f"sfilter={self.sfilter}, pad_mode={self.pad_mode}"
@@ -56,126 +77,97 @@ def blur(in_filters, sfilter=(1, 1), pad_mode="constant"):
     return Blur(in_filters, sfilter=sfilter, pad_mode=pad_mode)
 
 
-class TanhBlurBlock(nn.Module):
-    """t * tanh(x / t) -> ReLU -> blur. The paper's default smoothing (t = 10)."""
-
-    def __init__(self, in_filters, temp=10.0, sfilter=(1, 1), pad_mode="constant"):
-        super().__init__()
-        self.temp = temp
-        self.relu = nn.ReLU()
-        self.blur = blur(in_filters, sfilter, pad_mode)
-
-    def forward(self, x):
-        return self.blur(self.relu(self.temp * torch.tanh(x / self.temp)))
-
-    def extra_repr(self):
-        return f"temp={self.temp}"
+# Activations: (x, t) -> tensor. Module-level functions, so models stay picklable and traceable.
+def _tanh(x, t):
+    return F.relu(t * torch.tanh(x / t))
 
 
-class SigmoidBlurBlock(nn.Module):
-    """t * (sigmoid(x / t) - 1/2) -> blur."""
-
-    def __init__(self, in_filters, temp=2.0, sfilter=(1, 1), pad_mode="constant"):
-        super().__init__()
-        self.temp = temp
-        self.blur = blur(in_filters, sfilter, pad_mode)
-
-    def forward(self, x):
-        return self.blur(self.temp * (torch.sigmoid(x / self.temp) - 0.5))
-
-    def extra_repr(self):
-        return f"temp={self.temp}"
+def _sigmoid(x, t):
+    return F.relu(4 * t * (torch.sigmoid(x / t) - 0.5))
 
 
-class SoftmaxBlurBlock(nn.Module):
-    """softmax over channels of x / t -> blur."""
-
-    def __init__(self, in_filters, temp=1.0, sfilter=(1, 1), pad_mode="constant"):
-        super().__init__()
-        self.temp = temp
-        self.blur = blur(in_filters, sfilter, pad_mode)
-
-    def forward(self, x):
-        return self.blur(torch.softmax(x / self.temp, dim=1))
-
-    def extra_repr(self):
-        return f"temp={self.temp}"
+def _softmax(x, t):  # (B, C, H, W): softmax over channels; positive, so the original's ReLU is a no-op
+    return t * torch.softmax(x / t, dim=1)
 
 
-class ReLU6BlurBlock(nn.Module):
-    """clamp(x, 0, thr) -> blur: ReLU6 as a (weak) smoothing when thr = 6."""
-
-    def __init__(self, in_filters, thr=6.0, sfilter=(1, 1), pad_mode="constant"):
-        super().__init__()
-        self.thr = thr
-        self.blur = blur(in_filters, sfilter, pad_mode)
-
-    def forward(self, x):
-        return self.blur(torch.clamp(x, 0.0, self.thr))
-
-    def extra_repr(self):
-        return f"thr={self.thr}"
+def _clip(x, t):
+    return torch.clamp(x, 0.0, t)
 
 
-class ScalingBlock(nn.Module):
-    """x / t: the scaling part alone, without a blur (an ablation)."""
-
-    def __init__(self, in_filters=None, temp=8.0):
-        super().__init__()
-        self.temp = temp
-
-    def forward(self, x):
-        return x / self.temp
-
-    def extra_repr(self):
-        return f"temp={self.temp}"
+def _scale(x, t):
+    return x / t
 
 
-class BNBlurBlock(nn.Module):
-    """BatchNorm -> ReLU -> blur: a trainable normalisation in place of the tanh."""
-
-    def __init__(self, in_filters, sfilter=(1, 1), pad_mode="constant"):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(in_filters)
-        self.relu = nn.ReLU()
-        self.blur = blur(in_filters, sfilter, pad_mode)
-
-    def forward(self, x):
-        return self.blur(self.relu(self.bn(x)))
+def _relu(x, t):
+    return F.relu(x)
 
 
-class BlurBlock(nn.Module):
-    """The blur alone."""
-
-    def __init__(self, in_filters, sfilter=(1, 1), pad_mode="constant"):
-        super().__init__()
-        self.blur = blur(in_filters, sfilter, pad_mode)
-
-    def forward(self, x):
-        return self.blur(x)
+def _identity(x, t):
+    return x
 
 
+# name -> (activation, default temperature or None, BatchNorm first)
 SMOOTHING_BLOCKS = {
-    "tanh": TanhBlurBlock,
-    "sigmoid": SigmoidBlurBlock,
-    "softmax": SoftmaxBlurBlock,
-    "relu6": ReLU6BlurBlock,
-    "scaling": ScalingBlock,
-    "bn": BNBlurBlock,
-    "blur": BlurBlock,
+    "tanh": (_tanh, 10.0, False),
+    "bntanh": (_tanh, 10.0, True),
+    "sigmoid": (_sigmoid, 10.0, False),
+    "softmax": (_softmax, 10.0, False),
+    "relu6": (_clip, 6.0, False),
+    "scaling": (_scale, 5.0, False),
+    "bn": (_relu, None, True),
+    "blur": (_identity, None, False),
 }
 
 
-def make_smoothing(block="tanh", **kwargs):
-    """Return a factory `in_filters -> nn.Module` for a smoothing block given by name, class or partial.
+class SmoothingBlock(nn.Module):
+    """[BatchNorm] -> activation(x, temp) -> blur; `activation` names a row of SMOOTHING_BLOCKS.
 
-    `kwargs` (temp, sfilter, pad_mode, thr) are passed to the block; a block that doesn't take one raises.
+    State-dict keys are those of the original classes: `bn.*` for the BatchNorm variants, nothing otherwise.
+    """
+
+    def __init__(self, in_filters, activation="tanh", temp=None, sfilter=(1, 1), pad_mode="constant", thr=None):
+        super().__init__()
+        if activation not in SMOOTHING_BLOCKS:
+            raise ValueError(f"Unknown smoothing block {activation!r}; choose one of {sorted(SMOOTHING_BLOCKS)}")
+        fn, default_temp, with_bn = SMOOTHING_BLOCKS[activation]
+        if thr is not None:  # the clip threshold of relu6, under the name earlier versions used
+            if activation != "relu6" or temp is not None:
+                raise TypeError("thr is the threshold of the relu6 block only (and the same as its temp)")
+            temp = thr
+        if temp is not None and default_temp is None:
+            raise TypeError(f"the {activation!r} smoothing block takes no temperature (got temp={temp})")
+        self.activation, self.fn = activation, fn
+        self.temp = float(temp) if temp is not None else default_temp
+        if with_bn:
+            self.bn = nn.BatchNorm2d(in_filters)
+        self.blur = blur(in_filters, sfilter, pad_mode)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, C, H', W'): H' = H + 1 for the default 2x2 blur
+        if hasattr(self, "bn"):
+            x = self.bn(x)
+        return self.blur(self.fn(x, self.temp))
+
+    def extra_repr(self):
+        return f"activation={self.activation}" + (f", temp={self.temp:g}" if self.temp is not None else "")
+
+
+def TanhBlurBlock(in_filters, temp=10.0, sfilter=(1, 1), pad_mode="constant"):
+    """The paper's smoothing block: relu(t * tanh(x / t)) -> 2x2 blur (stride 1), t = 10."""
+    return SmoothingBlock(in_filters, "tanh", temp=temp, sfilter=sfilter, pad_mode=pad_mode)
+
+
+def make_smoothing(block="tanh", **kwargs):
+    """Return a factory `in_filters -> nn.Module` for a smoothing block given by name, class or callable.
+
+    A name is a row of SMOOTHING_BLOCKS; `kwargs` (temp, sfilter, pad_mode, thr) go to the block, and a block
+    that does not take one raises (at once for names, when the model is built for callables).
     """
     if isinstance(block, str):
         if block not in SMOOTHING_BLOCKS:
             raise ValueError(f"Unknown smoothing block {block!r}; choose one of {sorted(SMOOTHING_BLOCKS)} "
                              "or pass a class / callable taking in_filters")
-        block = SMOOTHING_BLOCKS[block]
+        SmoothingBlock(1, block, **kwargs)  # validate the keywords now, not deep inside a network constructor
+        return functools.partial(SmoothingBlock, activation=block, **kwargs)
     if not callable(block):
         raise TypeError(f"smoothing must be a name, a class or a callable, got {type(block).__name__}")
     return functools.partial(block, **kwargs) if kwargs else block

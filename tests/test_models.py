@@ -123,13 +123,17 @@ def test_classifier_options(classifier):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_median_pool_head_takes_the_median():
-    head = models.classifiers.GMedPBlock(2, 2)
+def test_median_pool_head_takes_the_originals_median():
+    head = models.classifiers.make_head("gmedp", 2, 2)[0]
     with torch.no_grad():
         head.dense.weight.copy_(torch.eye(2))
         head.dense.bias.zero_()
     x = torch.tensor([[[[1.0, 5.0], [3.0, 100.0]], [[-1.0, -2.0], [-3.0, -4.0]]]])  # (1, 2, 2, 2)
-    assert torch.equal(head(x), torch.tensor([[3.0, -3.0]]))  # lower median of {1,3,5,100} and {-4,-3,-2,-1}
+    # The (H*W // 2)-th largest: the upper median of {1,3,5,100} and {-4,-3,-2,-1}.
+    assert torch.equal(head(x), torch.tensor([[5.0, -2.0]]))
+    odd = torch.arange(9.0).view(1, 1, 3, 3).expand(1, 2, 3, 3)
+    assert torch.equal(head(odd), torch.tensor([[5.0, 5.0]]))  # 4th largest of 0..8 (the original's k = 9 // 2)
+    assert torch.equal(head(torch.full((1, 2, 1, 1), 7.0)), torch.tensor([[7.0, 7.0]]))  # 1x1 maps work too
 
 
 # --- smoothing blocks ---------------------------------------------------------------------------------------
@@ -169,9 +173,11 @@ def test_separable_blur_filters():
                             for c in range(2)], dim=1)
     torch.testing.assert_close(blur(x), expected)
     assert models.smoothing.Blur(2, sfilter=(1, 3, 3, 1))(x).shape == x.shape  # even filters keep the size
-    # The original stored the filter as a frozen parameter: such keys are ignored on load.
-    blur.load_state_dict({"filter": torch.zeros(2, 1, 3, 3)})
+    # The original stored the filter as a frozen parameter: the same filter loads, another one is refused.
+    blur.load_state_dict({"filter": k.expand(2, 1, 3, 3).clone()})
     torch.testing.assert_close(blur(x), expected)
+    with pytest.raises(RuntimeError, match="sfilter"):
+        blur.load_state_dict({"filter": torch.full((2, 1, 3, 3), 1 / 9)})
 
 
 @pytest.mark.parametrize("block", sorted(models.SMOOTHING_BLOCKS))
@@ -246,6 +252,33 @@ def test_loading_another_models_checkpoint_names_it(tmp_path):
     other_path.write_bytes(path.read_bytes())
     with pytest.raises(ValueError, match=r"resnet_mcdo_smoothing_18(.|\n)*missing in checkpoint(.|\n)*layer1\.2"):
         models.load(other, "d", 0, root=tmp_path)
+
+
+def _originals_checkpoint(model):
+    """A state_dict as the original implementation saves it: every Blur filter is a (frozen) Parameter."""
+    state = dict(model.state_dict())
+    for name, module in model.named_modules():
+        if isinstance(module, models.smoothing.Blur):
+            state[f"{name}.filter"] = module.filter.clone()
+    return state
+
+
+def test_original_checkpoint_with_blur_filter_loads_through_models_load(tmp_path):
+    kwargs = dict(width=4, sfilter=(1, 2, 1), pad_mode="replicate")
+    trained = models.get_model("resnet_mcdo_smoothing_18", **kwargs)
+    state = _originals_checkpoint(trained)
+    assert "smooth1.0.blur.filter" in state
+    path = models.checkpoint_path("cifar100", trained.name, "orig", tmp_path)
+    path.parent.mkdir(parents=True)
+    torch.save({"name": trained.name, "state_dict": state, "optimizer": None}, path)
+    fresh = models.get_model("resnet_mcdo_smoothing_18", **kwargs)
+    models.load(fresh, "cifar100", "orig", root=tmp_path)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    # Built with another filter, the same checkpoint is refused, naming the filter.
+    other = models.get_model("resnet_mcdo_smoothing_18", width=4, sfilter=(1, 3, 3, 1))
+    with pytest.raises(ValueError, match="filter"):
+        models.load(other, "cifar100", "orig", root=tmp_path)
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):
