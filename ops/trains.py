@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 import models
 
 from . import datasets as datasets_
-from . import loaders, plots
+from . import loaders, plots, pretrained
 from . import tests as evaluation
 from .configs import make_config
 from .metrics import SCALAR_KEYS
@@ -306,6 +306,7 @@ def train(config=None, model_name=None, overrides=(), model=None):
     final = None
     if is_main:
         final = models.save(model, dataset_name, uid, optimizer=optimizer, root=env["checkpoint_root"])
+        pretrained.write_card(final, cfg, num_classes, history)
         if writer is not None:
             writer.close()
     return {"model": model, "run_dir": run_dir, "history": history, "checkpoint": final, "config": cfg,
