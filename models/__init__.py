@@ -5,21 +5,26 @@
     model = models.get_model("resnet_mcdo_smoothing_18", num_classes=100, stem=False)
     with models.mc_dropout(model, enabled=False):       # MC dropout is on in eval(); switch it off here
         logits = model(x)
-    models.save(model, "cifar_100", uid)                # models_checkpoints/cifar_100/<name>/...pth.tar
-    models.load(model, "cifar_100", uid)
+    models.save(model, "cifar100", uid)                 # models_checkpoints/cifar100/<name>/...pth.tar
+    models.load(model, "cifar_100", uid)                # dataset aliases name the same folder
 """
 import torch
 
 from . import alexnet, resnet, vgg  # noqa: F401  (importing registers the families)
-from .checkpoints import atomic_save, check_state_dict, checkpoint_path, load, save, unwrap
+from .checkpoints import (CheckpointError, atomic_save, canonical_dataset, check_identity, check_state_dict,
+                          checkpoint_path, find_checkpoint, load, load_checkpoint, read_checkpoint, save,
+                          save_checkpoint, unwrap)
 from .layers import MCDropout, is_stochastic, mc_dropout
 from .registry import get_model, list_models, register
-from .smoothing import SMOOTHING_BLOCKS, TanhBlurBlock, make_smoothing
+from .smoothing import SMOOTHING_BLOCKS, SmoothingBlock, TanhBlurBlock, make_smoothing
+from .surgery import add_mc_dropout, add_smoothing, plan_smoothing
 from . import ensemble  # noqa: E402
 
 __all__ = ["get_model", "list_models", "register", "save", "load", "checkpoint_path", "atomic_save",
-           "check_state_dict", "unwrap", "mc_dropout", "is_stochastic", "MCDropout", "TanhBlurBlock",
-           "SMOOTHING_BLOCKS", "make_smoothing", "count_parameters", "summary", "ensemble"]
+           "check_state_dict", "check_identity", "unwrap", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "find_checkpoint", "canonical_dataset", "CheckpointError", "mc_dropout", "is_stochastic", "MCDropout", "TanhBlurBlock",
+           "SmoothingBlock", "SMOOTHING_BLOCKS", "make_smoothing", "count_parameters", "summary", "ensemble"]
+__all__ += ["add_smoothing", "add_mc_dropout", "plan_smoothing"]
 
 
 def count_parameters(model, trainable_only=False):

@@ -1,15 +1,47 @@
 """Checkpoints in the original layout, written atomically and read safely.
 
-    {root}/{dataset}/{model.name}/{dataset}_{model.name}_{uid}.pth.tar  ->  {"name", "state_dict", "optimizer"}
+    {root}/{dataset}/{model.name}/{dataset}_{model.name}_{uid}.pth.tar  ->  {"name", "state_dict", "optimizer",
+                                                                            "arch", ...extra}
 
-Writes go to a temporary file in the same folder and are renamed over the target, so a crash mid-write
-leaves the previous checkpoint intact. Reads use `torch.load(weights_only=True)`: a checkpoint cannot run code.
+- Dataset names are folded to one canonical folder (`cifar_100`, `cifar-100`, `CIFAR100` -> `cifar100`); loading
+  also finds a checkpoint that the original implementation saved under one of the aliases.
+- Writes go to a temporary file in the same folder (fsync, then rename over the target), so a crash mid-write
+  leaves the previous checkpoint intact; leftovers of interrupted writes are removed by the next write; the
+  file gets the permissions of any other output (umask), and a full disk is reported as such.
+- Reads use `torch.load(weights_only=True)`: a checkpoint cannot run code. A corrupt, truncated or empty file
+  gives one error naming the path and what to do.
+- A checkpoint says what it is: the model name (the original's checkpoints carry only that) and, for ours, the
+  arguments the model was built with (`arch`). Loading compares them with the model and names any difference
+  (another variant, another width, another number of classes) before comparing tensors.
 """
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+# Dataset name -> canonical checkpoint folder. Keys are lower case with '-' and ' ' as '_'.
+DATASET_ALIASES = {"cifar": "cifar10", "cifar_10": "cifar10", "cifar_100": "cifar100", "fashionmnist": "fashion_mnist",
+                   "fmnist": "fashion_mnist", "fashion_mnist": "fashion_mnist", "imagenet_1k": "imagenet",
+                   "ilsvrc2012": "imagenet"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or does not fit the model; the message says which and what to do."""
+
+
+def canonical_dataset(name):
+    """'CIFAR-100', 'cifar_100', 'cifar100' -> 'cifar100'; names we do not know are kept (lower-cased)."""
+    key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
+    return DATASET_ALIASES.get(key, key)
+
+
+def dataset_aliases(canonical):
+    """Folder names under which checkpoints of `canonical` may have been saved (canonical first)."""
+    names = [canonical] + [a for a, c in DATASET_ALIASES.items() if c == canonical and a != canonical]
+    return names + [n.replace("_", "-") for n in names if "_" in n]
 
 
 def unwrap(model):
@@ -24,38 +56,109 @@ def unwrap(model):
 
 
 def checkpoint_path(dataset_name, model_name, uid, root="models_checkpoints"):
+    dataset_name = canonical_dataset(dataset_name)
     return Path(root) / dataset_name / model_name / f"{dataset_name}_{model_name}_{uid}.pth.tar"
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save(obj, path):
     """torch.save to `path` via a temporary file + os.replace (atomic on POSIX and Windows)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(path.name + ".*.tmp"):  # interrupted writes of this file (killed mid-write)
+        leftover.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give it the permissions of every other output
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        no_space = getattr(exc, "errno", None) == errno.ENOSPC or "file write failed" in str(exc)
+        if no_space:
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {path} ({free / 2**20:.0f} MiB "
+                                        f"free); free some space and run again (the previous file is intact)") from exc
         raise
     return path
 
 
-def save(model, dataset_name, uid, optimizer=None, root="models_checkpoints"):
-    """Save `model` (and optionally `optimizer`) under the original path layout; returns the path."""
+def _arch(model):
+    return getattr(unwrap(model), "arch", None)
+
+
+def save_checkpoint(path, model, optimizer=None, **extra):
+    """Write {"name", "state_dict", "optimizer", "arch", **extra} to `path` atomically; returns the path."""
     model = unwrap(model)
-    name = getattr(model, "name", type(model).__name__)
-    state = {"name": name, "state_dict": model.state_dict(),
-             "optimizer": optimizer.state_dict() if optimizer is not None else None}
-    return atomic_save(state, checkpoint_path(dataset_name, name, uid, root))
+    state = {"name": getattr(model, "name", type(model).__name__), "state_dict": model.state_dict(),
+             "optimizer": optimizer.state_dict() if optimizer is not None else None, **extra}
+    if _arch(model) is not None:
+        state["arch"] = _arch(model)
+    return atomic_save(state, path)
+
+
+def save(model, dataset_name, uid, optimizer=None, root="models_checkpoints", **extra):
+    """Save `model` (and optionally `optimizer`) under the original path layout; returns the path."""
+    name = getattr(unwrap(model), "name", type(unwrap(model)).__name__)
+    return save_checkpoint(checkpoint_path(dataset_name, name, uid, root), model, optimizer, **extra)
+
+
+def read_checkpoint(path, map_location="cpu", weights_only=True):
+    """The dict stored at `path`, or a CheckpointError that names the path, the problem and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): a write was interrupted before it started. Delete it, "
+                              f"or start without it (env.resume=false in a config).")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors, and loading it could run code, so it was refused. "
+                f"Load it with weights_only=False only if you trust where it came from.") from exc
+        raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__}: {text.splitlines()[0][:200]}). "
+                              f"Delete it, or start without it (env.resume=false in a config).") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict or state_dict")
+    return state
+
+
+def _describe(arch, key):
+    return f"{key}={arch[key]!r}" if key in arch else f"the default {key}"
+
+
+def check_identity(model, state, source="checkpoint"):
+    """Raise a CheckpointError if `state` (a checkpoint dict) was saved from another model than `model`."""
+    bare = unwrap(model)
+    name, stored = getattr(bare, "name", None), state.get("name")
+    lines = []
+    if name is not None and isinstance(stored, str) and stored != name:
+        lines.append(f"it was saved from {stored!r}, this model is {name!r}")
+    mine, theirs = getattr(bare, "arch", None), state.get("arch")
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for key in sorted((set(mine) | set(theirs)) - {"name"}):
+            if mine.get(key) != theirs.get(key):
+                lines.append(f"it was built with {_describe(theirs, key)}, this model with {_describe(mine, key)}")
+    if lines:
+        raise CheckpointError(f"{source} does not fit model {name!r}: " + "; ".join(lines) + ". Build the model "
+                              f"the checkpoint was trained as (ops.pretrained.load_checkpoint rebuilds it from "
+                              f"the card beside it).")
 
 
 def check_state_dict(model, state_dict, source="checkpoint", checkpoint_name=None, limit=5):
-    """Raise a ValueError naming the first differing keys/shapes if `state_dict` does not fit `model`."""
+    """Raise a CheckpointError naming the first differing keys/shapes if `state_dict` does not fit `model`."""
     from .smoothing import Blur
 
     expected = model.state_dict()
@@ -78,8 +181,41 @@ def check_state_dict(model, state_dict, source="checkpoint", checkpoint_name=Non
             lines.append(f"  unexpected in checkpoint ({len(unexpected)}): {unexpected[:limit]}")
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): {shapes[:limit]}")
-        lines.append("  Build the model with the same name, num_classes and stem as the checkpoint.")
-        raise ValueError("\n".join(lines))
+        lines.append("  Build the model with the same name, num_classes, stem and keyword arguments (width, ...) "
+                     "as the checkpoint.")
+        raise CheckpointError("\n".join(lines))
+
+
+def load_checkpoint(path, model, optimizer=None, map_location="cpu", weights_only=True):
+    """Load the checkpoint at `path` into `model` (and `optimizer`) after checking that it fits; returns the
+    whole stored dict (for the extras a trainer keeps beside the weights)."""
+    state = read_checkpoint(path, map_location, weights_only)
+    state_dict = state.get("state_dict", state)
+    bare = unwrap(model)
+    check_identity(bare, state, source=str(path))
+    check_state_dict(bare, state_dict, source=str(path), checkpoint_name=state.get("name"))
+    bare.load_state_dict(state_dict, strict=True)
+    if optimizer is not None:
+        if state.get("optimizer") is None:
+            raise CheckpointError(f"{path} holds no optimizer state")
+        optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def find_checkpoint(dataset_name, model_name, uid, root="models_checkpoints"):
+    """The checkpoint path under the canonical dataset folder, else under an alias (the original's names)."""
+    canonical = canonical_dataset(dataset_name)
+    candidates = [Path(root) / d / model_name / f"{d}_{model_name}_{uid}.pth.tar" for d in dataset_aliases(canonical)]
+    found = next((p for p in candidates if p.exists()), None)
+    if found is None:
+        folder = candidates[0].parent
+        others = sorted(p.name for p in folder.glob("*.pth.tar")) if folder.exists() else []
+        aliases = [p.parent.parent.name for p in candidates[1:]]
+        raise FileNotFoundError(
+            f"No checkpoint for model {model_name!r}, dataset {canonical!r}, uid {uid!r}: looked for {candidates[0]}"
+            + (f" (and under the dataset aliases {aliases})" if aliases else "") + "."
+            + (f" Checkpoints in that folder: {others}." if others else ""))
+    return found
 
 
 def load(model, dataset_name, uid, root="models_checkpoints", optimizer=None, weights_only=True,
@@ -87,18 +223,5 @@ def load(model, dataset_name, uid, root="models_checkpoints", optimizer=None, we
     """Load the checkpoint of `model.name` into `model` (and `optimizer`, if given); returns `model`."""
     bare = unwrap(model)
     name = getattr(bare, "name", type(bare).__name__)
-    path = checkpoint_path(dataset_name, name, uid, root)
-    if not path.exists():
-        others = sorted(p.name for p in path.parent.glob("*.pth.tar")) if path.parent.exists() else []
-        hint = f" Checkpoints in that folder: {others}." if others else ""
-        raise FileNotFoundError(f"No checkpoint for model {name!r}, dataset {dataset_name!r}, uid {uid!r}: "
-                                f"looked for {path}.{hint}")
-    state = torch.load(path, map_location=map_location, weights_only=weights_only)
-    state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
-    check_state_dict(bare, state_dict, source=str(path), checkpoint_name=state.get("name"))
-    bare.load_state_dict(state_dict, strict=True)
-    if optimizer is not None:
-        if state.get("optimizer") is None:
-            raise ValueError(f"{path} holds no optimizer state")
-        optimizer.load_state_dict(state["optimizer"])
+    load_checkpoint(find_checkpoint(dataset_name, name, uid, root), model, optimizer, map_location, weights_only)
     return model

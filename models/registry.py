@@ -62,6 +62,7 @@ def get_model(name, num_classes=10, stem=False, **kwargs):
 def _build_variant(network, *, name, mcdo, smooth, default_rate, extra_kwargs, fixed,
                    num_classes=10, stem=False, **kwargs):
     allowed = COMMON_KWARGS | set(extra_kwargs)
+    given = dict(kwargs)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise TypeError(f"{name}: unknown keyword argument(s) {unknown}; allowed: {sorted(allowed)}")
@@ -81,7 +82,19 @@ def _build_variant(network, *, name, mcdo, smooth, default_rate, extra_kwargs, f
 
     model = network(num_classes=num_classes, stem=stem, rate=rate, smoothing=smoothing, **fixed, **kwargs)
     model.name = name
+    # What the model was built with, saved in checkpoints so that loading can name a mismatch (models.checkpoints).
+    model.arch = {"name": name, "num_classes": num_classes, "stem": bool(stem),
+                  **{k: _plain(v) for k, v in given.items()}}
     return model
+
+
+def _plain(value):
+    """A JSON-friendly form of a keyword argument (tuples as lists; classes and callables by name)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return getattr(value, "__name__", repr(value))
 
 
 def register_variants(family, network, depths=None, default_rate=0.3, extra_kwargs=(), fixed_by=None):

@@ -12,7 +12,9 @@ then Debian's `/usr/share/datasets/fashion-mnist/` (apt-get install dataset-fash
 with torchvision if `download=True`.
 
 CIFAR files are read from torchvision's on-disk format (`{root}/cifar-10-batches-py`, `{root}/cifar-100-python`);
-torchvision only downloads them.
+torchvision only downloads (and md5-checks) them. They are Python pickles, and a pickle can run code, so they are
+read with a restricted unpickler that admits only what those files contain (dicts, lists, bytes, numbers and
+numpy arrays); torchvision's own reader uses plain pickle.load, so it is not used for reading.
 """
 import gzip
 import pickle
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from models.checkpoints import canonical_dataset
 
 # Normalisation constants (the original implementation's for CIFAR and ImageNet).
 STATS = {
@@ -33,9 +37,6 @@ STATS = {
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-ALIASES = {"cifar": "cifar10", "cifar_10": "cifar10", "cifar-10": "cifar10", "cifar_100": "cifar100",
-           "cifar-100": "cifar100", "fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
-           "fmnist": "fashion_mnist"}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -76,8 +77,8 @@ class ImageTensorDataset(torch.utils.data.Dataset):
 
 
 def canonical_name(name):
-    key = name.lower()
-    key = ALIASES.get(key, key)
+    """'CIFAR-100', 'cifar_100', 'cifar100' -> 'cifar100' (the names of models.checkpoints' dataset folders)."""
+    key = canonical_dataset(name)
     if key not in STATS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(STATS)}")
     return key
@@ -109,9 +110,28 @@ _CIFAR = {
 }
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only the globals that CIFAR's pickles need to rebuild numpy arrays; anything else is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+               ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),  # protocol 5
+               ("_codecs", "encode")}  # how protocol-2 pickles store bytes
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR batch file holds only arrays, "
+                                         "lists and dicts")
+        return super().find_class(module, name)
+
+
 def _unpickle(path):
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+        try:
+            return _CifarUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as exc:
+            raise DatasetNotFoundError(f"{path} is not a CIFAR batch file ({exc}). Replace the folder with "
+                                       f"torchvision's download (dataset.download=true after deleting it).") from None
 
 
 def _cifar(key, root, download, mean, std):

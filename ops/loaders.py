@@ -6,8 +6,10 @@ tensor ops there; no worker processes, no PIL per image. Shuffling and augmentat
 by (seed, epoch[, rank]), so an epoch's batches are the same whether a run was interrupted and resumed or not.
 Under DDP each rank takes every world_size-th index of the same permutation.
 
-`make_loader` picks it for in-memory datasets and a torchvision-style DataLoader (workers, pinned memory,
-DistributedSampler) for the others (ImageNet).
+`make_loader` picks it for in-memory datasets and a torchvision-style DataLoader (workers, pinned memory) for the
+others (ImageNet). Under DDP, training shards pad to equal length (every rank must take the same number of
+steps), but evaluation shards never do: `ShardSampler` gives each image to exactly one rank, so N processes score
+exactly the images one process scores.
 """
 import math
 
@@ -83,6 +85,19 @@ class DeviceLoader:
             yield x, self.labels[b]
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices rank, rank + world_size, ...: disjoint evaluation shards without padding or duplicates."""
+
+    def __init__(self, dataset, rank, world_size):
+        self.n, self.rank, self.world_size = len(dataset), rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self):
+        return len(range(self.rank, self.n, self.world_size))
+
+
 def make_loader(dataset, batch_size, train=False, device="cpu", workers=4, seed=0, rank=0, world_size=1,
                 channels_last=False, augment=None):
     """DeviceLoader for in-memory datasets, else a DataLoader (with a DistributedSampler under DDP)."""
@@ -92,12 +107,14 @@ def make_loader(dataset, batch_size, train=False, device="cpu", workers=4, seed=
         return DeviceLoader(dataset, batch_size, train=train, device=device, seed=seed, rank=rank,
                             world_size=world_size, channels_last=channels_last, augment=augment)
     sampler = None
-    if world_size > 1:
+    if world_size > 1 and train:
         sampler = torch.utils.data.distributed.DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=False)
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    elif world_size > 1:
+        sampler = ShardSampler(dataset, rank, world_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
         pin_memory=torch.device(device).type == "cuda", drop_last=train, persistent_workers=workers > 0)
-    loader.set_epoch = sampler.set_epoch if sampler is not None else (lambda epoch: None)
+    loader.set_epoch = getattr(sampler, "set_epoch", lambda epoch: None)
     loader.classes = getattr(dataset, "classes", None)
     return loader

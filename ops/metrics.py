@@ -1,9 +1,12 @@
 """Predictive-performance metrics of the spatial-smoothing paper, as a streaming accumulator.
 
-Inputs: `probs` (N, C) predictive probabilities (rows sum to 1), `targets` (N,) integer labels.
+Inputs: `probs` (N, C) predictive probabilities (rows sum to 1), `targets` (N,) integer labels, and optionally
+`log_probs` (N, C), the same predictions as log-probabilities (the evaluation engine has them: ops.tests.sweep).
 conf = max_c probs, pred = argmax_c probs, correct = (pred == target).
 
-    nll          mean of -log p[y], with p[y] floored at NLL_FLOOR so that a zero probability stays finite
+    nll          mean of -log p[y]: from `log_probs` when given (exact, also for a confident wrong prediction
+                 whose p[y] underflows float32), else from `probs` with p[y] floored at NLL_FLOOR so that an
+                 exact zero stays finite
     acc          mean of correct
     top5         share of samples whose label is among the 5 most probable classes: fewer than 5 classes are
                  strictly more probable than the label (so ties count in the label's favour)
@@ -20,17 +23,21 @@ conf = max_c probs, pred = argmax_c probs, correct = (pred == target).
     auroc        misclassification detection: P(conf of a correct prediction > conf of a wrong one), ties
                  counting 1/2 (Mann-Whitney); NaN if all predictions are correct or all wrong
     aurc         area under the risk-coverage curve: predictions sorted by decreasing confidence, the mean
-                 over k = 1..N of the error rate among the k most confident
+                 over k = 1..N of the error rate among the k most confident; within a group of equal
+                 confidences the errors count as spread evenly (the expectation over their orders), so the
+                 value does not depend on the order of the inputs (one process or many)
     For stochastic predictions (`samples`: (S, N, C) per-sample probabilities of MC passes or ensemble members,
     whose mean is `probs`), in nats:
     entropy            mean predictive entropy H[mean_s p_s]
     expected_entropy   mean over samples of mean_s H[p_s] (aleatoric part)
-    mutual_info        entropy - expected_entropy (epistemic part, the BALD score)
+    mutual_info        entropy - expected_entropy (epistemic part, the BALD score), per sample at least 0
 
 State: sums, per-bin totals and the per-class marginals of the confusion matrix of certain predictions
-(diagonal, row and column sums: all IoU needs, C numbers instead of C^2), all on the input's device; one
-all-reduce combines processes. auroc / aurc need every (conf, correct) pair: those two are concatenated, not
-summed. `summarize(...)` is `Metrics(...).update(...).compute()`.
+(diagonal, row and column sums: all IoU needs, C numbers instead of C^2), all on the input's device. Under DDP
+`sync()` combines processes with four all-reduces (sums, bins, cutoffs, classes) and two all-gathers (the
+(conf, correct) pairs that auroc / aurc need, and their counts); it keeps the local state aside, so calling it
+twice, or updating after it, never counts a prediction twice. `summarize(...)` is
+`Metrics(...).update(...).compute()`.
 """
 import math
 
@@ -46,6 +53,26 @@ def cutoff_key(cutoff):
     return f"{cutoff * 100:.6g}"
 
 
+def sum_tolerance(dtype):
+    """How far a row of probabilities in `dtype` may sum from 1: SUM_TOL, or the dtype's rounding for bf16/fp16."""
+    return max(SUM_TOL, torch.finfo(dtype).eps) if dtype.is_floating_point else SUM_TOL
+
+
+def _check_rows(p, what, tol):
+    """One host sync for the cheap checks of (..., C) probabilities: finite, non-negative, rows sum to 1."""
+    row_sums = p.sum(-1)
+    bad = torch.stack([~torch.isfinite(row_sums).all(), p.amin() < 0,
+                       ((row_sums - 1).abs() > tol).any()]).tolist()
+    if bad[0]:
+        raise ValueError(f"{what} contains NaN or inf")
+    if bad[1]:
+        raise ValueError(f"{what} contains negative values; pass probabilities (softmax), not logits")
+    if bad[2]:
+        worst = (row_sums - 1).abs().max().item()
+        raise ValueError(f"rows of {what} must sum to 1 (worst row is off by {worst:.3g}, allowed {tol:.3g}); "
+                         "pass softmax probabilities, not logits or log-probabilities")
+
+
 def _check(probs, targets, num_classes=None):
     if not torch.is_tensor(probs) or not torch.is_tensor(targets):
         raise ValueError("probs and targets must be tensors")
@@ -58,25 +85,42 @@ def _check(probs, targets, num_classes=None):
         raise ValueError(f"probs has {probs.shape[1]} classes but this accumulator was built for {num_classes}")
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"targets must be integer class labels, got dtype {targets.dtype}")
+    if probs.shape[1] == 0:
+        raise ValueError("probs has no classes (shape (N, 0))")
+    if probs.shape[0] == 0:
+        return None  # an empty batch: nothing to count
     # float64 inputs stay float64 (exact bin edges); everything else is computed in float32.
     p = probs if probs.dtype == torch.float64 else probs.float()
-    # Cheap checks (a NaN or inf anywhere makes its row sum non-finite), one host sync for all of them.
-    row_sums = p.sum(1)
-    bad = torch.stack([~torch.isfinite(row_sums).all(), p.amin() < 0 if p.numel() else torch.zeros((), dtype=torch.bool, device=p.device),
-                       ((row_sums - 1).abs() > SUM_TOL).any(),
-                       ((targets < 0) | (targets >= probs.shape[1])).any()]).tolist()
-    if bad[0]:
-        raise ValueError("probs contains NaN or inf")
-    if bad[1]:
-        raise ValueError("probs contains negative values; pass probabilities (softmax), not logits")
-    if bad[2]:
-        worst = (row_sums - 1).abs().max().item()
-        raise ValueError(f"rows of probs must sum to 1 (worst row is off by {worst:.3g}); pass softmax "
-                         "probabilities, not logits or log-probabilities")
-    if bad[3]:
+    _check_rows(p, "probs", sum_tolerance(probs.dtype))
+    if ((targets < 0) | (targets >= probs.shape[1])).any():
         raise ValueError(f"targets out of range: labels must be in [0, {probs.shape[1] - 1}], got "
                          f"[{targets.min().item()}, {targets.max().item()}]")
     return p
+
+
+def _check_log_probs(log_probs, p):
+    if log_probs.shape != p.shape:
+        raise ValueError(f"log_probs must have the shape of probs {tuple(p.shape)}, got {tuple(log_probs.shape)}")
+    lp = log_probs.double()
+    if torch.isnan(lp).any() or (lp > 1e-6).any():
+        raise ValueError("log_probs must be log-probabilities (no NaN, at most 0)")
+    if ((lp.exp() - p.double()).abs() > sum_tolerance(log_probs.dtype)).any():
+        raise ValueError("log_probs and probs describe different predictions: exp(log_probs) must equal probs")
+    return lp
+
+
+def _check_samples(samples, p):
+    """samples: (S, N, C) per-pass probabilities whose mean over S is `probs`."""
+    if not torch.is_tensor(samples) or samples.ndim != 3 or samples.shape[1:] != p.shape or samples.shape[0] < 1:
+        shape = tuple(samples.shape) if torch.is_tensor(samples) else type(samples).__name__
+        raise ValueError(f"samples must have shape (S, {p.shape[0]}, {p.shape[1]}) with S >= 1, got {shape}")
+    s = samples if samples.dtype == torch.float64 else samples.float()
+    tol = sum_tolerance(samples.dtype)
+    _check_rows(s, "samples", tol)
+    if ((s.mean(0) - p).abs() > tol).any():
+        raise ValueError("samples do not belong to probs: their mean over the first dimension must equal probs "
+                         "(pass the per-pass probabilities of the same predictions)")
+    return s
 
 
 def _entropy(p):  # (..., C) -> (...), 0 log 0 = 0
@@ -107,6 +151,7 @@ class Metrics:
         self.confs, self.corrects = [], []  # concatenated (auroc, aurc)
         self.edges = (torch.arange(1, B, dtype=torch.float64, device=self.device) / B)
         self.cut_values = torch.tensor(self._cuts, dtype=torch.float32, device=self.device)
+        self._local = None  # the local state while a synced one is in place (see sync)
         return self
 
     def _to(self, device):
@@ -116,8 +161,12 @@ class Metrics:
                 setattr(self, name, getattr(self, name).to(device))
 
     @torch.no_grad()
-    def update(self, probs, targets, samples=None):
-        p = _check(probs, targets, self.num_classes)  # (N, C) float32 or float64
+    def update(self, probs, targets, samples=None, log_probs=None):
+        """Add a batch: probs (N, C), targets (N,), optional samples (S, N, C) and log_probs (N, C)."""
+        self._unsync()
+        p = _check(probs, targets, self.num_classes)  # (N, C) float32 or float64; None for an empty batch
+        if p is None:
+            return self
         self._to(p.device)
         t = targets.to(p.device).long()
         N, C = p.shape
@@ -126,14 +175,17 @@ class Metrics:
         correct = pred == t
         top5 = (p > p_true[:, None]).sum(1) < 5  # fewer than 5 classes strictly more probable than the label
         brier = (p * p).sum(1) - 2 * p_true + 1  # sum_c (p_c - onehot_c)^2
-        nll = -p_true.double().clamp_min(NLL_FLOOR).log()
+        if log_probs is not None:
+            nll = -_check_log_probs(log_probs.to(p.device), p).gather(1, t[:, None]).squeeze(1)
+        else:
+            nll = -p_true.double().clamp_min(NLL_FLOOR).log()
 
         stoch = torch.zeros(3, dtype=torch.float64, device=p.device)
         if samples is not None:
-            s = samples.float()
-            if s.ndim != 3 or s.shape[1:] != p.shape:
-                raise ValueError(f"samples must have shape (S, {N}, {C}), got {tuple(samples.shape)}")
-            stoch = torch.stack([_entropy(p).double().sum(), _entropy(s).double().mean(0).sum(),
+            s = _check_samples(samples.to(p.device), p)
+            entropy, expected = _entropy(p).double(), _entropy(s).double().mean(0)  # (N,), (N,)
+            # Mutual information is >= 0 per sample (concavity of entropy); clamp away float rounding.
+            stoch = torch.stack([entropy.sum(), (entropy - (entropy - expected).clamp_min(0)).sum(),
                                  torch.tensor(float(N), dtype=torch.float64, device=p.device)])
         self.sums += torch.cat([torch.stack([torch.tensor(float(N), dtype=torch.float64, device=p.device),
                                              nll.sum(), correct.double().sum(), top5.double().sum(),
@@ -158,24 +210,40 @@ class Metrics:
         self.corrects.append(correct)
         return self
 
+    _STATE = ("sums", "bin_stats", "cut_stats", "class_stats", "confs", "corrects")
+
     def sync(self):
-        """Combine the states of all processes (call on every rank before compute() under DDP)."""
+        """Combine the states of all processes (call on every rank before compute() under DDP).
+
+        The local state is kept aside: sync() again, or update() after it, starts from the local state, so no
+        prediction is ever counted twice."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return self
-        for tensor in (self.sums, self.bin_stats, self.cut_stats, self.class_stats):
+        self._unsync()
+        self._local = {name: getattr(self, name) for name in self._STATE}
+        for name in ("sums", "bin_stats", "cut_stats", "class_stats"):
+            tensor = getattr(self, name).clone()
             dist.all_reduce(tensor)
+            setattr(self, name, tensor)
         conf, correct = self._cat()
         n = torch.tensor([conf.numel()], device=conf.device)
         sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
         dist.all_gather(sizes, n)
         m = int(max(s.item() for s in sizes))
-        both = torch.zeros(2, m, device=conf.device)
-        both[0, :conf.numel()], both[1, :conf.numel()] = conf, correct.float()
+        both = torch.zeros(2, m, dtype=torch.float64, device=conf.device)
+        both[0, :conf.numel()], both[1, :conf.numel()] = conf.double(), correct.double()
         gathered = [torch.zeros_like(both) for _ in sizes]
         dist.all_gather(gathered, both)
         self.confs = [g[0, :int(s.item())] for g, s in zip(gathered, sizes)]
         self.corrects = [g[1, :int(s.item())].bool() for g, s in zip(gathered, sizes)]
         return self
+
+    def _unsync(self):
+        local = getattr(self, "_local", None)
+        if local is not None:
+            for name, value in local.items():
+                setattr(self, name, value)
+            self._local = None
 
     def _cat(self):
         if not self.confs:
@@ -186,7 +254,8 @@ class Metrics:
     def compute(self):
         n, nll, correct, top5, brier, ent, exp_ent, n_stoch = self.sums.tolist()
         if n == 0:
-            raise ValueError("no predictions were accumulated; call update() first")
+            raise ValueError("no predictions were accumulated: update() was not called, or only with empty "
+                             "batches")
         count, bin_correct, bin_conf = self.bin_stats
         nonempty = count > 0
         bin_acc = torch.where(nonempty, bin_correct / count.clamp_min(1), torch.nan)
@@ -214,7 +283,7 @@ class Metrics:
         conf, corr = self._cat()
         out["auroc"] = auroc(conf, corr)
         out["aurc"] = aurc(conf, corr)
-        if n_stoch:
+        if n_stoch:  # exp_ent holds sum(entropy - clamp(mutual_info, 0)): see update()
             out.update(entropy=ent / n_stoch, expected_entropy=exp_ent / n_stoch,
                        mutual_info=(ent - exp_ent) / n_stoch)
         out["bin_count"] = count.long().tolist()
@@ -236,20 +305,29 @@ def auroc(scores, positive):
 
 
 def aurc(conf, correct):
-    """Area under the risk-coverage curve (lower is better)."""
+    """Area under the risk-coverage curve (lower is better); ties spread their errors evenly (order-free)."""
     if conf.numel() == 0:
         return math.nan
-    order = torch.sort(conf, descending=True, stable=True).indices
-    errors = (~correct[order]).double().cumsum(0)
+    order = torch.sort(conf.double(), descending=True, stable=True).indices
+    conf_sorted, wrong = conf.double()[order], (~correct[order]).double()
+    _, counts = torch.unique_consecutive(conf_sorted, return_counts=True)  # tie groups, in sorted order
+    group = torch.repeat_interleave(torch.arange(len(counts), device=conf.device), counts)  # (N,)
+    ends = counts.cumsum(0)
+    starts = ends - counts
+    group_errors = torch.zeros(len(counts), dtype=torch.float64, device=conf.device).index_add_(0, group, wrong)
+    before = group_errors.cumsum(0) - group_errors  # errors of all more confident groups
     k = torch.arange(1, conf.numel() + 1, device=conf.device, dtype=torch.float64)
+    within = k - starts[group]  # 1..count inside each group
+    errors = before[group] + group_errors[group] * within / counts[group]
     return (errors / k).mean().item()
 
 
-def summarize(probs, targets, *, bins=10, cutoffs=(0.0, 0.9), samples=None):
+def summarize(probs, targets, *, bins=10, cutoffs=(0.0, 0.9), samples=None, log_probs=None):
     """All metrics of `probs` (N, C) against `targets` (N,) in one call; see the module docstring."""
-    _check(probs, targets)
+    if _check(probs, targets) is None:
+        raise ValueError("probs is empty (0 predictions): nothing to score")
     return Metrics(probs.shape[1], bins=bins, cutoffs=cutoffs, device=probs.device).update(
-        probs, targets, samples).compute()
+        probs, targets, samples, log_probs).compute()
 
 
 SCALAR_KEYS = ("nll", "acc", "top5", "brier", "ece", "ece_signed", "iou", "auroc", "aurc")

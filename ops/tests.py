@@ -5,20 +5,47 @@
 
 `sweep` draws max(sizes) MC samples per batch once and scores every size on prefixes of the same samples, so it
 costs max(sizes) forward passes instead of sum(sizes) (95 -> 50 for the paper's sizes). Metrics stream on the
-device (ops.metrics.Metrics) and are all-reduced across processes under DDP.
+device (ops.metrics.Metrics) and are combined across processes under DDP; NLL comes from the log-probabilities,
+so a confident wrong prediction counts with its true NLL.
+
+What is evaluated is the model as the user has it:
+- Stochastic or not is decided by behaviour on the first batch (ops.predict.is_stochastic), or by `mc=`; each
+  result says which (`stochastic`, `passes`: forward passes per image).
+- The model is put in eval(), except dropout modules that the user switched back to train() in an eval() model
+  (the usual MC dropout recipe for models without our MCDropout): those stay in train mode.
+- BatchNorm folding (on a traced copy) is checked against the eager model on the first batch with the same
+  random draws; if they differ, if tracing fails, or if `forward` changes the model's Python state (side
+  effects a traced copy would not repeat), the eager model is used, with a warning.
 """
+import copy
+import numbers
 import warnings
 
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 from tqdm.auto import tqdm
 
 import models
 
 from .metrics import Metrics
-from .predict import log_mean_exp, predict_log_probs
+from .predict import is_stochastic, log_mean_exp, model_device, predict_log_probs
 from .runtime import check_precision, resolve_device
 
 PAPER_SIZES = (1, 2, 3, 4, 5, 10, 20, 50)
+FOLD_RTOL = 1e-4  # folded vs eager outputs, relative to the output's scale (folding only reorders rounding)
+
+
+def check_sizes(sizes):
+    """Sorted distinct positive integer ensemble sizes; strings, floats and booleans are refused."""
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise ValueError(f"sizes must be a list of positive integers, e.g. [1, 2, 5], got {sizes!r}")
+    sizes = list(sizes)
+    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1]
+    if not sizes or bad:
+        raise ValueError(f"sizes must be a non-empty list of positive integers, got {sizes!r}"
+                         + (f" ({bad!r} not allowed)" if bad else ""))
+    return tuple(sorted(set(int(n) for n in sizes)))
 
 
 class _KeepMCDropout(torch.fx.Tracer):
@@ -28,64 +55,153 @@ class _KeepMCDropout(torch.fx.Tracer):
         return isinstance(m, models.MCDropout) or super().is_leaf_module(m, qualname)
 
 
-def prepare_for_inference(model, channels_last=False, fuse_bn=False):
-    """eval() model, optionally channels_last and with BatchNorm folded into the preceding convolutions.
-
-    Folding (torch.fx, on a copy) is exact up to float rounding (~1e-8 here) and saves the BatchNorm passes.
-    Models that cannot be traced are returned unfused, with a warning.
-    """
-    model = model.eval()
-    if fuse_bn:
-        from torch.fx.experimental.optimization import fuse
-
-        try:
-            graph = _KeepMCDropout().trace(model)
-            traced = torch.fx.GraphModule(model, graph)
-            fused = fuse(traced, no_trace=True)
-            fused.name = getattr(model, "name", None)
-            model = fused
-        except Exception as exc:  # tracing is best effort: fall back to the eager model
-            warnings.warn(f"BatchNorm folding skipped ({type(exc).__name__}: {exc})", stacklevel=3)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+def eval_keeping_dropout(model):
+    """model.eval(), but dropout modules that were in train() inside an eval() model stay in train()."""
+    keep = [] if model.training else [m for m in model.modules()
+                                      if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+    model.eval()
+    for m in keep:
+        m.train()
     return model
 
 
+def _python_state(model):
+    """The plain Python attributes of every module (numbers, strings, container sizes, tensor identities)."""
+    state = {}
+    for name, m in model.named_modules():
+        for key, value in vars(m).items():
+            if key.startswith("_") or key == "training":
+                continue
+            if isinstance(value, (numbers.Number, str)):
+                state[name, key] = value
+            elif isinstance(value, (list, tuple, dict, set)):
+                state[name, key] = (type(value).__name__, len(value))
+            elif torch.is_tensor(value):
+                state[name, key] = id(value)
+    return state
+
+
+def _seeded(fn, x, device):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        return fn(x)
+
+
+@torch.no_grad()
+def fold_batchnorm(model, example):
+    """(folded copy, None) if folding BatchNorm into the convolutions computes what `model` computes on
+    `example`, else (None, reason). `model` itself is not changed."""
+    from torch.fx.experimental.optimization import fuse
+
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None, "no BatchNorm to fold"
+    try:
+        traced_copy = copy.deepcopy(model)  # tracing runs forward's Python code: keep it off the user's model
+        graph = _KeepMCDropout().trace(traced_copy)
+        folded = fuse(torch.fx.GraphModule(traced_copy, graph), no_trace=True)
+    except Exception as exc:  # tracing is best effort: the eager model is always correct
+        return None, f"the model cannot be traced ({type(exc).__name__}: {exc})"
+    folded.name = getattr(model, "name", None)
+    device = model_device(model)
+    before = _python_state(model)
+    eager_out = _seeded(model, example, device)
+    if _python_state(model) != before:
+        return None, "its forward changes the model's Python state, which a traced copy would not repeat"
+    folded_out = _seeded(folded, example, device)
+    err = ((eager_out.float() - folded_out.float()).abs().max() / eager_out.float().abs().max().clamp_min(1e-12))
+    if not torch.isfinite(err) or err > FOLD_RTOL:
+        return None, f"the folded copy differs from the model by {err.item():.3g} of the output scale"
+    return folded, None
+
+
+def prepare_for_inference(model, channels_last=False, fuse_bn=False, example=None):
+    """The model in eval() (see eval_keeping_dropout), optionally channels_last and with BatchNorm folded.
+
+    Folding needs `example` (a batch on the model's device) to check the folded copy against the model; without
+    one, or when the check fails, the model is returned unfolded (with a warning when the check failed)."""
+    model = eval_keeping_dropout(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if fuse_bn and example is not None:
+        example = example.to(model_device(model))
+        if channels_last and example.ndim == 4:
+            example = example.contiguous(memory_format=torch.channels_last)
+        folded, reason = fold_batchnorm(model, example)
+        if folded is not None:
+            return folded
+        if reason != "no BatchNorm to fold":
+            warnings.warn(f"BatchNorm folding skipped: {reason}; evaluating the model as it is", stacklevel=3)
+    return model
+
+
+def _batches(dataset, max_batches):
+    """Non-empty (x, y) batches of `dataset`, at most `max_batches` (counting the empty ones)."""
+    for step, (x, y) in enumerate(dataset):
+        if max_batches is not None and step >= max_batches:
+            return
+        if len(x) == 0:
+            continue  # an empty batch (e.g. a shard's remainder) has nothing to score
+        yield x, y
+
+
+def _agree_on_classes(num_classes, device):
+    """Under DDP every rank needs the class count, also a rank whose shard is empty."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = torch.tensor([num_classes], device=device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return int(box.item())
+    return num_classes
+
+
 def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", channels_last=True,
-          fuse_bn=True, max_batch=None, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None):
+          fuse_bn=True, max_batch=None, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None, mc=None):
     """Metrics for every ensemble size in `sizes` from one set of max(sizes) MC samples: {n: dict}.
 
-    dataset: iterable of (x, y) batches (a DataLoader or ops.datasets' in-memory loader). For a deterministic
-    model the figures are the same at every size. The model is evaluated in eval() with MC dropout as it is
-    set (models.mc_dropout). precision: "fp32" (default) or "bf16"/"fp16" autocast; channels_last and fuse_bn
-    (BatchNorm folded into convolutions, on a copy) change the speed, not the figures (see
+    dataset: iterable of (x, y) batches (a DataLoader or ops.loaders' in-memory loader). mc: None decides by
+    the model's behaviour whether it is stochastic (see the module docstring); True/False overrides. A
+    deterministic model gets one pass per image and the same figures at every size. precision: "fp32"
+    (default) or "bf16"/"fp16" autocast; channels_last and fuse_bn change the speed, not the figures (see
     benchmarks/eval_speed.py). max_batch: images per forward pass when MC copies of a batch are stacked
     (None: ops.predict.DEFAULT_MAX_BATCH for the device).
     """
-    sizes = tuple(sorted(set(int(n) for n in sizes)))
-    if not sizes or sizes[0] < 1:
-        raise ValueError(f"sizes must be positive integers, got {sizes}")
+    sizes = check_sizes(sizes)
     check_precision(precision)
-    device = resolve_device(device) if device is not None else next(model.parameters()).device
-    model = prepare_for_inference(model.to(device), channels_last, fuse_bn)
+    device = resolve_device(device) if device is not None else model_device(model)
+    model = eval_keeping_dropout(model.to(device))
+    batches = _batches(tqdm(dataset, desc="test", leave=False) if progress else dataset, max_batches)
+    first = next(batches, None)
+    stochastic, num_classes = bool(mc), 0
+    if first is not None:
+        x0 = first[0].to(device)
+        stochastic = is_stochastic(model, x0, precision) if mc is None else bool(mc)
+        model = prepare_for_inference(model, channels_last, fuse_bn, example=x0)
     meters = None
-    batches = tqdm(dataset, desc="test", leave=False) if progress else dataset
-    for step, (x, y) in enumerate(batches):
-        if max_batches is not None and step >= max_batches:
-            break
+
+    def score(x, y):
+        nonlocal meters
         log_probs = predict_log_probs(model, x, sizes[-1], max_batch=max_batch, precision=precision,
-                                      channels_last=channels_last)  # (S, B, C)
+                                      channels_last=channels_last, stochastic=stochastic)  # (S, B, C)
         y = y.to(log_probs.device, non_blocking=True)
         if meters is None:
             meters = {n: Metrics(log_probs.shape[-1], bins=bins, cutoffs=cutoffs, device=device) for n in sizes}
         for n in sizes:
-            probs = log_mean_exp(log_probs, n).exp()  # (B, C)
-            meters[n].update(probs, y, samples=log_probs[:n].exp())
-    if meters is None:
-        raise ValueError("the dataset yielded no batches")
-    return {n: meters[n].sync().compute() for n in sizes}
+            lp = log_mean_exp(log_probs, n)  # (B, C)
+            meters[n].update(lp.exp(), y, samples=log_probs[:n].exp(), log_probs=lp)
+
+    if first is not None:
+        score(*first)
+        for x, y in batches:
+            score(x, y)
+        num_classes = next(iter(meters.values())).num_classes
+    num_classes = _agree_on_classes(num_classes, device)
+    if num_classes == 0:
+        raise ValueError("the dataset yielded no (non-empty) batches: nothing to evaluate")
+    if meters is None:  # this rank's shard was empty: it still takes part in the all-reduce
+        meters = {n: Metrics(num_classes, bins=bins, cutoffs=cutoffs, device=device) for n in sizes}
+    passes = sizes[-1] if stochastic else 1
+    return {n: {**meters[n].sync().compute(), "stochastic": stochastic, "passes": passes} for n in sizes}
 
 
 def test(model, n_ff, dataset, **kwargs):
     """Metrics of the mean prediction of `n_ff` MC passes (1 for deterministic models); see `sweep`."""
-    return sweep(model, dataset, sizes=(n_ff,), **kwargs)[n_ff]
+    return sweep(model, dataset, sizes=(n_ff,), **kwargs)[check_sizes((n_ff,))[0]]

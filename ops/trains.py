@@ -2,41 +2,50 @@
 
     result = ops.trains.train(ops.configs.load_config("configs/fashion_mnist_general.json", ["train.epochs=2"]),
                               model_name="resnet_mcdo_smoothing_18")
-    result["model"], result["run_dir"], result["history"]
+    result["model"], result["run_dir"], result["history"], result["checkpoint"]
 
-Every epoch: a tqdm bar (loss, lr, img/s), TensorBoard scalars (train loss, lr, every test metric) and the
-reliability diagram, a row of `metrics.csv`, and an atomic checkpoint `checkpoint.pth.tar` in the run folder
-`{out_dir}/{dataset}/{model}/{uid}` (model, optimizer, scheduler, grad scaler, epoch, history, config).
-Starting again with the same uid resumes after the last finished epoch. Randomness is reseeded at the start of
-every epoch from (seed, epoch, rank) and the loaders' shuffles and augmentations likewise, so a resumed run
-draws exactly what the uninterrupted run would have drawn (bitwise on CPU; on GPU up to nondeterministic
-kernels). A non-finite loss stops training with NonFiniteLossError and leaves the last good checkpoint alone.
+The pieces, in the order `train` runs them:
+- `setup`: config checks, devices and precision, data, model, optimizer and schedule, the run folder
+  (ops.runs: unique uid, lock, resume checks) and the resumed state;
+- `train_one_epoch`: one pass over the training data (the first `train.warmup_epochs` epochs warm the lr up
+  linearly, per iteration; the config's schedule then runs over `train.epochs` more epochs, as the original);
+- `evaluate`: the validation metrics (ops.tests, in `val.precision`: fp32 unless asked);
+- `save_checkpoint` / `resume`: the run's checkpoint through models.save_checkpoint / models.load_checkpoint;
+- `log_epoch`: metrics.csv, TensorBoard (scalars and the reliability diagram), the terminal;
+- `finish`: the final weights in the original layout (models.save) with their card (ops.pretrained).
+
+Randomness is reseeded at the start of every epoch from (seed, epoch, rank), and the loaders' shuffles and
+augmentations likewise, so a resumed run draws exactly what the uninterrupted run would have drawn (bitwise on
+CPU; on GPU up to nondeterministic kernels). An interrupted epoch is redone from its start. A non-finite loss
+stops training with NonFiniteLossError and leaves the last good checkpoint alone; Ctrl-C stops it with the
+`env.uid=` that resumes it.
 
 Under torchrun (WORLD_SIZE > 1) each process trains on its shard with DistributedDataParallel (NCCL on GPUs,
-gloo on CPU), the global batch is split across processes, metrics are all-reduced, and only rank 0 writes.
+gloo on CPU), the global batch is split across processes, BatchNorm can be synchronised (train.sync_bn),
+metrics are all-reduced, and only rank 0 writes.
 """
 import csv
-import json
 import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 import models
 
 from . import datasets as datasets_
-from . import loaders, plots, pretrained
+from . import loaders, plots, pretrained, syncbn
 from . import tests as evaluation
 from .configs import make_config
 from .metrics import SCALAR_KEYS
-from .runtime import autocast, check_precision, resolve_device, to_device
+from .runs import RunFolder
+from .runtime import autocast, progress_bar, resolve_device, resolve_precision, to_device
 
 CHECKPOINT = "checkpoint.pth.tar"
 
@@ -70,29 +79,28 @@ def build_optimizer(parameters, cfg):
     if cfg["name"] == "SGD":
         return torch.optim.SGD(parameters, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
                                weight_decay=cfg["weight_decay"])
-    if cfg["name"] == "AdamW":
-        return torch.optim.AdamW(parameters, lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                                 weight_decay=cfg["weight_decay"])
-    raise ValueError(f"optim.name must be SGD or AdamW, got {cfg['name']!r}")
+    return torch.optim.AdamW(parameters, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
 
 
 def lr_factor(step, steps_per_epoch, epochs, warmup_epochs, scheduler):
-    """Multiplier of the base lr after `step` optimizer steps: linear warm-up x the epoch schedule."""
+    """Multiplier of the base lr after `step` optimizer steps.
+
+    The first `warmup_epochs` epochs ramp it up linearly (per iteration); the schedule then runs over the
+    `epochs` scheduled epochs that follow (MultiStepLR milestones and the cosine count those, as the original,
+    whose warm-up epochs come before its 200 scheduled ones)."""
     warmup_steps = warmup_epochs * steps_per_epoch
-    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    step -= warmup_steps
     name = scheduler["name"]
     if name == "MultiStepLR":
         epoch = step // steps_per_epoch
-        main = scheduler["gamma"] ** sum(epoch >= m for m in scheduler["milestones"])
-    elif name == "CosineAnnealingLR":
+        return scheduler["gamma"] ** sum(epoch >= m for m in scheduler["milestones"])
+    if name == "CosineAnnealingLR":
         ratio = scheduler["eta_min"]  # final lr as a fraction of the base lr (see build_scheduler)
         t = min(1.0, step / max(1, epochs * steps_per_epoch))
-        main = ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * t))
-    elif name == "constant":
-        main = 1.0
-    else:
-        raise ValueError(f"optim.scheduler.name must be MultiStepLR, CosineAnnealingLR or constant, got {name!r}")
-    return warm * main
+        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0  # constant
 
 
 def build_scheduler(optimizer, cfg, steps_per_epoch):
@@ -131,18 +139,226 @@ def load_data(cfg):
     return name, train_set, test_set
 
 
-def run_folder(cfg, dataset_name, model_name, rank, world_size):
-    uid = cfg["env"]["uid"] or time.strftime("%Y%m%d-%H%M%S")
-    if world_size > 1:  # every rank must agree on the folder (rank 0's clock)
-        box = [uid]
+def _rank0(world_size, rank, fn):
+    """Run `fn` on rank 0 and give its result to every rank; an exception there is raised on every rank."""
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as exc:  # handed to the other ranks, which would otherwise wait forever
+            error = exc
+    if world_size > 1:
+        box = [(result, None if error is None else f"{type(error).__name__}: {error}")]
         dist.broadcast_object_list(box, src=0)
-        uid = box[0]
-    return Path(cfg["env"]["out_dir"]) / dataset_name / model_name / str(uid), str(uid)
+        result, message = box[0]
+        if rank != 0 and message is not None:
+            raise RuntimeError(f"rank 0 failed: {message}")
+    if error is not None:
+        raise error
+    return result
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; built by `setup`."""
+    cfg: dict
+    name: str
+    dataset_name: str
+    rank: int
+    world_size: int
+    device: torch.device
+    precision: str
+    train_loader: object
+    test_loader: object
+    num_classes: int
+    model: nn.Module
+    net: nn.Module  # the model as trained: compiled and/or wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    mixup: object
+    criterion: nn.Module
+    steps_per_epoch: int
+    total_epochs: int
+    folder: RunFolder = None
+    uid: str = None
+    writer: object = None
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def run_dir(self):
+        return self.folder.path if self.folder is not None else Path(self.cfg["env"]["out_dir"]) / \
+            self.dataset_name / self.name / str(self.uid)
+
+    @property
+    def checkpoint(self):
+        return self.run_dir / CHECKPOINT
+
+
+def setup(config=None, model_name=None, overrides=(), model=None):
+    """Check the config and build a Run: devices, data, model, optimizer, run folder, resumed state."""
+    cfg = make_config(config, overrides)
+    env, tcfg = cfg["env"], cfg["train"]
+    if env["threads"]:
+        torch.set_num_threads(env["threads"])
+    name = model_name or cfg["model"]["name"] or getattr(model, "name", None)
+    if name is None:
+        raise ValueError("No model: pass model_name=..., model=..., or set model.name in the config "
+                         "(e.g. model.name=resnet_mcdo_smoothing_18)")
+    if model is None and name not in models.list_models():
+        models.get_model(name)  # raises with close matches, before any data is loaded
+    cfg["model"]["name"] = name
+    rank, world_size, device = init_distributed(env["device"])
+    if tcfg["batch_size"] % world_size:
+        raise ValueError(f"train.batch_size={tcfg['batch_size']} must be divisible by the {world_size} processes")
+    precision, why = resolve_precision(env["precision"], device)
+    if rank == 0 and env["precision"] == "auto":
+        print(f"precision: {precision} ({why}); set env.precision to choose", flush=True)
+    cfg["env"]["precision"] = precision  # the stored config says what was run
+    seed_everything(env["seed"])
+
+    dataset_name, train_set, test_set = load_data(cfg)
+    common = dict(device=device, workers=env["workers"], seed=env["seed"], rank=rank, world_size=world_size,
+                  channels_last=env["channels_last"])
+    train_loader = loaders.make_loader(train_set, tcfg["batch_size"] // world_size, train=True,
+                                       augment=tcfg["augment"], **common)
+    test_loader = loaders.make_loader(test_set, cfg["val"]["batch_size"], train=False, **common)
+    num_classes = len(train_set.classes)
+    if len(train_loader) == 0:
+        raise ValueError(f"train.batch_size={tcfg['batch_size']} is larger than the {len(train_set)} training "
+                         f"images (full batches only): lower it")
+
+    if model is None:
+        model = models.get_model(name, num_classes=num_classes, stem=cfg["model"]["stem"], **cfg["model"]["block"])
+    if tcfg["sync_bn"] and world_size > 1:
+        model = syncbn.convert(model, device)
+    model = model.to(device, memory_format=torch.channels_last if env["channels_last"] else torch.preserve_format)
+    optimizer = build_optimizer(model.parameters(), cfg["optim"])
+    steps_per_epoch = min(len(train_loader), tcfg["max_steps_per_epoch"] or len(train_loader))
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    mixup, criterion = build_loss(cfg, num_classes)
+    net = torch.compile(model) if env["compile"] else model
+    if world_size > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    run = Run(cfg=cfg, name=name, dataset_name=dataset_name, rank=rank, world_size=world_size, device=device,
+              precision=precision, train_loader=train_loader, test_loader=test_loader, num_classes=num_classes,
+              model=model, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, mixup=mixup,
+              criterion=criterion, steps_per_epoch=steps_per_epoch,
+              total_epochs=tcfg["warmup_epochs"] + tcfg["epochs"])
+    folder = RunFolder(env["out_dir"], dataset_name, name, env["uid"]) if rank == 0 else None
+    _rank0(world_size, rank, lambda: folder.open() and None)  # unique uid, lock (rank 0 writes, the others wait)
+    run.folder, run.uid = folder, folder.uid if rank == 0 else None
+    if world_size > 1:
+        box = [run.uid]
+        dist.broadcast_object_list(box, src=0)
+        run.uid = box[0]
+    cfg["env"]["uid"] = run.uid
+
+    def prepare_folder():  # rank 0: check a resumption's config, then write what this run is
+        run.folder.reconcile(cfg, run.start_epoch, restart=not env["resume"])
+        run.folder.write_config(cfg)
+        shape = (1, *train_set.images.shape[1:]) if hasattr(train_set, "images") else None
+        (run.run_dir / "model.txt").write_text((f"{models.summary(model, shape)}\n\n" if shape else "") + f"{model}\n")
+        if env["tensorboard"]:
+            from torch.utils.tensorboard import SummaryWriter
+
+            run.writer = SummaryWriter(str(run.run_dir), purge_step=run.start_epoch + 1)
+
+    try:
+        if env["resume"] and run.checkpoint.exists():
+            resume(run)
+        _rank0(world_size, rank, prepare_folder)
+    except BaseException:
+        close(run)
+        raise
+    return run
+
+
+def resume(run):
+    """Load the run's checkpoint: weights, optimizer, schedule, grad scaler, epoch and history."""
+    state = models.load_checkpoint(run.checkpoint, run.model, run.optimizer, map_location=run.device)
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.history = state["epoch"], state["history"]
+    if run.start_epoch >= run.total_epochs and run.is_main:
+        print(f"{run.checkpoint} has finished all {run.total_epochs} epochs; raise train.epochs to continue",
+              flush=True)
+    elif run.is_main:
+        print(f"Resuming {run.checkpoint} after epoch {run.start_epoch}", flush=True)
+
+
+def save_checkpoint(run, epoch):
+    models.save_checkpoint(run.checkpoint, run.model, run.optimizer, scheduler=run.scheduler.state_dict(),
+                           scaler=run.scaler.state_dict(), epoch=epoch, history=run.history, config=run.cfg)
+
+
+def train_one_epoch(run, epoch):
+    """One epoch of training; returns its row of metrics.csv (loss, lr, images/s)."""
+    env = run.cfg["env"]
+    # Reseed from (seed, epoch, rank): a resumed run draws the same dropout masks and mixup pairs.
+    seed_everything(env["seed"] * 1_000_003 + epoch * 1_009 + run.rank)
+    run.train_loader.set_epoch(epoch)
+    run.net.train()
+    loss_sum = torch.zeros((), device=run.device)
+    seen, steps, start = 0, 0, time.time()
+    bar = progress_bar(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.total_epochs}", unit="batch",
+                       disable=not (run.is_main and env["progress"]), leave=False)
+    for step, (x, y) in enumerate(run.train_loader):
+        if step >= run.steps_per_epoch:
+            break
+        x, y = to_device(x, run.device, env["channels_last"]), y.to(run.device, non_blocking=True)
+        target = y
+        if run.mixup is not None:
+            x, target = run.mixup(x, y)
+        with autocast(run.device, run.precision):
+            logits = run.net(x)
+        loss = run.criterion(logits.float(), target)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        loss_sum += loss.detach()
+        seen, steps = seen + x.shape[0], step + 1
+        if step % 10 == 0 or steps == run.steps_per_epoch:  # one host sync every 10 steps
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"Loss is {value} at epoch {epoch + 1}, step {step + 1}; training stopped. The last good "
+                    f"checkpoint ({run.checkpoint if run.checkpoint.exists() else 'none yet'}) is untouched. "
+                    f"Lower optim.lr or use env.precision=fp32.")
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.4f}",
+                            img_s=f"{seen * run.world_size / (time.time() - start):.0f}")
+        bar.update(1)
+    bar.close()
+    if run.world_size > 1:
+        dist.all_reduce(loss_sum)
+        loss_sum /= run.world_size
+    train_loss = loss_sum.item() / max(1, steps)
+    if not math.isfinite(train_loss):
+        raise NonFiniteLossError(f"Mean training loss of epoch {epoch + 1} is {train_loss}; training stopped. "
+                                 f"The last good checkpoint is untouched.")
+    return {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
+            "train_images_per_s": seen * run.world_size / (time.time() - start)}
+
+
+def evaluate(run):
+    """Validation metrics of the model (val.n_ff MC samples, val.precision) on the run's test images."""
+    val = run.cfg["val"]
+    return evaluation.test(run.model, val["n_ff"], run.test_loader, precision=val["precision"],
+                           channels_last=run.cfg["env"]["channels_last"], fuse_bn=False)
 
 
 def _write_csv(path, history):
     keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
@@ -150,164 +366,74 @@ def _write_csv(path, history):
     os.replace(tmp, path)
 
 
+def log_epoch(run, row, metrics):
+    """metrics.csv, TensorBoard and one line in the terminal (rank 0)."""
+    writer, epoch = run.writer, row["epoch"]
+    if writer is not None:
+        for key in ("train_loss", "lr", "train_images_per_s"):
+            writer.add_scalar(f"train/{key.removeprefix('train_')}", row[key], epoch)
+        for key, value in row.items():
+            if key.startswith("test_") and isinstance(value, float) and math.isfinite(value):
+                writer.add_scalar(f"test/{key[5:]}", value, epoch)
+        if metrics is not None:
+            writer.add_figure("test/reliability", plots.reliability_diagram(metrics, run.name), epoch)
+        writer.flush()
+    _write_csv(run.run_dir / "metrics.csv", run.history)
+    if run.cfg["env"]["progress"]:
+        line = f"{run.name} epoch {epoch}/{run.total_epochs}: train loss {row['train_loss']:.4f}, " \
+               f"{row['train_images_per_s']:.0f} img/s"
+        if metrics is not None:
+            line += f", test NLL {metrics['nll']:.4f}, Acc {100 * metrics['acc']:.2f}%, ECE {100 * metrics['ece']:.2f}%"
+        print(line, flush=True)
+
+
+def finish(run):
+    """The final weights in the original layout, with the card that rebuilds the model; returns the path."""
+    env = run.cfg["env"]
+    final = models.save(run.model, run.dataset_name, run.uid, optimizer=run.optimizer, root=env["checkpoint_root"])
+    pretrained.write_card(final, run.cfg, run.num_classes, run.history)
+    return final
+
+
+def close(run):
+    if run.writer is not None:
+        run.writer.close()
+        run.writer = None
+    if run.folder is not None and run.is_main:
+        run.folder.close()
+
+
 def train(config=None, model_name=None, overrides=(), model=None):
     """Train according to `config` (a dict as from ops.configs.load_config, or None for the defaults).
 
     model_name overrides config["model"]["name"]; `model` may be given ready-built (it must carry `.name`).
-    Returns {"model", "run_dir", "history", "checkpoint", "config", "uid"}.
+    Returns {"model", "run_dir", "history", "checkpoint", "config", "uid", "test_loader"}.
     """
-    cfg = make_config(config, overrides)
-    env, tcfg = cfg["env"], cfg["train"]
-    check_precision(env["precision"])
-    rank, world_size, device = init_distributed(env["device"])
-    is_main = rank == 0
-    seed_everything(env["seed"])
-
-    # Data
-    dataset_name, train_set, test_set = load_data(cfg)
-    if tcfg["batch_size"] % world_size:
-        raise ValueError(f"train.batch_size={tcfg['batch_size']} must be divisible by the {world_size} processes")
-    common = dict(device=device, workers=env["workers"], seed=env["seed"], rank=rank, world_size=world_size,
-                  channels_last=env["channels_last"])
-    train_loader = loaders.make_loader(train_set, tcfg["batch_size"] // world_size, train=True,
-                                       augment=tcfg["augment"], **common)
-    test_loader = loaders.make_loader(test_set, cfg["val"]["batch_size"], train=False, **common)
-    num_classes = len(train_set.classes)
-
-    # Model, optimizer, schedule
-    name = model_name or cfg["model"]["name"] or getattr(model, "name", None)
-    if name is None:
-        raise ValueError("No model: pass model_name=..., model=..., or set model.name in the config "
-                         "(e.g. model.name=resnet_mcdo_smoothing_18)")
-    cfg["model"]["name"] = name
-    if model is None:
-        model = models.get_model(name, num_classes=num_classes, stem=cfg["model"]["stem"], **cfg["model"]["block"])
-    model = model.to(device, memory_format=torch.channels_last if env["channels_last"] else torch.preserve_format)
-    optimizer = build_optimizer(model.parameters(), cfg["optim"])
-    steps_per_epoch = len(train_loader)
-    if tcfg["max_steps_per_epoch"]:
-        steps_per_epoch = min(steps_per_epoch, tcfg["max_steps_per_epoch"])
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=env["precision"] == "fp16")
-    mixup, criterion = build_loss(cfg, num_classes)
-
-    run_dir, uid = run_folder(cfg, dataset_name, name, rank, world_size)
-    ckpt_path = run_dir / CHECKPOINT
-    start_epoch, history = 0, []
-    if env["resume"] and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        models.check_state_dict(model, state["state_dict"], source=str(ckpt_path), checkpoint_name=state["name"])
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"], state["history"]
-        if is_main:
-            print(f"Resuming {ckpt_path} after epoch {start_epoch}")
-
-    writer = None
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-        (run_dir / "model.txt").write_text(f"{models.summary(model, (1, *train_set.images.shape[1:]))}\n\n{model}\n"
-                                           if hasattr(train_set, "images") else f"{model}\n")
-        if env["tensorboard"]:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1)
-
-    net = model
-    if env["compile"]:
-        net = torch.compile(net)
-    if world_size > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    for epoch in range(start_epoch, tcfg["epochs"]):
-        # Reseed from (seed, epoch, rank): a resumed run draws the same dropout masks and mixup pairs.
-        seed_everything(env["seed"] * 1_000_003 + epoch * 1_009 + rank)
-        train_loader.set_epoch(epoch)
-        net.train()
-        loss_sum = torch.zeros((), device=device)
-        seen, start = 0, time.time()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not (
-            is_main and env["progress"]), leave=False)
-        for step, (x, y) in enumerate(train_loader):
-            if step >= steps_per_epoch:
-                break
-            x, y = to_device(x, device, env["channels_last"]), y.to(device, non_blocking=True)
-            target = y
-            if mixup is not None:
-                x, target = mixup(x, y)
-            with autocast(device, env["precision"]):
-                logits = net(x)
-            loss = criterion(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += loss.detach()
-            seen += x.shape[0]
-            if step % 10 == 0 or step == steps_per_epoch - 1:  # one host sync every 10 steps
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"Loss is {value} at epoch {epoch + 1}, step {step + 1}; training stopped. The last good "
-                        f"checkpoint ({ckpt_path if ckpt_path.exists() else 'none yet'}) is untouched. Lower "
-                        f"optim.lr or use env.precision=fp32.")
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}",
-                                img_s=f"{seen * world_size / (time.time() - start):.0f}")
-            bar.update(1)
-        bar.close()
-        steps = min(steps_per_epoch, step + 1)
-        if world_size > 1:
-            dist.all_reduce(loss_sum)
-            loss_sum /= world_size
-        train_loss = loss_sum.item() / steps
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"Mean training loss of epoch {epoch + 1} is {train_loss}; training stopped. "
-                                     f"The last good checkpoint is untouched.")
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
-               "train_images_per_s": seen * world_size / (time.time() - start)}
-
-        last = epoch + 1 == tcfg["epochs"]
-        metrics = None
-        if last or (epoch + 1) % cfg["val"]["every"] == 0:
-            metrics = evaluation.test(model, cfg["val"]["n_ff"], test_loader, precision=env["precision"],
-                                      channels_last=env["channels_last"], fuse_bn=False)
-            row.update({f"test_{k}": metrics[k] for k in SCALAR_KEYS + ("acc_90", "unc_90", "iou_90", "freq_90")
-                        if k in metrics})
-        history.append(row)
-
-        if is_main:
-            if writer is not None:
-                writer.add_scalar("train/loss", train_loss, epoch + 1)
-                writer.add_scalar("train/lr", row["lr"], epoch + 1)
-                writer.add_scalar("train/images_per_s", row["train_images_per_s"], epoch + 1)
-                for key, value in row.items():
-                    if key.startswith("test_") and isinstance(value, float) and math.isfinite(value):
-                        writer.add_scalar(f"test/{key[5:]}", value, epoch + 1)
-                if metrics is not None:
-                    writer.add_figure("test/reliability", plots.reliability_diagram(metrics, name), epoch + 1)
-                writer.flush()
-            _write_csv(run_dir / "metrics.csv", history)
-            models.atomic_save({"name": name, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                "epoch": epoch + 1, "history": history, "config": cfg}, ckpt_path)
-            summary = f"epoch {epoch + 1}: train loss {train_loss:.4f}"
-            if metrics is not None:
-                summary += f", test NLL {metrics['nll']:.4f}, Acc {100 * metrics['acc']:.2f}%, " \
-                           f"ECE {100 * metrics['ece']:.2f}%"
-            if env["progress"]:
-                tqdm.write(summary)
-        if world_size > 1:
-            dist.barrier()
-
-    final = None
-    if is_main:
-        final = models.save(model, dataset_name, uid, optimizer=optimizer, root=env["checkpoint_root"])
-        pretrained.write_card(final, cfg, num_classes, history)
-        if writer is not None:
-            writer.close()
-    return {"model": model, "run_dir": run_dir, "history": history, "checkpoint": final, "config": cfg,
-            "uid": uid, "test_loader": test_loader}
+    run = setup(config, model_name, overrides, model)
+    cfg, epoch = run.cfg, run.start_epoch
+    try:
+        for epoch in range(run.start_epoch, run.total_epochs):
+            row = train_one_epoch(run, epoch)
+            last = epoch + 1 == run.total_epochs
+            metrics = None
+            if last or (epoch + 1) % cfg["val"]["every"] == 0:
+                metrics = evaluate(run)
+                row.update({f"test_{k}": metrics[k] for k in SCALAR_KEYS + ("acc_90", "unc_90", "iou_90", "freq_90")
+                            if k in metrics})
+            run.history.append(row)
+            if run.is_main:
+                log_epoch(run, row, metrics)
+                save_checkpoint(run, epoch + 1)
+            if run.world_size > 1:
+                dist.barrier()
+        final = finish(run) if run.is_main else None
+    except KeyboardInterrupt:
+        if run.is_main:
+            done = len(run.history)
+            print(f"\nInterrupted in epoch {epoch + 1}; {run.checkpoint} holds epoch {done}. Resume with the same "
+                  f"command and env.uid={run.uid}", flush=True)
+        raise
+    finally:
+        close(run)
+    return {"model": run.model, "run_dir": run.run_dir, "history": run.history, "checkpoint": final, "config": cfg,
+            "uid": run.uid, "test_loader": run.test_loader}

@@ -51,9 +51,11 @@ def test_predict_log_probs_batches_samples():
 def test_deterministic_model_needs_one_pass():
     model = tiny("resnet_dnn_smoothing_18")
     counter = RowCounter(model)
-    lp = predict_log_probs(model, torch.randn(3, 3, 32, 32), n_samples=7)
+    lp = predict_log_probs(model, torch.randn(3, 3, 32, 32), n_samples=7, stochastic=False)
     assert counter.calls == 1 and lp.shape == (7, 3, 10)
     assert torch.equal(lp[0], lp[6])
+    predict_log_probs(model, torch.randn(3, 3, 32, 32), n_samples=7)  # decided by behaviour: 2 checks + 1 pass
+    assert counter.calls == 4
     mc = tiny()
     with models.mc_dropout(mc, enabled=False):
         lp = predict_log_probs(mc, torch.randn(3, 3, 32, 32), n_samples=4)
@@ -81,15 +83,18 @@ def test_sweep_scores_prefixes_of_one_sample_set(loader, fast):
     torch.manual_seed(1)
     results = sweep(model, loader, sizes=(5, 1, 3), channels_last=fast, fuse_bn=fast)
     assert list(results) == [1, 3, 5]
-    assert counter.rows == (0 if fast else 5 * 24)  # max(sizes) passes, not 1 + 3 + 5 (fast: on a folded copy)
+    # max(sizes) passes, not 1 + 3 + 5; fast: on a folded copy, after one eager pass of the first batch (8 images)
+    # that checks the copy
+    assert counter.rows == (8 if fast else 5 * 24)
 
+    example = next(iter(loader))[0]  # (iterating a DataLoader draws from the global generator: before seeding)
     torch.manual_seed(1)  # redraw the same samples and score each prefix independently
-    prepared = prepare_for_inference(model, channels_last=fast, fuse_bn=fast)
+    prepared = prepare_for_inference(model, channels_last=fast, fuse_bn=fast, example=example)
     draws = [(predict_log_probs(prepared, x, 5, channels_last=fast), y) for x, y in loader]
     for n in (1, 3, 5):
-        probs = torch.cat([log_mean_exp(lp, n).exp() for lp, _ in draws])
+        log_probs = torch.cat([log_mean_exp(lp, n) for lp, _ in draws])
         samples = torch.cat([lp[:n].exp() for lp, _ in draws], dim=1)
-        expected = summarize(probs, torch.cat([y for _, y in draws]), samples=samples)
+        expected = summarize(log_probs.exp(), torch.cat([y for _, y in draws]), samples=samples, log_probs=log_probs)
         for key in ("nll", "acc", "ece", "brier", "iou_90", "entropy", "mutual_info"):
             assert results[n][key] == pytest.approx(expected[key], abs=1e-6), (n, key)
     assert results[1]["mutual_info"] == pytest.approx(0.0, abs=1e-6)
@@ -110,17 +115,138 @@ def test_test_is_one_size_of_sweep(loader):
     assert sweep(model, loader, sizes=(4,))[4]["nll"] == one["nll"]
 
 
-def test_batchnorm_folding_is_exact_and_keeps_mc(loader):
-    model = tiny()
+def _randomise_batchnorm(model, seed=0):
+    """Running statistics and affine parameters far from their defaults, so that folding has work to do."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 3 + 0.1)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+def test_batchnorm_folding_is_exact_and_keeps_mc():
+    model = _randomise_batchnorm(tiny())
     x = torch.randn(4, 3, 32, 32)
     with models.mc_dropout(model, enabled=False):
-        fused = prepare_for_inference(model, fuse_bn=True)
-        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
-    fused = prepare_for_inference(model, fuse_bn=True)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        reference = model(x)
+        fused = prepare_for_inference(model, fuse_bn=True, example=x)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        assert (reference - fused(x)).abs().max() <= 1e-5 * reference.abs().max()
+    fused = prepare_for_inference(model, fuse_bn=True, example=x)
     assert models.is_stochastic(fused) and not torch.equal(fused(x), fused(x))
     with models.mc_dropout(fused, enabled=False):  # the switch still works on the folded copy
         torch.testing.assert_close(fused(x), fused(x))
+    # Without an example there is nothing to check the folded copy against: no folding.
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in prepare_for_inference(model, fuse_bn=True).modules())
+
+
+class OriginalStyleMC(torch.nn.Module):
+    """Like the original implementation's MC blocks: F.dropout with its default training=True, no MCDropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dense = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.dropout(torch.relu(self.bn(self.conv(x))), p=0.3)
+        return self.dense(x.mean((2, 3))) * 20
+
+
+class DropoutLeftInTrainMode(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Dropout(0.3))
+        self.dense = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.dense(self.features(x).mean((2, 3))) * 20
+
+
+def _dropout_in_train_mode():
+    model = DropoutLeftInTrainMode().eval()
+    model.features[2].train()  # the usual recipe for MC dropout with nn.Dropout
+    return model
+
+
+@pytest.mark.parametrize("make", [OriginalStyleMC, _dropout_in_train_mode], ids=["F.dropout", "nn.Dropout"])
+def test_stochastic_user_models_get_real_mc_samples(loader, make):
+    model = make()
+    results = sweep(model, loader, sizes=(1, 5))
+    assert results[5]["stochastic"] and results[5]["passes"] == 5
+    assert results[5]["mutual_info"] > 0 and results[5]["nll"] != results[1]["nll"]
+    forced = sweep(model, loader, sizes=(1, 5), mc=False)  # the explicit override
+    assert not forced[5]["stochastic"] and forced[5]["passes"] == 1
+    assert forced[5]["nll"] == pytest.approx(forced[1]["nll"], rel=1e-8)
+    assert forced[5]["mutual_info"] == pytest.approx(0, abs=1e-6)
+
+
+def test_deterministic_model_is_reported_as_such(loader):
+    results = sweep(tiny("resnet_dnn_18"), loader, sizes=(1, 3))
+    assert not results[3]["stochastic"] and results[3]["passes"] == 1
+
+
+class SideEffects(torch.nn.Module):
+    """A forward with Python side effects: it counts its calls and scales by the count's parity. A traced copy
+    would bake in the branch taken while tracing, so it must not replace the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dense = torch.nn.Linear(8, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        x = self.dense(self.bn(self.conv(x)).mean((2, 3)))
+        return x * (2.0 if self.calls % 2 else 1.0)
+
+
+def test_model_with_side_effects_is_evaluated_eagerly(loader):
+    model = _randomise_batchnorm(SideEffects().eval())
+    with pytest.warns(UserWarning, match="Python state"):
+        results = sweep(model, loader, sizes=(1,), fuse_bn=True)
+    calls_before, eager = model.calls, SideEffects()
+    eager.load_state_dict(model.state_dict())
+    eager.calls = calls_before - len(loader)  # replay the same call parities by hand
+    probs, ys = [], []
+    with torch.no_grad():
+        for x, y in loader:
+            probs.append(torch.softmax(eager.eval()(x), -1))
+            ys.append(y)
+    assert results[1]["nll"] == pytest.approx(summarize(torch.cat(probs), torch.cat(ys))["nll"], rel=1e-6)
+
+
+def test_nll_is_not_floored(loader):
+    class Overconfident(torch.nn.Module):  # logit 500 on the wrong class for every image
+        def forward(self, x):
+            y = torch.zeros(x.shape[0], 10)
+            y[:, 0] = 500.0
+            return y
+
+    x, y = torch.randn(4, 3, 8, 8), torch.full((4,), 3)
+    results = sweep(Overconfident(), [(x, y)], sizes=(1,))  # a model without parameters works too
+    assert results[1]["nll"] == pytest.approx(500.0, rel=1e-6)  # float32's floor would give 87.3
+
+
+@pytest.mark.parametrize("sizes", ["12", [1.7], [True], [0, 1], [], 5])
+def test_bad_sizes_are_refused(loader, sizes):
+    with pytest.raises(ValueError, match="positive integers"):
+        sweep(tiny(), loader, sizes=sizes)
+
+
+def test_empty_batches_are_skipped(loader):
+    batches = [(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))] + list(loader)
+    model = tiny("resnet_dnn_18")
+    assert sweep(model, batches, sizes=(1,))[1]["n"] == 24
+    with pytest.raises(ValueError, match="no \\(non-empty\\) batches"):
+        sweep(model, batches[:1], sizes=(1,))
 
 
 def test_leaderboard_csv_in_original_column_order(tmp_path, loader):

@@ -1,4 +1,5 @@
 """ops.metrics against deliberately simple references written here (numpy, Python loops)."""
+import itertools
 import math
 
 import numpy as np
@@ -49,8 +50,15 @@ def reference(probs, targets, bins=10, cutoffs=(0.0, 0.9)):
     pos = [conf[i] for i in range(N) if correct[i]]
     neg = [conf[i] for i in range(N) if not correct[i]]
     out["auroc"] = (np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg]) if pos and neg else math.nan)
+    # AURC: error rate among the j most confident, averaged over j; where confidences tie, averaged over every
+    # order of the tied predictions (enumerated: the groups are small in these tests).
     order = sorted(range(N), key=lambda i: -conf[i])
-    out["aurc"] = np.mean([sum(not correct[i] for i in order[:j]) / j for j in range(1, N + 1)])
+    groups = [[i for i in order if conf[i] == v] for v in sorted(set(conf), reverse=True)]
+    expected_wrong = []  # expected "is wrong" at each sorted position
+    for g in groups:
+        perms = list(itertools.permutations(g))
+        expected_wrong += [np.mean([not correct[p[j]] for p in perms]) for j in range(len(g))]
+    out["aurc"] = np.mean([sum(expected_wrong[:j]) / j for j in range(1, N + 1)])
     return out
 
 
@@ -188,3 +196,71 @@ def test_bad_inputs_raise(probs, targets, match):
 def test_accumulator_rejects_wrong_class_count():
     with pytest.raises(ValueError, match="classes"):
         Metrics(3).update(torch.full((2, 4), 0.25), torch.tensor([0, 1]))
+
+
+def test_nll_from_log_probs_has_no_floor():
+    # A confident wrong prediction: p[y] = e^-200 underflows float32, so probs alone would floor it at ~87.3.
+    log_probs = torch.log_softmax(torch.tensor([[200.0, 0.0], [0.0, 0.0]]), dim=1)
+    y = torch.tensor([1, 0])
+    out = summarize(log_probs.exp(), y, log_probs=log_probs)
+    assert out["nll"] == pytest.approx((200.0 + math.log(2)) / 2, rel=1e-6)
+    assert summarize(log_probs.exp(), y)["nll"] < 45  # the floored value, for contrast
+    with pytest.raises(ValueError, match="different predictions"):
+        summarize(log_probs.exp(), y, log_probs=log_probs.flip(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_probabilities_are_accepted(dtype):
+    # A softmax computed in bf16 (as under autocast): rows sum to 1 only within bf16's rounding (~2e-3 here).
+    logits = torch.randn(200, 10, generator=torch.Generator().manual_seed(0)) * 3
+    y = logits.argmax(1)
+    p_half = torch.softmax(logits.to(dtype), dim=1)
+    if dtype == torch.bfloat16:
+        assert ((p_half.float().sum(1) - 1).abs() > 1e-3).any()  # what float32's tolerance would refuse
+    out = summarize(p_half, y)
+    assert out["acc"] >= 0.99  # rounding may tie the top two classes of a few rows
+    assert out["nll"] == pytest.approx(summarize(torch.softmax(logits, 1), y)["nll"], rel=0.05)
+    with pytest.raises(ValueError, match="sum to 1"):  # still not any tensor: a row off by 10% is refused
+        summarize(p_half.float() * 1.1, y)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda s: s.index_fill(2, torch.tensor([0]), float("nan")), "NaN"),
+    (lambda s: s * torch.tensor([-1.0, 1, 1, 1]), "negative"),
+    (lambda s: s.flip(1), "do not belong"),  # other images' samples
+    (lambda s: s[:, :, :3], "shape"),
+])
+def test_bad_samples_raise(make, match):
+    rng = np.random.default_rng(2)
+    samples = torch.from_numpy(rng.dirichlet(np.ones(4), size=(3, 6)).astype(np.float32))
+    samples /= samples.sum(-1, keepdim=True)
+    y = torch.zeros(6, dtype=torch.long)
+    with pytest.raises(ValueError, match=match):
+        summarize(samples.mean(0), y, samples=make(samples))
+
+
+def test_mutual_information_is_never_negative():
+    # Identical samples: the mutual information is 0 up to rounding, never below.
+    p, y = dirichlet(200, 10, 0.2, seed=9)
+    samples = torch.from_numpy(p).expand(5, -1, -1)
+    assert summarize(torch.from_numpy(p), torch.from_numpy(y), samples=samples)["mutual_info"] >= 0
+
+
+def test_empty_inputs_say_so():
+    with pytest.raises(ValueError, match="empty"):
+        summarize(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    m = Metrics(3).update(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))  # an empty batch is skipped
+    with pytest.raises(ValueError, match="only with empty batches"):
+        m.compute()
+    m.update(torch.tensor([[0.2, 0.3, 0.5]]), torch.tensor([2]))
+    assert m.compute()["n"] == 1
+
+
+def test_aurc_does_not_depend_on_the_order_of_tied_predictions():
+    conf_levels = torch.tensor([0.9, 0.9, 0.9, 0.6, 0.6, 0.4])
+    p = torch.stack([conf_levels, 1 - conf_levels], 1)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])  # wrong where the label is 1
+    first = summarize(p, y)["aurc"]
+    for seed in range(5):
+        perm = torch.randperm(6, generator=torch.Generator().manual_seed(seed))
+        assert summarize(p[perm], y[perm])["aurc"] == pytest.approx(first, abs=1e-12)

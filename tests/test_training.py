@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import models
+from ops import tests as evaluation
 from ops import trains
 from ops.trains import NonFiniteLossError, train
 
@@ -17,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def overrides(tmp_path, *extra):
     return ["dataset.name=synthetic", "dataset.kwargs={\"n_train\": 512, \"n_test\": 256}", "train.batch_size=64",
             "model.block.width=8", "optim.scheduler.name=constant", "optim.lr=0.05", "env.progress=false",
-            "env.device=cpu", f"env.out_dir={tmp_path / 'runs'}", f"env.checkpoint_root={tmp_path / 'ckpt'}",
-            *extra]
+            "train.warmup_epochs=0", "env.precision=fp32", "env.device=cpu", f"env.out_dir={tmp_path / 'runs'}",
+            f"env.checkpoint_root={tmp_path / 'ckpt'}", *extra]
 
 
 def test_short_run_learns_and_writes_its_run_folder(tmp_path):
@@ -46,7 +47,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     full = train(None, "resnet_mcdo_smoothing_18", common + ["env.uid=full"])
 
     saves = []
-    real_save = models.atomic_save
+    real_save = models.checkpoints.atomic_save
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -54,10 +55,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
         if len(saves) == 2:  # killed right after the checkpoint of epoch 2
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trains.models, "atomic_save", save_then_die)
+    monkeypatch.setattr(models.checkpoints, "atomic_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(None, "resnet_mcdo_smoothing_18", common + ["env.uid=cut"])
-    monkeypatch.setattr(trains.models, "atomic_save", real_save)
+    monkeypatch.setattr(models.checkpoints, "atomic_save", real_save)
     state = torch.load(saves[-1], weights_only=True)
     assert state["epoch"] == 2 and set(state) >= {"optimizer", "scheduler", "scaler", "history"}
 
@@ -86,25 +87,52 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
 
-def test_mixup_and_label_smoothing_are_opt_in(tmp_path):
+def test_mixup_is_off_by_default_and_mixes_when_asked(tmp_path):
+    from ops.configs import make_config
+
+    mixup, criterion = trains.build_loss(make_config(), 10)
+    assert mixup is None and criterion.label_smoothing == 0.0
+    mixup, _ = trains.build_loss(make_config({"train": {"mixup": 0.2, "label_smoothing": 0.1}}), 10)
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8)
+    mixed, target = mixup(x.clone(), y)
+    assert not torch.allclose(mixed, x)  # images are blended with their batch-flipped partners
+    assert target.shape == (8, 10) and (target.max(1).values < 0.999).all()  # soft, smoothed targets
     result = train(None, "resnet_dnn_18", overrides(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=2",
                                                     "train.mixup=0.2", "train.cutmix=1.0",
                                                     "train.label_smoothing=0.1", "env.tensorboard=false"))
     assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
 
 
-def test_warmup_then_multistep_schedule():
+def test_warmup_epochs_come_before_the_schedule():
     sched = {"name": "MultiStepLR", "milestones": [2, 3], "gamma": 0.1, "eta_min": 0.0}
-    f = [trains.lr_factor(s, 10, 4, 1, sched) for s in (0, 4, 9, 10, 25, 35)]
-    assert f == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.1, 0.01])
+    # 10 steps per epoch, 1 warm-up epoch, then 4 scheduled epochs whose milestones count from the warm-up's end.
+    f = [trains.lr_factor(s, 10, 4, 1, sched) for s in (0, 4, 9, 10, 25, 35, 45)]
+    assert f == pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0, 0.1, 0.01])
     cos = {"name": "CosineAnnealingLR", "milestones": [], "gamma": 1.0, "eta_min": 0.0}
     assert trains.lr_factor(20, 10, 4, 0, cos) == pytest.approx(0.5)
+    assert trains.lr_factor(30, 10, 4, 1, cos) == pytest.approx(0.5)  # half-way through the scheduled epochs
+
+
+def test_a_run_trains_warmup_plus_scheduled_epochs(tmp_path):
+    result = train(None, "resnet_dnn_18", overrides(tmp_path, "train.warmup_epochs=1", "train.epochs=2",
+                                                    "train.max_steps_per_epoch=2", "env.tensorboard=false"))
+    assert [row["epoch"] for row in result["history"]] == [1, 2, 3]
+
+
+def test_validation_runs_in_fp32_when_training_in_bf16(tmp_path):
+    result = train(None, "resnet_dnn_18", overrides(tmp_path, "train.epochs=1", "train.max_steps_per_epoch=2",
+                                                    "env.precision=bf16", "env.tensorboard=false"))
+    fp32, bf16 = (evaluation.test(result["model"], 1, result["test_loader"], precision=p, fuse_bn=False,
+                                  channels_last=False) for p in ("fp32", "bf16"))
+    assert result["history"][-1]["test_nll"] == fp32["nll"] != bf16["nll"]
+    assert result["config"]["env"]["precision"] == "bf16" and result["config"]["val"]["precision"] == "fp32"
 
 
 DDP_ARGS = ["dataset.name=synthetic", "dataset.kwargs={\"n_train\": 256, \"n_test\": 64}", "train.batch_size=32",
             "train.epochs=1", "train.max_steps_per_epoch=4", "train.augment=false", "train.warmup_epochs=0",
             "optim.scheduler.name=constant", "optim.lr=0.02", "model.block={\"classifier\": \"gap\"}",
-            "env.device=cpu", "env.progress=false", "env.tensorboard=false", "env.uid=ddp"]
+            "env.precision=fp32", "env.device=cpu", "env.progress=false", "env.tensorboard=false", "env.uid=ddp"]
 
 
 def _run(cmd, cwd, env):
@@ -144,8 +172,8 @@ def test_cli_trains_then_tests_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(ROOT / "configs" / "fashion_mnist_general.json"), "--model", "resnet_mcdo_18",
             "dataset.name=synthetic", "dataset.mean=null", "dataset.std=null",
-            "dataset.kwargs={\"n_train\": 128, \"n_test\": 32}", "train.epochs=1", "model.block.width=4",
-            "env.progress=false", "env.tensorboard=false", "env.uid=cli"]
+            "dataset.kwargs={\"n_train\": 128, \"n_test\": 32}", "train.epochs=1", "train.warmup_epochs=0",
+            "model.block.width=4", "env.precision=fp32", "env.progress=false", "env.tensorboard=false", "env.uid=cli"]
     assert run.main(["train", *args]) == 0
     assert (tmp_path / "models_checkpoints/synthetic/resnet_mcdo_18/synthetic_resnet_mcdo_18_cli.pth.tar").exists()
     assert run.main(["test", *args, "--sizes", "1,3"]) == 0
