@@ -133,14 +133,14 @@ def tiny_images(n=48):
 def test_max_eigenvalue_spectrum_is_per_mini_batch_and_seeded():
     model = tiny_model(0.3).float()
     train = tiny_images()
-    kw = dict(n_batches=3, batch_size=16, max_iter=50, tol=1e-4, seed=0)
+    kw = dict(n_batches=2, batch_size=16, max_iter=40, tol=1e-4, seed=0)
     spec = hessians.max_eigenvalue_spectrum(model, train, **kw)
-    assert len(spec["eigenvalues"]) == 3 and all(spec["converged"])
+    assert len(spec["eigenvalues"]) == 2 and all(spec["converged"])
     assert spec == hessians.max_eigenvalue_spectrum(model, train, **kw)
     # each value is the top eigenvalue of that mini-batch's Hessian (with the mini-batch's own mask)
     x, y = next(iter(prepare_batches(train, 48, 16, seed=0)))
     op = hessians.HessianOperator(model, [(x, y)], mask=0)
-    assert spec["eigenvalues"][0] == hessians.top_eigenvalues(op, max_iter=50, tol=1e-4, seed=0)["eigenvalues"][0]
+    assert spec["eigenvalues"][0] == hessians.top_eigenvalues(op, max_iter=40, tol=1e-4, seed=0)["eigenvalues"][0]
     augmented = hessians.max_eigenvalue_spectrum(model, train, augment=True, **kw)
     assert augmented["eigenvalues"] != spec["eigenvalues"]
     decayed = hessians.max_eigenvalue_spectrum(model, train, weight_decay=0.1, **kw)
