@@ -124,7 +124,7 @@ def read_checkpoint(path, map_location="cpu", weights_only=True):
         state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as exc:
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text:
+        if "Unsupported global" in text:  # a pickled object other than tensors: it could run code
             raise CheckpointError(
                 f"{path} holds Python objects besides tensors, and loading it could run code, so it was refused. "
                 f"Load it with weights_only=False only if you trust where it came from.") from exc
@@ -139,8 +139,8 @@ def _describe(arch, key):
     return f"{key}={arch[key]!r}" if key in arch else f"the default {key}"
 
 
-def check_identity(model, state, source="checkpoint"):
-    """Raise a CheckpointError if `state` (a checkpoint dict) was saved from another model than `model`."""
+def identity_problems(model, state):
+    """Why `state` (a checkpoint dict) was saved from another model than `model`: a list of phrases."""
     bare = unwrap(model)
     name, stored = getattr(bare, "name", None), state.get("name")
     lines = []
@@ -151,10 +151,20 @@ def check_identity(model, state, source="checkpoint"):
         for key in sorted((set(mine) | set(theirs)) - {"name"}):
             if mine.get(key) != theirs.get(key):
                 lines.append(f"it was built with {_describe(theirs, key)}, this model with {_describe(mine, key)}")
+    return lines
+
+
+def check_identity(model, state, source="checkpoint"):
+    """Raise a CheckpointError if `state` (a checkpoint dict) was saved from another model than `model`."""
+    lines = identity_problems(model, state)
     if lines:
-        raise CheckpointError(f"{source} does not fit model {name!r}: " + "; ".join(lines) + ". Build the model "
-                              f"the checkpoint was trained as (ops.pretrained.load_checkpoint rebuilds it from "
-                              f"the card beside it).")
+        raise CheckpointError(_identity_message(model, lines, source))
+
+
+def _identity_message(model, lines, source):
+    return (f"{source} does not fit model {getattr(unwrap(model), 'name', None)!r}: " + "; ".join(lines)
+            + ". Build the model the checkpoint was trained as (ops.pretrained.load_checkpoint rebuilds it from "
+              "the card beside it).")
 
 
 def check_state_dict(model, state_dict, source="checkpoint", checkpoint_name=None, limit=5):
@@ -192,8 +202,14 @@ def load_checkpoint(path, model, optimizer=None, map_location="cpu", weights_onl
     state = read_checkpoint(path, map_location, weights_only)
     state_dict = state.get("state_dict", state)
     bare = unwrap(model)
-    check_identity(bare, state, source=str(path))
-    check_state_dict(bare, state_dict, source=str(path), checkpoint_name=state.get("name"))
+    identity = identity_problems(bare, state)
+    try:
+        check_state_dict(bare, state_dict, source=str(path), checkpoint_name=state.get("name"))
+    except CheckpointError as exc:  # both stories: what the checkpoint is, and which tensors differ
+        raise CheckpointError((_identity_message(bare, identity, str(path)) + "\n" if identity else "")
+                              + str(exc)) from None
+    if identity:
+        raise CheckpointError(_identity_message(bare, identity, str(path)))
     bare.load_state_dict(state_dict, strict=True)
     if optimizer is not None:
         if state.get("optimizer") is None:

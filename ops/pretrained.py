@@ -12,8 +12,6 @@ holds the demo recipe's two trained models (see README) in that layout; `models.
 import json
 from pathlib import Path
 
-import torch
-
 import models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,10 +55,7 @@ def load_checkpoint(checkpoint, device="cpu"):
     checkpoint = Path(checkpoint)
     card = read_card(checkpoint)
     model = models.get_model(card["name"], num_classes=card["num_classes"], stem=card["stem"], **card["block"])
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
-    models.check_state_dict(model, state_dict, source=str(checkpoint), checkpoint_name=state.get("name"))
-    model.load_state_dict(state_dict)
+    models.load_checkpoint(checkpoint, model)
     model.card, model.checkpoint = card, checkpoint
     return model.to(device).eval()
 

@@ -1,13 +1,23 @@
-"""Command line: train or test with a config file and key=value overrides; works under torchrun.
+"""Command line: train, or evaluate a trained run or checkpoint; works under torchrun.
 
     python -m ops.run train --config configs/cifar100_general.json --model resnet_mcdo_smoothing_18
     torchrun --nproc_per_node 8 -m ops.run train --config configs/cifar100_general.json --model resnet_mcdo_18
-    python -m ops.run test --config configs/cifar100_general.json --model resnet_mcdo_18 --uid 20260101-120000 \
-        --sizes 1,2,5,10,50
     python -m ops.run train --config configs/fashion_mnist_general.json train.epochs=5 model.block.width=16
+
+    python -m ops.run test --uid 20260101-120000-3fa9c1 [--model NAME] [--sizes 1,2,5,10,50]
+        evaluates a run of ours: the model, data and subset are rebuilt from the run's stored config.json
+    python -m ops.run test --checkpoint path/to/cifar_100_resnet_mcdo_18_x.pth.tar \\
+        --config configs/cifar100_general.json [--sizes 1,2,5,10,50]
+        evaluates any checkpoint in the original layout (the original implementation's too)
+
+Overrides are section.key=value. Results go to {env.leaderboard_root}/{dataset}/{model}/ as CSV (the original's
+columns) and JSON; their paths are printed. Errors print one line per problem and exit with status 2 (`--debug`
+shows the traceback); Ctrl-C exits with 130 after saying how to resume.
 """
 import argparse
+import json
 import sys
+import traceback
 from pathlib import Path
 
 import torch.distributed as dist
@@ -19,54 +29,123 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ops.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["train", "test"])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--config", default=None, help="config file (train: default fashion_mnist_general.json; "
+                                                       "test --uid: the run's stored config)")
     parser.add_argument("--model", default=None, help="model name (else model.name from the config)")
-    parser.add_argument("--uid", default=None, help="run id (test: the checkpoint to evaluate)")
+    parser.add_argument("--uid", default=None, help="run id (train: resume it; test: the run to evaluate)")
+    parser.add_argument("--checkpoint", default=None, help="test: a .pth.tar file to evaluate instead of a run")
     parser.add_argument("--sizes", default="1,2,3,4,5,10,20,50", help="test: MC ensemble sizes")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_intermixed_args(argv)
-
-    from . import configs, trains
-
-    overrides = list(args.overrides) + ([f"env.uid={args.uid}"] if args.uid else [])
-    cfg = configs.load_config(args.config, overrides)
     try:
         if args.command == "train":
-            result = trains.train(cfg, model_name=args.model)
-            if result["checkpoint"] is not None:
-                print(f"Run folder: {result['run_dir']}\nWeights: {result['checkpoint']}")
+            _train(args)
         else:
-            _test(cfg, args)
+            _test(args)
+        return 0
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one readable message per problem; --debug for the whole story
+        if args.debug:
+            traceback.print_exc()
+        problems = getattr(exc, "problems", None) or str(exc).splitlines() or [type(exc).__name__]
+        print(f"error ({type(exc).__name__}{'' if args.debug else '; --debug shows the traceback'}):", file=sys.stderr)
+        for line in problems:  # the problem itself is the last thing on the screen
+            print(f"  {line}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    return 0
 
 
-def _test(cfg, args):
+def _train(args):
+    from . import configs, trains
+
+    overrides = list(args.overrides) + ([f"env.uid={args.uid}"] if args.uid else [])
+    cfg = configs.load_config(args.config or DEFAULT_CONFIG, overrides)
+    result = trains.train(cfg, model_name=args.model)
+    if result["checkpoint"] is not None:
+        print(f"Run folder: {result['run_dir']}\nWeights: {result['checkpoint']}\n"
+              f"Evaluate: python -m ops.run test --uid {result['uid']} --model {result['config']['model']['name']}"
+              + (f" env.out_dir={result['config']['env']['out_dir']}" if result["config"]["env"]["out_dir"] != "runs"
+                 else ""))
+
+
+def parse_sizes(text):
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sizes must be comma-separated positive integers such as 1,2,5,10, got {text!r}") from None
+
+
+def find_run(uid, out_dir="runs", model=None):
+    """The run folder {out_dir}/{dataset}/{model}/{uid} holding a config.json; refuses ambiguity."""
+    from .runs import check_uid
+
+    check_uid(uid)
+    found = sorted(p.parent for p in Path(out_dir).glob(f"*/*/{uid}/config.json")
+                   if model is None or p.parent.parent.name == model)
+    if not found:
+        raise FileNotFoundError(f"No run {uid!r} under {out_dir}/<dataset>/{model or '<model>'}/ (looked for its "
+                                f"config.json). Pass env.out_dir=... if the run was written elsewhere.")
+    if len(found) > 1:
+        raise ValueError(f"uid {uid!r} names several runs: {[str(p) for p in found]}; add --model NAME")
+    return found[0]
+
+
+def _test(args):
     import models
 
-    from . import loaders, reports
+    from . import configs, loaders, reports
     from .tests import sweep
     from .trains import init_distributed, load_data
 
-    name = args.model or cfg["model"]["name"]
-    if name is None or cfg["env"]["uid"] is None:
-        sys.exit("test needs --model NAME and --uid UID (the checkpoint's run id)")
+    if (args.uid is None) == (args.checkpoint is None):
+        raise ValueError("test needs --uid UID (a run of ours) or --checkpoint PATH (a .pth.tar), one of the two")
+    sizes = parse_sizes(args.sizes)
+    if args.uid is not None:
+        base = configs.make_config({}, [o for o in args.overrides if o.startswith("env.out_dir=")])
+        run_dir = find_run(args.uid, base["env"]["out_dir"], args.model)
+        stored = json.loads((run_dir / "config.json").read_text())
+        cfg = configs.make_config(stored, list(args.overrides))
+        name, uid = cfg["model"]["name"], args.uid
+    else:
+        cfg = configs.load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
+        state = models.read_checkpoint(args.checkpoint)
+        name = args.model or cfg["model"]["name"] or state.get("name")
+        if name is None:
+            raise ValueError(f"{args.checkpoint} does not say which model it holds: pass --model NAME")
+        uid = Path(args.checkpoint).name.removesuffix(".pth.tar").rsplit("_", 1)[-1]
+        run_dir = None
+
     rank, world_size, device = init_distributed(cfg["env"]["device"])
     dataset_name, _, test_set = load_data(cfg)
     model = models.get_model(name, num_classes=len(test_set.classes), stem=cfg["model"]["stem"],
                              **cfg["model"]["block"])
-    models.load(model, dataset_name, cfg["env"]["uid"], root=cfg["env"]["checkpoint_root"])
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+    else:  # the final weights, else the run's last epoch (an interrupted run)
+        try:
+            path = models.find_checkpoint(dataset_name, name, uid, cfg["env"]["checkpoint_root"])
+        except FileNotFoundError:
+            path = run_dir / "checkpoint.pth.tar"
+            if not path.exists():
+                raise FileNotFoundError(f"run {run_dir} has no weights yet: neither final weights under "
+                                        f"{cfg['env']['checkpoint_root']} nor {path}") from None
+    models.load_checkpoint(path, model)  # checks name, build arguments and tensors against the stored config
     loader = loaders.make_loader(test_set, cfg["val"]["batch_size"], device=device, rank=rank,
                                  world_size=world_size, workers=cfg["env"]["workers"])
-    sizes = [int(s) for s in args.sizes.split(",")]
-    results = sweep(model, loader, sizes=sizes, device=device, precision=cfg["env"]["precision"],
+    results = sweep(model, loader, sizes=sizes, device=device, precision=cfg["val"]["precision"],
                     progress=rank == 0 and cfg["env"]["progress"])
     if rank == 0:
-        path = reports.write_leaderboard(results, reports.leaderboard_path(dataset_name, name, cfg["env"]["uid"]))
+        out = reports.write_leaderboard(results, reports.leaderboard_path(
+            dataset_name, name, uid, root=cfg["env"]["leaderboard_root"]))
+        print(f"{name} ({path}) on {len(test_set)} {dataset_name} test images, {cfg['val']['precision']}:")
         print(reports.format_table({name: results}))
-        print(f"Leaderboard: {path}")
+        print(f"Leaderboard: {out} (and {out.with_suffix('.json')})")
+    return results
 
 
 if __name__ == "__main__":

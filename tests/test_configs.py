@@ -10,7 +10,7 @@ from ops.configs import ConfigError, load_config, make_config
 def test_shipped_configs_load(name):
     cfg = load_config(f"configs/{name}.json")
     assert set(cfg) == {"dataset", "train", "val", "model", "optim", "env"}
-    assert cfg["optim"]["lr"] == 0.1 and cfg["env"]["precision"] == "fp32"
+    assert cfg["optim"]["lr"] == 0.1 and cfg["env"]["precision"] == "auto" and cfg["val"]["precision"] == "fp32"
 
 
 def test_original_recipes():
@@ -35,7 +35,7 @@ def test_unknown_key_is_named_with_suggestion(tmp_path):
 
 
 def test_wrong_types_are_named():
-    with pytest.raises(ConfigError, match="train.epochs.*number"):
+    with pytest.raises(ConfigError, match="train.epochs must be a positive integer, got 'ten'"):
         make_config({"train": {"epochs": "ten"}})
     with pytest.raises(ConfigError, match="env.channels_last.*true or false"):
         make_config({"env": {"channels_last": 1}})

@@ -203,3 +203,19 @@ def test_ranks_shard_the_same_permutation():
     assert torch.equal(shards[1]._indices(), whole[1::2])  # the same permutation on every rank
     evals = [loaders.DeviceLoader(ds, 8, rank=r, world_size=3) for r in range(3)]
     assert sorted(torch.cat([e._indices() for e in evals]).tolist()) == list(range(50))  # disjoint, complete
+
+
+def test_a_crafted_cifar_pickle_is_refused(tmp_path):
+    """A data folder is untrusted input: a pickle that would run code must be refused, not executed."""
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    write_cifar(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": Payload()}, fh)
+    with pytest.raises(datasets.DatasetNotFoundError, match="refused to load posix.system"):
+        datasets.get_dataset("cifar10", root=tmp_path)
+    assert not (tmp_path / "pwned").exists()

@@ -2,6 +2,8 @@
 import gzip
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -206,13 +208,14 @@ def test_save_load_round_trip_in_original_layout(tmp_path):
     model(torch.randn(4, 3, 32, 32)).sum().backward()
     opt.step()
     path = models.save(model, "cifar_100", "abc", optimizer=opt, root=tmp_path)
-    assert path == tmp_path / "cifar_100" / "resnet_mcdo_smoothing_18" / "cifar_100_resnet_mcdo_smoothing_18_abc.pth.tar"
+    assert path == tmp_path / "cifar100" / "resnet_mcdo_smoothing_18" / "cifar100_resnet_mcdo_smoothing_18_abc.pth.tar"
     raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"name", "state_dict", "optimizer"} and raw["name"] == model.name
+    assert set(raw) == {"name", "state_dict", "optimizer", "arch"} and raw["name"] == model.name
+    assert raw["arch"] == {"name": model.name, "num_classes": 10, "stem": False, "width": 4}
 
     other = _tiny()
     opt2 = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
-    models.load(other, "cifar_100", "abc", root=tmp_path, optimizer=opt2)
+    models.load(other, "cifar100", "abc", root=tmp_path, optimizer=opt2)
     for (k, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert opt2.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
@@ -291,7 +294,7 @@ def test_load_refuses_pickled_code(tmp_path):
     path = models.checkpoint_path("d", model.name, 0, tmp_path)
     path.parent.mkdir(parents=True)
     torch.save({"name": model.name, "state_dict": model.state_dict(), "optimizer": None, "x": Path(".")}, path)
-    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+    with pytest.raises(models.CheckpointError, match="weights_only=False only if you trust"):
         models.load(model, "d", 0, root=tmp_path)
 
 
@@ -318,3 +321,68 @@ def test_summary_line():
     line = models.summary(models.get_model("resnet_dnn_18", width=4), input_size=(2, 3, 32, 32))
     assert line.startswith("resnet_dnn_18: ") and "-> output (2, 10)" in line
     assert f"{models.count_parameters(models.get_model('resnet_dnn_18', width=4)):,}" in line
+
+
+def test_checkpoint_of_another_variant_with_the_same_keys_is_refused(tmp_path):
+    # resnet_dnn_smoothing_18 and resnet_mcdo_18 have identical state_dict keys: only the stored name tells.
+    saved = models.get_model("resnet_dnn_smoothing_18", width=4)
+    path = models.checkpoint_path("d", "resnet_mcdo_18", 0, tmp_path)
+    models.save_checkpoint(path, saved)
+    with pytest.raises(models.CheckpointError, match="saved from 'resnet_dnn_smoothing_18'.*'resnet_mcdo_18'"):
+        models.load(models.get_model("resnet_mcdo_18", width=4), "d", 0, root=tmp_path)
+
+
+def test_width_mismatch_is_named(tmp_path):
+    models.save(models.get_model("resnet_mcdo_18", width=8), "d", 0, root=tmp_path)
+    with pytest.raises(models.CheckpointError, match="width=8, this model with width=4"):
+        models.load(models.get_model("resnet_mcdo_18", width=4), "d", 0, root=tmp_path)
+    with pytest.raises(models.CheckpointError, match="num_classes=10, this model with num_classes=100"):
+        models.load(models.get_model("resnet_mcdo_18", width=8, num_classes=100), "d", 0, root=tmp_path)
+
+
+def test_originals_checkpoint_with_only_a_name_still_loads(tmp_path):
+    model = _tiny()
+    path = models.checkpoint_path("cifar_100", model.name, "orig", tmp_path)  # the original's own folder name
+    path.parent.mkdir(parents=True)
+    torch.save({"name": model.name, "state_dict": model.state_dict(), "optimizer": None}, path)
+    fresh = _tiny()
+    models.load(fresh, "cifar100", "orig", root=tmp_path)  # canonical name; found under the alias folder
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("alias", ["cifar_100", "cifar-100", "CIFAR100", "cifar100"])
+def test_dataset_aliases_name_one_folder(tmp_path, alias):
+    path = models.save(_tiny(), alias, "u", root=tmp_path)
+    assert path.parent.parent.name == "cifar100"
+    models.load(_tiny(), "cifar_100", "u", root=tmp_path)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "is empty"),
+    (b"not a checkpoint at all", "corrupt or truncated"),
+    ("truncated", "corrupt or truncated"),
+])
+def test_corrupt_checkpoints_name_the_path_and_the_fix(tmp_path, content, match):
+    model = _tiny()
+    path = models.save(model, "d", 0, root=tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content == "truncated" else content)
+    with pytest.raises(models.CheckpointError, match=match) as info:
+        models.load(_tiny(), "d", 0, root=tmp_path)
+    assert str(path) in str(info.value) and "env.resume=false" in str(info.value)
+    assert "weights_only=False" not in str(info.value)
+
+
+def test_leftover_temporary_files_are_removed_and_permissions_follow_umask(tmp_path):
+    model = _tiny()
+    path = models.checkpoint_path("d", model.name, 0, tmp_path)
+    path.parent.mkdir(parents=True)
+    leftover = path.parent / (path.name + ".abc123.tmp")  # an interrupted write
+    leftover.write_bytes(b"partial")
+    old = os.umask(0o022)
+    try:
+        models.save(model, "d", 0, root=tmp_path)
+    finally:
+        os.umask(old)
+    assert not leftover.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -176,7 +176,7 @@ def test_cli_trains_then_tests_a_checkpoint(tmp_path, monkeypatch):
             "model.block.width=4", "env.precision=fp32", "env.progress=false", "env.tensorboard=false", "env.uid=cli"]
     assert run.main(["train", *args]) == 0
     assert (tmp_path / "models_checkpoints/synthetic/resnet_mcdo_18/synthetic_resnet_mcdo_18_cli.pth.tar").exists()
-    assert run.main(["test", *args, "--sizes", "1,3"]) == 0
+    assert run.main(["test", "--uid", "cli", "--sizes", "1,3"]) == 0
     rows = (tmp_path / "leaderboard/logs/synthetic/resnet_mcdo_18/synthetic_resnet_mcdo_18_cli.csv").read_text()
     assert [r.split(",")[0] for r in rows.strip().splitlines()] == ["size", "1", "3"]
 
