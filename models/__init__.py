@@ -15,12 +15,12 @@ from .checkpoints import (CheckpointError, atomic_save, canonical_dataset, check
                           checkpoint_path, find_checkpoint, load, load_checkpoint, read_checkpoint, save,
                           save_checkpoint, unwrap)
 from .layers import MCDropout, is_stochastic, mc_dropout
-from .registry import get_model, list_models, register
+from .registry import get_model, list_models, register, smoothing_variant
 from .smoothing import SMOOTHING_BLOCKS, SmoothingBlock, TanhBlurBlock, make_smoothing
 from .surgery import add_mc_dropout, add_smoothing, plan_smoothing
 from . import ensemble  # noqa: E402
 
-__all__ = ["get_model", "list_models", "register", "save", "load", "checkpoint_path", "atomic_save",
+__all__ = ["get_model", "list_models", "register", "smoothing_variant", "save", "load", "checkpoint_path", "atomic_save",
            "check_state_dict", "check_identity", "unwrap", "save_checkpoint", "load_checkpoint", "read_checkpoint",
            "find_checkpoint", "canonical_dataset", "CheckpointError", "mc_dropout", "is_stochastic", "MCDropout", "TanhBlurBlock",
            "SmoothingBlock", "SMOOTHING_BLOCKS", "make_smoothing", "count_parameters", "summary", "ensemble"]

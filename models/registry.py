@@ -37,6 +37,11 @@ def _natural_key(name):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def smoothing_variant(name):
+    """The +smoothing name of a model name: resnet_mcdo_18 -> resnet_mcdo_smoothing_18 (itself if it has one)."""
+    return name if "_smoothing" in name else re.sub(r"_(dnn|mcdo)", r"_\1_smoothing", name, count=1)
+
+
 def list_models(pattern="*"):
     """Registered names matching the shell wildcard `pattern`, sorted naturally (resnet_dnn_18 < resnet_dnn_101)."""
     return sorted(fnmatch.filter(_MODELS, pattern), key=_natural_key)
@@ -76,8 +81,7 @@ def _build_variant(network, *, name, mcdo, smooth, default_rate, extra_kwargs, f
     block_kwargs = {k: kwargs.pop(k) for k in SMOOTHING_KWARGS if k in kwargs}
     if not smooth and (block is not None or block_kwargs):
         given = ["smoothing"] * (block is not None) + sorted(block_kwargs)
-        smooth_name = re.sub(r"_(dnn|mcdo)", r"_\1_smoothing", name, count=1)
-        raise ValueError(f"{name} has no smoothing layers, so {given} cannot be set; use {smooth_name}")
+        raise ValueError(f"{name} has no smoothing layers, so {given} cannot be set; use {smoothing_variant(name)}")
     smoothing = make_smoothing(block, **block_kwargs) if block is not None else None
 
     model = network(num_classes=num_classes, stem=stem, rate=rate, smoothing=smoothing, **fixed, **kwargs)

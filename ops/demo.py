@@ -1,10 +1,12 @@
 """`make demo`: the headline experiment on the embedded Fashion-MNIST, one command on a fresh machine.
 
 Checks for Fashion-MNIST (installing Debian's `dataset-fashion-mnist` when it is missing and this process may
-run apt-get), executes classification.ipynb with papermill (training resnet_mcdo_18 and
-resnet_mcdo_smoothing_18), then prints the NLL / Acc / ECE table and where the outputs are.
+run apt-get), executes classification.ipynb with papermill on the CPU recipe of configs/fashion_mnist_demo.json
+(training resnet_mcdo_18 and resnet_mcdo_smoothing_18, then sweeping MC ensemble sizes), and prints the recipe,
+the table with 95% bootstrap intervals and where the outputs are. Progress shows in the terminal as text bars
+(the notebook runs headless, where widgets cannot be drawn).
 
-    python -m ops.demo [--epochs 3] [--width 16] [--test-size 2000] [--with-dnn]
+    python -m ops.demo [--config configs/fashion_mnist_demo.json] [--with-dnn] [key=value ...]
 """
 import argparse
 import json
@@ -15,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import datasets, reports
+from . import datasets, runs
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE_SIZES = (1, 2, 5, 10, 20, 50)
 
 
 def ensure_fashion_mnist(root):
@@ -40,40 +41,45 @@ def ensure_fashion_mnist(root):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--test-size", type=int, default=2000)
+    parser.add_argument("--config", default="configs/fashion_mnist_demo.json")
     parser.add_argument("--with-dnn", action="store_true", help="also train the deterministic pair")
-    parser.add_argument("--out-dir", default="runs/demo")
+    parser.add_argument("--out-dir", default="runs/classification")
+    parser.add_argument("overrides", nargs="*", help="section.key=value changes of the recipe")
     args = parser.parse_args(argv)
 
     start = time.time()
     ensure_fashion_mnist("./data")
-    uid = time.strftime("%Y%m%d-%H%M%S")
+    uid = runs.new_uid()
     names = ["resnet_mcdo_18", "resnet_mcdo_smoothing_18"] + (["resnet_dnn_18", "resnet_dnn_smoothing_18"]
                                                               if args.with_dnn else [])
     out = Path(args.out_dir) / uid
     out.mkdir(parents=True, exist_ok=True)
-    print(f"Training {', '.join(names)} on Fashion-MNIST: width {args.width}, {args.epochs} epochs on all 60,000 "
-          f"training images (bf16 autocast), then MC sizes 1..50 on {args.test_size} test images (fp32).", flush=True)
-    params = dict(model_names=names, epochs=args.epochs, width=args.width, test_size=args.test_size,
-                  out_dir=args.out_dir, uid=uid)
+    print(f"Training {', '.join(names)} on Fashion-MNIST with {args.config}, then MC ensemble sizes 1..50; "
+          f"outputs in {out}", flush=True)
+    params = dict(config_path=args.config, model_names=names, overrides=args.overrides, out_dir=args.out_dir,
+                  uid=uid)
     cmd = [sys.executable, "-m", "papermill", str(ROOT / "classification.ipynb"), str(out / "classification.ipynb"),
            "--log-output", "--cwd", str(Path.cwd())]
     for key, value in params.items():
         cmd += ["-y", f"{key}: {json.dumps(value)}"]
-    if subprocess.run(cmd).returncode != 0:
+    env = {**os.environ, "SMOOTHING_PROGRESS": "text"}  # text bars: the kernel has no front-end for widgets
+    if subprocess.run(cmd, env=env).returncode != 0:
         sys.exit(f"The notebook failed; the partly executed copy is {out / 'classification.ipynb'}")
 
-    results = json.loads((out / "results.json").read_text())
-    table = reports.format_table({name: {int(n): m for n, m in res.items()} for name, res in results.items()},
-                                 keys=("nll", "acc", "ece"), sizes=TABLE_SIZES)
+    saved = json.loads((out / "results.json").read_text())
+    recipe = saved["recipe"]
+    t, d = recipe["train"], recipe["dataset"]
     minutes = (time.time() - start) / 60
-    print(f"\nFashion-MNIST test subset ({args.test_size} images), width {args.width}, {args.epochs} epochs:\n")
-    print(table)
-    print(f"\nWall time {minutes:.1f} min. Outputs in {out.resolve()}: executed notebook classification.ipynb, "
-          f"table.md, ensemble_size.png, reliability_*.png, leaderboard/ CSVs, TensorBoard logs in runs/ "
-          f"(tensorboard --logdir {out / 'runs'}).")
+    print(f"\nRecipe: {args.config}: ResNet-18 width {recipe['model']['block'].get('width', 64)}, "
+          f"{t['warmup_epochs']} warm-up + {t['epochs']} epochs on {d['train_size'] or 'all 60,000'} training "
+          f"images, batch {t['batch_size']}, {recipe['optim']['name']} lr {recipe['optim']['lr']} "
+          f"({recipe['optim']['scheduler']['name']}), training precision {recipe['env.precision']}; "
+          f"evaluation in fp32 on {d['test_size'] or 'all 10,000'} test images.\n")
+    print((out / "table.md").read_text())
+    print(f"Estimates with 95% bootstrap intervals over test images; a difference row whose interval excludes 0 is "
+          f"resolved by this test set.\nWall time {minutes:.1f} min. Outputs in {out.resolve()}: the executed "
+          f"notebook, table.md, results.json, ensemble_size.png, reliability_*.png, leaderboard/ CSVs, weights in "
+          f"models_checkpoints/ and TensorBoard logs in runs/ (tensorboard --logdir {out / 'runs'}).")
     return 0
 
 

@@ -63,3 +63,24 @@ def format_table(sweeps, keys=("nll", "acc", "ece"), sizes=None):
             cells = [f"{v:.4f}" if not (isinstance(v, float) and math.isnan(v)) else "nan" for v in values]
             lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_interval_table(intervals, keys=("nll", "acc", "ece")):
+    """Markdown table of bootstrap estimates with 95% intervals (ops.stats.bootstrap), one row per (model or
+    difference, size); accuracy and ECE in percent. intervals: {size: {label: {key: (estimate, low, high)}}}."""
+    percent = {"acc", "ece"}
+    header = "| model | size | " + " | ".join(HEADERS.get(k, k) + (" (%)" if k in percent else "") for k in keys)
+    lines = [header + " |", "|" + " --- |" * (len(keys) + 2)]
+    labels = list(dict.fromkeys(label for per_size in intervals.values() for label in per_size))
+    for label in labels:
+        for n in sorted(intervals):
+            if label not in intervals[n]:
+                continue
+            cells = []
+            for key in keys:
+                scale, digits = (100, 2) if key in percent else (1, 4)
+                est, lo, hi = (scale * v for v in intervals[n][label][key])
+                signed = "+" if " - " in label else ""
+                cells.append(f"{est:{signed}.{digits}f} [{lo:{signed}.{digits}f}, {hi:{signed}.{digits}f}]")
+            lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -80,61 +80,34 @@ def parse_sizes(text):
         raise ValueError(f"--sizes must be comma-separated positive integers such as 1,2,5,10, got {text!r}") from None
 
 
-def find_run(uid, out_dir="runs", model=None):
-    """The run folder {out_dir}/{dataset}/{model}/{uid} holding a config.json; refuses ambiguity."""
-    from .runs import check_uid
-
-    check_uid(uid)
-    found = sorted(p.parent for p in Path(out_dir).glob(f"*/*/{uid}/config.json")
-                   if model is None or p.parent.parent.name == model)
-    if not found:
-        raise FileNotFoundError(f"No run {uid!r} under {out_dir}/<dataset>/{model or '<model>'}/ (looked for its "
-                                f"config.json). Pass env.out_dir=... if the run was written elsewhere.")
-    if len(found) > 1:
-        raise ValueError(f"uid {uid!r} names several runs: {[str(p) for p in found]}; add --model NAME")
-    return found[0]
-
-
 def _test(args):
     import models
 
-    from . import configs, loaders, reports
+    from . import configs, loaders, reports, runs
     from .tests import sweep
     from .trains import init_distributed, load_data
 
     if (args.uid is None) == (args.checkpoint is None):
         raise ValueError("test needs --uid UID (a run of ours) or --checkpoint PATH (a .pth.tar), one of the two")
     sizes = parse_sizes(args.sizes)
-    if args.uid is not None:
-        base = configs.make_config({}, [o for o in args.overrides if o.startswith("env.out_dir=")])
-        run_dir = find_run(args.uid, base["env"]["out_dir"], args.model)
-        stored = json.loads((run_dir / "config.json").read_text())
-        cfg = configs.make_config(stored, list(args.overrides))
+    if args.uid is not None:  # everything from the run's stored config; overrides only say where things are
+        out_dir = configs.make_config({}, [o for o in args.overrides if o.startswith("env.out_dir=")])["env"]["out_dir"]
+        model, cfg, path = runs.load_run(args.uid, out_dir, args.model, overrides=args.overrides)
         name, uid = cfg["model"]["name"], args.uid
+        rank, world_size, device = init_distributed(cfg["env"]["device"])
+        dataset_name, _, test_set = load_data(cfg)
     else:
         cfg = configs.load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
-        state = models.read_checkpoint(args.checkpoint)
-        name = args.model or cfg["model"]["name"] or state.get("name")
-        if name is None:
-            raise ValueError(f"{args.checkpoint} does not say which model it holds: pass --model NAME")
-        uid = Path(args.checkpoint).name.removesuffix(".pth.tar").rsplit("_", 1)[-1]
-        run_dir = None
-
-    rank, world_size, device = init_distributed(cfg["env"]["device"])
-    dataset_name, _, test_set = load_data(cfg)
-    model = models.get_model(name, num_classes=len(test_set.classes), stem=cfg["model"]["stem"],
-                             **cfg["model"]["block"])
-    if args.checkpoint is not None:
         path = Path(args.checkpoint)
-    else:  # the final weights, else the run's last epoch (an interrupted run)
-        try:
-            path = models.find_checkpoint(dataset_name, name, uid, cfg["env"]["checkpoint_root"])
-        except FileNotFoundError:
-            path = run_dir / "checkpoint.pth.tar"
-            if not path.exists():
-                raise FileNotFoundError(f"run {run_dir} has no weights yet: neither final weights under "
-                                        f"{cfg['env']['checkpoint_root']} nor {path}") from None
-    models.load_checkpoint(path, model)  # checks name, build arguments and tensors against the stored config
+        name = args.model or cfg["model"]["name"] or models.read_checkpoint(path).get("name")
+        if name is None:
+            raise ValueError(f"{path} does not say which model it holds: pass --model NAME")
+        uid = path.name.removesuffix(".pth.tar").rsplit("_", 1)[-1]
+        rank, world_size, device = init_distributed(cfg["env"]["device"])
+        dataset_name, _, test_set = load_data(cfg)
+        model = models.get_model(name, num_classes=len(test_set.classes), stem=cfg["model"]["stem"],
+                                 **cfg["model"]["block"])
+        models.load_checkpoint(path, model)  # checks the name, build arguments and tensors
     loader = loaders.make_loader(test_set, cfg["val"]["batch_size"], device=device, rank=rank,
                                  world_size=world_size, workers=cfg["env"]["workers"])
     results = sweep(model, loader, sizes=sizes, device=device, precision=cfg["val"]["precision"],

@@ -140,3 +140,45 @@ class RunFolder:
 
     def write_config(self, cfg):
         return write_json(self.path / self.CONFIG, cfg)
+
+
+def find_run(uid, out_dir="runs", model=None):
+    """The run folder {out_dir}/{dataset}/{model}/{uid} holding a config.json; refuses ambiguity."""
+    check_uid(uid)
+    found = sorted(p.parent for p in Path(out_dir).glob(f"*/*/{uid}/config.json")
+                   if model is None or p.parent.parent.name == model)
+    if not found:
+        raise FileNotFoundError(f"No run {uid!r} under {out_dir}/<dataset>/{model or '<model>'}/ (looked for its "
+                                f"config.json). Pass env.out_dir=... (out_dir=...) if the run was written elsewhere.")
+    if len(found) > 1:
+        raise ValueError(f"uid {uid!r} names several runs: {[str(p) for p in found]}; name the model too "
+                         f"(--model NAME, model=...)")
+    return found[0]
+
+
+def load_run(uid, out_dir="runs", model=None, device="cpu", overrides=()):
+    """Rebuild a run's model from its stored config and load its weights: (model in eval(), config, weights path).
+
+    The weights are the run's final ones ({env.checkpoint_root}/..., the original layout) or, for a run that
+    was interrupted, its last epoch (checkpoint.pth.tar); they are checked against the stored config (name and
+    build arguments). `overrides` may change where things are (dataset.root, env.checkpoint_root, ...)."""
+    import models
+
+    run_dir = find_run(uid, out_dir, model)
+    cfg = configs.make_config(json.loads((run_dir / RunFolder.CONFIG).read_text()), list(overrides))
+    name, dataset = cfg["model"]["name"], run_dir.parent.parent.name
+    try:
+        weights = models.find_checkpoint(dataset, name, uid, cfg["env"]["checkpoint_root"])
+    except FileNotFoundError:
+        weights = run_dir / "checkpoint.pth.tar"
+        if not weights.exists():
+            raise FileNotFoundError(f"run {run_dir} has no weights yet: neither final weights under "
+                                    f"{cfg['env']['checkpoint_root']} nor {weights}") from None
+    state = models.read_checkpoint(weights)
+    num_classes = (state.get("arch") or {}).get("num_classes")
+    if num_classes is None:
+        # checkpoints from before `arch` was stored: the classifier (the last weight) has num_classes rows
+        num_classes = state["state_dict"][next(k for k in reversed(state["state_dict"]) if k.endswith("weight"))].shape[0]
+    net = models.get_model(name, num_classes=num_classes, stem=cfg["model"]["stem"], **cfg["model"]["block"])
+    models.load_checkpoint(weights, net)
+    return net.to(device).eval(), cfg, weights

@@ -24,13 +24,11 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from tqdm.auto import tqdm
-
 import models
 
 from .metrics import Metrics
 from .predict import is_stochastic, log_mean_exp, model_device, predict_log_probs
-from .runtime import check_precision, resolve_device
+from .runtime import check_precision, progress_bar, resolve_device
 
 PAPER_SIZES = (1, 2, 3, 4, 5, 10, 20, 50)
 FOLD_RTOL = 1e-4  # folded vs eager outputs, relative to the output's scale (folding only reorders rounding)
@@ -154,7 +152,8 @@ def _agree_on_classes(num_classes, device):
 
 
 def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", channels_last=True,
-          fuse_bn=True, max_batch=None, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None, mc=None):
+          fuse_bn=True, max_batch=None, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None, mc=None,
+          keep_predictions=None):
     """Metrics for every ensemble size in `sizes` from one set of max(sizes) MC samples: {n: dict}.
 
     dataset: iterable of (x, y) batches (a DataLoader or ops.loaders' in-memory loader). mc: None decides by
@@ -162,20 +161,23 @@ def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", c
     deterministic model gets one pass per image and the same figures at every size. precision: "fp32"
     (default) or "bf16"/"fp16" autocast; channels_last and fuse_bn change the speed, not the figures (see
     benchmarks/eval_speed.py). max_batch: images per forward pass when MC copies of a batch are stacked
-    (None: ops.predict.DEFAULT_MAX_BATCH for the device).
+    (None: ops.predict.DEFAULT_MAX_BATCH for the device). keep_predictions: a dict that receives
+    {n: (N, C) float32 log-probabilities on the CPU, "targets": (N,)} of this process's images (for
+    ops.stats.bootstrap).
     """
     sizes = check_sizes(sizes)
     check_precision(precision)
     device = resolve_device(device) if device is not None else model_device(model)
     model = eval_keeping_dropout(model.to(device))
-    batches = _batches(tqdm(dataset, desc="test", leave=False) if progress else dataset, max_batches)
+    batches = _batches(progress_bar(dataset, desc=f"test ({sizes[-1]} samples)", unit="batch", leave=False)
+                       if progress else dataset, max_batches)
     first = next(batches, None)
     stochastic, num_classes = bool(mc), 0
     if first is not None:
         x0 = first[0].to(device)
         stochastic = is_stochastic(model, x0, precision) if mc is None else bool(mc)
         model = prepare_for_inference(model, channels_last, fuse_bn, example=x0)
-    meters = None
+    meters, kept = None, {}
 
     def score(x, y):
         nonlocal meters
@@ -187,6 +189,10 @@ def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", c
         for n in sizes:
             lp = log_mean_exp(log_probs, n)  # (B, C)
             meters[n].update(lp.exp(), y, samples=log_probs[:n].exp(), log_probs=lp)
+            if keep_predictions is not None:
+                kept.setdefault(n, []).append(lp.cpu())
+        if keep_predictions is not None:
+            kept.setdefault("targets", []).append(y.cpu())
 
     if first is not None:
         score(*first)
@@ -198,6 +204,8 @@ def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", c
         raise ValueError("the dataset yielded no (non-empty) batches: nothing to evaluate")
     if meters is None:  # this rank's shard was empty: it still takes part in the all-reduce
         meters = {n: Metrics(num_classes, bins=bins, cutoffs=cutoffs, device=device) for n in sizes}
+    if keep_predictions is not None and kept:
+        keep_predictions.update({k: torch.cat(v) for k, v in kept.items()})
     passes = sizes[-1] if stochastic else 1
     return {n: {**meters[n].sync().compute(), "stochastic": stochastic, "passes": passes} for n in sizes}
 

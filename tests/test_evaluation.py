@@ -281,3 +281,33 @@ def test_ensemble_size_figure_has_a_line_per_model():
     assert len(fig.axes) == 3 and all(len(ax.lines) == 2 for ax in fig.axes)
     assert fig.axes[1].lines[0].get_ydata().tolist() == [50.0, 50.0, 50.0]
     assert not math.isnan(fig.axes[0].lines[0].get_ydata()[0])
+
+
+def test_bootstrap_intervals_and_paired_differences(loader):
+    from ops import stats
+
+    preds_a, preds_b = {}, {}
+    res_a = sweep(tiny("resnet_dnn_18"), loader, sizes=(1,), keep_predictions=preds_a)
+    res_b = sweep(tiny("resnet_dnn_smoothing_18"), loader, sizes=(1,), keep_predictions=preds_b)
+    assert torch.equal(preds_a["targets"], preds_b["targets"]) and preds_a[1].shape == (24, 10)
+    ci = stats.bootstrap({"a": preds_a[1], "b": preds_b[1]}, preds_a["targets"], n_boot=300)
+    for label, res in (("a", res_a), ("b", res_b)):  # the estimate is the metric on all images, as ops.metrics
+        for key in ("nll", "acc", "ece"):
+            est, lo, hi = ci[label][key]
+            assert est == pytest.approx(res[1][key], abs=1e-9) and lo <= est <= hi, (label, key)
+    est, lo, hi = ci["b - a"]["nll"]
+    assert est == pytest.approx(res_b[1]["nll"] - res_a[1]["nll"], abs=1e-9) and lo < hi
+    # Paired: identical predictions differ by exactly 0 in every resample.
+    same = stats.bootstrap({"a": preds_a[1], "a2": preds_a[1]}, preds_a["targets"], n_boot=50)
+    assert same["a2 - a"]["nll"] == (0.0, 0.0, 0.0)
+
+
+def test_bootstrap_interval_covers_like_a_binomial():
+    from ops import stats
+
+    # 400 images, 70% correct: the interval of the accuracy is about +-1.96 * sqrt(.7 * .3 / 400) = +-4.5 points.
+    y = torch.zeros(400, dtype=torch.long)
+    logits = torch.zeros(400, 2)
+    logits[:280, 0], logits[280:, 1] = 2.0, 2.0
+    est, lo, hi = stats.bootstrap({"m": torch.log_softmax(logits, 1)}, y, n_boot=2000)["m"]["acc"]
+    assert est == 0.7 and (hi - lo) / 2 == pytest.approx(1.96 * (0.7 * 0.3 / 400) ** 0.5, rel=0.15)

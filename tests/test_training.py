@@ -188,3 +188,19 @@ def test_demo_explains_how_to_get_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)  # not root: no apt-get
     with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist"):
         demo.ensure_fashion_mnist(tmp_path / "data")
+
+
+def test_resume_accepts_a_checkpoint_with_the_originals_blur_filters(tmp_path):
+    """A run checkpoint whose state_dict carries frozen `filter` tensors (as the original saves them) resumes."""
+    common = overrides(tmp_path, "train.max_steps_per_epoch=2", "env.uid=blur", "env.tensorboard=false",
+                       "model.block={\"width\": 4, \"sfilter\": [1, 2, 1], \"pad_mode\": \"replicate\"}")
+    first = train(None, "resnet_mcdo_smoothing_18", common + ["train.epochs=1"])
+    path = first["run_dir"] / "checkpoint.pth.tar"
+    state = torch.load(path, weights_only=True)
+    for name, module in first["model"].named_modules():
+        if isinstance(module, models.smoothing.Blur):
+            state["state_dict"][f"{name}.filter"] = module.filter.clone()
+    assert any(k.endswith("blur.filter") for k in state["state_dict"])
+    torch.save(state, path)
+    resumed = train(None, "resnet_mcdo_smoothing_18", common + ["train.epochs=2"])
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2]
