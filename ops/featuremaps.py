@@ -24,7 +24,7 @@ big batch); then the diagonal from the centre outwards, f[H//2 + j, W//2 + j], m
 j is the frequency 2*pi*j/H along both axes, from 0 to just under pi (the successor draws the same values at
 evenly spaced x from 0 to pi). The last point, the highest frequency, is the "high-frequency" value plotted
 against normalised depth (point index / (number of points - 1)). Negative values: less high-frequency content
-than the mean level, i.e. a low-pass map. Maps must be square.
+than the mean level, i.e. a low-pass map. Maps must be square and at least 3x3.
 
 The figure functions at the end only draw what the functions above return.
 """
@@ -147,8 +147,9 @@ def log_amplitude(maps):
 def diagonal_profile(spectrum):
     """(H, W) centred log amplitude -> (K,) its diagonal from the centre outwards minus the value at frequency 0."""
     h, w = spectrum.shape
-    if h != w:
-        raise ValueError(f"the Fourier profile needs square maps, got {h}x{w}")
+    if h != w or h < 3:
+        raise ValueError(f"the Fourier profile needs square maps of at least 3x3 (a 2x2 map has no frequency "
+                         f"between 0 and pi on its diagonal), got {h}x{w}; use larger inputs")
     j = torch.arange(h - h // 2)
     diag = spectrum[h // 2 + j, w // 2 + j]
     return diag - diag[0]

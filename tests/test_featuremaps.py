@@ -42,8 +42,10 @@ def test_fourier_profile_of_a_constant_and_of_a_blur():
     noise = torch.randn(8, 16, 32, 32)
     blurred = nn.AvgPool2d(2, stride=1, padding=1)(noise)  # the smoothing block's blur: a low-pass filter
     assert fm.fourier_profile(blurred)[-1] < fm.fourier_profile(noise)[-1] - 1.0
-    with pytest.raises(ValueError, match="square"):
+    with pytest.raises(ValueError, match="square maps of at least 3x3.*8x9"):
         fm.fourier_profile(torch.randn(1, 1, 8, 9))
+    with pytest.raises(ValueError, match="got 2x2"):
+        fm.fourier_profile(torch.randn(1, 1, 2, 2))
 
 
 def _mcdo_net():
