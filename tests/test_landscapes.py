@@ -230,3 +230,31 @@ def test_two_processes_split_the_grid_and_agree_with_one(tmp_path):
     assert one["records"] == two["records"] and len(one["records"]) == 9 * 3
     shares = [len((tmp_path / "two" / f"points.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
     assert shares == [5, 4]  # the 9 points were split round robin
+
+
+def test_figures_and_the_mask_animation_are_written(tmp_path):
+    from ops import landscape_plots as plots
+    from ops.plots import save_figure
+
+    def fake(bump, ys=(-1.0, 0.0, 1.0)):  # a bowl whose curvature grows with bump, 2 masks and the ensemble
+        xs = [-1.0, 0.0, 1.0]
+        recs = [{"index": iy * 3 + ix, "mask": m, "x": x, "y": y, "loss": bump * (x * x + y * y) + 0.1 * m}
+                for m in (0, 1, -1) for iy, y in enumerate(ys) for ix, x in enumerate(xs)]
+        return L.Landscape(xs, list(ys), recs)
+
+    lands = {"MC dropout": fake(2.0), "+ smoothing": fake(1.0)}
+    for kind in ("contourf", "contour", "surface"):
+        save_figure(plots.landscape_figure(lands, kind=kind), tmp_path / f"{kind}.png")
+    save_figure(plots.curves_figure(lands), tmp_path / "curves.png")
+    gif = plots.animate_masks(lands, tmp_path / "masks.gif", kind="contourf")
+    from PIL import Image
+
+    with Image.open(gif) as im:
+        assert im.n_frames == 2  # masks 0 and 1 (the ensemble is not a frame)
+    save_figure(plots.spectrum_figure({"a": [1.0, 2.0, 2.5], "b": {"eigenvalues": [0.5, 0.7, 1.0]}}),
+                tmp_path / "spectrum.png")
+    save_figure(plots.density_figure({"a": {"nodes": [[0.0, 1.0]], "weights": [[0.5, 0.5]]}}), tmp_path / "d.png")
+    assert {p.name for p in tmp_path.iterdir()} >= {"contourf.png", "contour.png", "surface.png", "curves.png",
+                                                    "spectrum.png", "d.png"}
+    with pytest.raises(ValueError, match="kind must be"):
+        plots.landscape_figure(lands, kind="heatmap")
