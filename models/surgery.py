@@ -4,6 +4,7 @@
     model, inserted = models.add_smoothing(model, where=["layer1", "layer2"])      # after named modules
     model, inserted = models.add_mc_dropout(model, rate=0.3)                        # zoo placement
     for point in inserted: print(point)   # after layer1 (64 ch, 16x16): feeds layer2.0.conv1, layer2.0.downsample.0
+    models.plan_smoothing(model)          # where add_smoothing would insert, without inserting
 
 Smoothing blocks and MC dropout have no parameters, so a model keeps its `state_dict` (same keys, same tensors)
 and pretrained checkpoints load into it with `strict=True` before or after the surgery. (A block with
@@ -70,13 +71,15 @@ __all__ = ["add_smoothing", "add_mc_dropout", "plan_smoothing", "Insertion"]
 class Insertion:
     """One inserted block: on the output (`after`) or the input (`before`) of `module`."""
     module: str            # qualified name of the host module
-    position: str          # "after" | "before"
+    position: str          # "after" | "before" | "replaced" (an nn.Dropout turned into MC dropout)
     block: str             # qualified name of the inserted block ("" in a plan)
     channels: int
     size: tuple            # (H, W) of the map it receives, for the example input
     reason: str            # what it precedes
 
     def __str__(self):
+        if self.position == "replaced":  # add_mc_dropout(where="dropout")
+            return f"replaced {self.module}: {self.reason}"
         return f"{self.position} {self.module} ({self.channels} ch, {self.size[0]}x{self.size[1]}): {self.reason}"
 
 
@@ -143,6 +146,11 @@ class _Graph:
         self.index = {n: i for i, n in enumerate(self.nodes)}
         self.stack = {n: list(n.meta.get("nn_module_stack", {})) for n in self.nodes}
         self.multi = {k.split("@")[0] for s in self.stack.values() for k in s if "@" in k}  # called more than once
+        names = dict(model.named_modules())
+        unknown = {k.split("@")[0] for s in self.stack.values() for k in s} - set(names)
+        if unknown:  # the module scopes are how boundaries are found: refuse rather than guess
+            raise RuntimeError(f"torch.fx recorded module scopes that are not module names ({sorted(unknown)[:3]}); "
+                               f"this torch version is not supported by models.surgery: pass where=[...] names")
         inputs = [n for n in self.nodes if n.op == "placeholder"]
         self.input = inputs[0]
         self.reach = {self.input}
@@ -380,8 +388,10 @@ def add_smoothing(model, block="tanh", where="subsampling", *, stem=False, head=
     if isinstance(where, str) and where != "subsampling":
         raise ValueError(f"where={where!r}: use 'subsampling' or a list of module names, e.g. "
                          f"where=['layer1', 'layer2']")
-    plan = (lambda x: plan_smoothing(model, stem=stem, head=head, example_input=x)) if isinstance(where, str) else where
-    return _insert(model, factory, "smoothing", plan, example_input)
+    def plan(x):
+        return plan_smoothing(model, stem=stem, head=head, example_input=x)
+
+    return _insert(model, factory, "smoothing", plan if isinstance(where, str) else where, example_input)
 
 
 # --- MC dropout ------------------------------------------------------------------------------------------------
@@ -398,15 +408,21 @@ def add_mc_dropout(model, rate, where="auto", *, example_input=None):
         return _replace_dropout(model, rate)
     if isinstance(where, str) and where not in ("auto", "residual", "conv"):
         raise ValueError(f"where={where!r}: use 'auto', 'residual', 'conv', 'dropout' or a list of module names")
-    plan = (lambda x: _plan_dropout(model, x, where)) if isinstance(where, str) else where
-    return _insert(model, lambda channels: MCDropout(rate), "mc_dropout", plan, example_input)
+    def plan(x):
+        return _plan_dropout(model, x, where)
+
+    return _insert(model, lambda channels: MCDropout(rate), "mc_dropout", plan if isinstance(where, str) else where,
+                   example_input)
+
+
+def _is_add(n):
+    return (n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))
 
 
 def _plan_dropout(model, example_input, mode):
     g = _Graph(model, example_input)
-    adds = [n for n in g.nodes if n in g.reach and len(g.preds(n)) == 2 and g.shape(n) and len(g.shape(n)) == 4
-            and ((n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_")))
-            and g.shape(n.all_input_nodes[0]) == g.shape(n.all_input_nodes[1])]
+    adds = [n for n in g.nodes if n in g.reach and _is_add(n) and len(g.preds(n)) == 2 and g.shape(n)
+            and len(g.shape(n)) == 4 and g.shape(g.preds(n)[0]) == g.shape(g.preds(n)[1])]
     if mode == "auto":
         mode = "residual" if adds else "conv"
     plan = []
@@ -425,7 +441,10 @@ def _plan_dropout(model, example_input, mode):
                 while base is not None and base is not d and g.is_pointwise(base):
                     base = g.data_input(base)
                 if base is d or x.op != "call_module":
-                    continue  # projection shortcut: a single convolution of the block input
+                    continue  # projection shortcut (a single convolution of the block input), or functional
+                if x.target in g.multi:
+                    raise ValueError(f"{x.target} is called more than once per forward, so MC dropout cannot "
+                                     f"precede it alone; pass where=[...] names")
                 shape = g.shape(src)
                 plan.append(Insertion(x.target, "before", "", shape[1] if len(shape) == 4 else shape[-1],
                                       tuple(shape[2:]) if len(shape) == 4 else tuple(shape[1:3]),
