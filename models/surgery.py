@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .layers import MCDropout
-from .smoothing import make_smoothing
+from .smoothing import SmoothingBlock, make_smoothing
 
 __all__ = ["add_smoothing", "add_mc_dropout", "plan_smoothing", "Insertion"]
 
@@ -388,6 +388,11 @@ def add_smoothing(model, block="tanh", where="subsampling", *, stem=False, head=
     if isinstance(where, str) and where != "subsampling":
         raise ValueError(f"where={where!r}: use 'subsampling' or a list of module names, e.g. "
                          f"where=['layer1', 'layer2']")
+    present = next((n for n, m in model.named_modules() if isinstance(m, SmoothingBlock)), None)
+    if isinstance(where, str) and present is not None:
+        raise ValueError(f"{type(model).__name__} already smooths ({present}); where='subsampling' would smooth "
+                         f"twice. Start from the model without smoothing, or name extra points with where=[...]")
+
     def plan(x):
         return plan_smoothing(model, stem=stem, head=head, example_input=x)
 
@@ -408,6 +413,11 @@ def add_mc_dropout(model, rate, where="auto", *, example_input=None):
         return _replace_dropout(model, rate)
     if isinstance(where, str) and where not in ("auto", "residual", "conv"):
         raise ValueError(f"where={where!r}: use 'auto', 'residual', 'conv', 'dropout' or a list of module names")
+    present = next((n for n, m in model.named_modules() if isinstance(m, MCDropout)), None)
+    if isinstance(where, str) and present is not None:
+        raise ValueError(f"{type(model).__name__} already has MC dropout ({present}); where={where!r} would add a "
+                         f"second one. Start from the deterministic model, or name extra points with where=[...]")
+
     def plan(x):
         return _plan_dropout(model, x, where)
 
@@ -544,10 +554,6 @@ def _insert(model, factory, attr, plan, example_input):
     """Insert `factory(channels)` at each point of `plan` (a function of the example input, or module names)."""
     if not callable(plan) and (not isinstance(plan, (list, tuple)) or not all(isinstance(n, str) for n in plan)):
         raise TypeError(f"where must be a placement name or a list of module names, got {plan!r}")
-    for name, m in model.named_modules():
-        if getattr(m, "_surgery", None) == attr:
-            raise ValueError(f"{type(model).__name__} already has {attr} inserted by models.surgery ({name}); "
-                             f"start from a model without it")
     example_input = _example(model, example_input)
     plan = plan(example_input) if callable(plan) else _explicit_plan(model, list(plan), example_input)
     p = next(iter(list(model.parameters()) + list(model.buffers())), None)
@@ -564,12 +570,14 @@ def _insert(model, factory, attr, plan, example_input):
                 new.to(device=p.device, dtype=p.dtype if p.is_floating_point() else None)
             new.train(model.training)
             if position == "after" and _is_plain_sequential(host):
+                if len(host) and getattr(host[-1], "_surgery", None) == attr:
+                    raise ValueError(f"{host_name} already ends with {attr} inserted by models.surgery")
                 host.append(new)
                 block_name = f"{host_name}.{len(host) - 1}"
                 undo.append(lambda host=host: host.__delitem__(-1))
             else:
                 if attr in host._modules or hasattr(host, attr):
-                    raise ValueError(f"{host_name or type(model).__name__} already has an attribute {attr!r}")
+                    raise ValueError(f"{host_name} already has an attribute {attr!r} (inserted before?)")
                 host.add_module(attr, new)
                 hook = (host.register_forward_hook(_ApplyAfter(attr)) if position == "after"
                         else host.register_forward_pre_hook(_ApplyBefore(attr)))

@@ -101,12 +101,12 @@ def test_zoo_placement_is_reproduced(name, kwargs, options):
     reference = models.get_model(name.replace("_dnn", "_dnn_smoothing"), **kwargs)
     reference.load_state_dict(plain.state_dict(), strict=True)  # smoothing adds no keys
     snapshot = _snapshot(plain)
-    smoothed, inserted = models.add_smoothing(plain, **options)
+    size = 224 if kwargs.get("stem") else 32
+    x = torch.randn(2, 3, size, size)
+    smoothed, inserted = models.add_smoothing(plain, example_input=x[:1], **options)
     expected = [n for n, m in reference.named_children() if n.startswith("smooth") and not isinstance(m, nn.Identity)]
     assert [p.module for p in inserted] == expected
     assert _same_state(smoothed, snapshot)
-    size = 224 if kwargs.get("stem") else 32
-    x = torch.randn(2, 3, size, size)
     smoothed.eval()
     reference.eval()
     with torch.no_grad():
@@ -141,10 +141,17 @@ def test_bad_arguments_and_double_insertion_raise():
     with pytest.raises(ValueError, match="Unknown smoothing block"):
         models.add_smoothing(model, block="gauss")
     models.add_smoothing(model)
-    with pytest.raises(ValueError, match="already has smoothing"):
+    with pytest.raises(ValueError, match="already smooths \\(layer1.2\\)"):
         models.add_smoothing(model)
+    with pytest.raises(ValueError, match="layer2 already ends with smoothing"):
+        models.add_smoothing(model, where=["layer2"])
+    models.add_smoothing(model, where=["layer1.0"])  # a new point is fine
     with pytest.raises(ValueError, match="MC dropout rate"):
         models.add_mc_dropout(model, 1.5)
+    with pytest.raises(ValueError, match="already smooths \\(smooth1.0\\)"):
+        models.add_smoothing(models.get_model("resnet_dnn_smoothing_18", width=4))
+    with pytest.raises(ValueError, match="already has MC dropout \\(layer1.0.dropout\\)"):
+        models.add_mc_dropout(models.get_model("resnet_mcdo_18", width=4), 0.1)
 
 
 def test_surgery_leaves_training_state_and_random_stream_alone():
