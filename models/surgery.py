@@ -21,11 +21,12 @@ stage, i.e. on the feature map that the next stage reads. Found from the module 
    (their common dominator), moved back over per-position layers (BatchNorm, activations, dropout, identities)
    to the outermost module boundary: the output of `layer1`, not the ReLU inside the next block (that is what
    makes pre-activation ResNets smooth the stage output, before the next block's BN-ReLU).
-3. Not smoothed: the input image; the stem (`stem=False`, the default: transitions at a resolution above the
-   first stride-1 spatial convolution, e.g. the max-pool of a ResNet's ImageNet stem); the head's global
-   pooling only when `head=False`. "Before each subsampling" thus means, for a classifier with a GAP head,
-   after every stage including the last, which is what our ResNet, ResNeXt, Wide ResNet and VGG `_smoothing`
-   models do. Our pre-activation ResNets do not smooth before their BN-GAP head (`head=False` reproduces them)
+3. Not smoothed: the input image; the stem (with `stem=False`, the default: transitions that come before the
+   first stride-1 spatial convolution, e.g. the max-pool of a ResNet's ImageNet stem); the head's pooling when
+   `head=False` (the head: transitions after the last convolution of a map larger than 1x1; only the first of
+   them counts, later pools in a head only resize, like VGG's adaptive pool). "Before each subsampling" thus
+   means, for a classifier with a GAP head, after every stage including the last, which is what our ResNet,
+   ResNeXt, Wide ResNet and VGG `_smoothing` models do. Our pre-activation ResNets do not smooth before their BN-GAP head (`head=False` reproduces them)
    and our AlexNet smooths its stem's output too (`stem=True`).
 
 **How a block is inserted.** On the module whose output is that tensor: a plain `nn.Sequential` gets the
@@ -37,9 +38,11 @@ checks that every block ran exactly once.
 Limits: the host module must be called once per forward (a shared `nn.ReLU` is never chosen); a point that is
 not a module boundary (a functional op in the middle of a custom `forward`) raises and asks for `where=[...]`
 names; networks with several resolutions in parallel (HRNet) are not analysed per branch; forward hooks are
-not exported by TorchScript. A module whose forward fx cannot trace (Python control flow on tensor values) is
-treated as a black box, which is exact as long as it does not contain a subsampling point itself. Hooks
-registered on a host before the surgery see its output before smoothing, hooks registered after see it after.
+not exported by TorchScript. Python control flow on flags and sizes traces fine; a module whose forward fx
+cannot trace (control flow on tensor values) becomes a black box: if it subsamples, it counts as one
+subsampling and nothing goes inside it (a forward that cannot be traced at the top level raises and asks for
+names). Hooks registered on a non-Sequential host before the surgery see its output before smoothing, hooks
+registered after see it after.
 
 The tanh block ends with a ReLU, a no-op on the post-ReLU stage outputs of ResNet and VGG; on networks whose
 stage outputs are signed (ConvNeXt's residual stream) it removes the negative half: use `block="blur"` there.
