@@ -26,8 +26,8 @@ stage, i.e. on the feature map that the next stage reads. Found from the module 
    `head=False` (the head: transitions after the last convolution of a map larger than 1x1; only the first of
    them counts, later pools in a head only resize, like VGG's adaptive pool). "Before each subsampling" thus
    means, for a classifier with a GAP head, after every stage including the last, which is what our ResNet,
-   ResNeXt, Wide ResNet and VGG `_smoothing` models do. Our pre-activation ResNets do not smooth before their BN-GAP head (`head=False` reproduces them)
-   and our AlexNet smooths its stem's output too (`stem=True`).
+   ResNeXt, Wide ResNet and VGG `_smoothing` models do. Our pre-activation ResNets do not smooth before their
+   BN-GAP head (`head=False` reproduces them) and our AlexNet smooths its stem's output too (`stem=True`).
 
 **How a block is inserted.** On the module whose output is that tensor: a plain `nn.Sequential` gets the
 block appended (`layer1.2`); any other module keeps it as a child `<module>.smoothing` applied by a forward
