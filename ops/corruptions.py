@@ -1,10 +1,10 @@
 """Corrupted and perturbed images: the official -C / -P sets, and -C / -P sets generated offline for any dataset.
 
     cset = ops.corruptions.load_cifar_c("./data", "cifar100")              # {root}/CIFAR-100-C/{corruption}.npy
-    cset = ops.corruptions.generate_corrupted(test_set, "./data")          # {root}/FASHION_MNIST-C/, same layout
+    cset = ops.corruptions.generate_corrupted(test_set, "./data")          # {root}/FASHION-MNIST-C/, same layout
     test = cset.dataset("fog", severity=3, mean=..., std=..., classes=...)  # an ImageTensorDataset
     frames = ops.corruptions.load_perturbed("./data/CIFAR-10-P", "translate")  # (N, T, H, W, C) uint8
-    ops.corruptions.generate_perturbed(test_set, "./data")                  # {root}/FASHION_MNIST-P/{ptype}.npy
+    ops.corruptions.generate_perturbed(test_set, "./data")                  # {root}/FASHION-MNIST-P/{ptype}.npy
 
 Official layouts (Hendrycks & Dietterich, ICLR 2019):
 - CIFAR-10-C / CIFAR-100-C: `{root}/CIFAR-10-C/{corruption}.npy`, (50000, 32, 32, 3) uint8: severity s is rows
@@ -589,11 +589,17 @@ def _seed(seed, corruption, severity, chunk=0):
 
 
 @torch.no_grad()
-def corrupt(images, corruption, severity, profile=None, seed=0, device="cpu", chunk_size=1000):
+def default_chunk(height, width):
+    """Images per chunk: about 4M pixels (4096 images of 32x32, 83 of 224x224)."""
+    return max(1, (1 << 22) // (height * width))
+
+
+def corrupt(images, corruption, severity, profile=None, seed=0, device="cpu", chunk_size=None):
     """Corrupt uint8 images (N, C, H, W), C = 1 or 3, at one severity: uint8 (N, C, H, W) on the CPU.
 
     profile: `cifar`, `imagenet` or None (`cifar` up to 64 px). Images whose channels are all equal are
-    corrupted as one grey channel and repeated back."""
+    corrupted as one grey channel and repeated back. Random draws are seeded per chunk of `chunk_size` images
+    (None: default_chunk), so the result depends on (seed, chunk_size), not on how the work is spread."""
     if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
         raise ValueError(f"images must be a uint8 tensor (N, C, H, W) with C = 1 or 3, got {shape}"
@@ -604,6 +610,7 @@ def corrupt(images, corruption, severity, profile=None, seed=0, device="cpu", ch
     p = parameters(corruption, severity, profile)
     grey = C == 3 and bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
     fn = CORRUPT[corruption]
+    chunk_size = chunk_size or default_chunk(H, W)
     out = torch.empty_like(images)
     for k, start in enumerate(range(0, N, chunk_size)):
         s = _seed(seed, corruption, severity, k)
@@ -786,6 +793,11 @@ def fingerprint(images, labels):
     return h.hexdigest()
 
 
+def _set_name(name):
+    """'fashion_mnist' -> 'FASHION-MNIST' (then -C / -P), 'cifar-10' -> 'CIFAR-10', as the official names."""
+    return (name or "dataset").upper().replace("_", "-")
+
+
 def _atomic_save(path, array):
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, array)
@@ -814,7 +826,8 @@ def generate_corrupted(dataset, root="./data", name=None, corruptions=CORRUPTION
 
     Cached and resumable: corruptions already made from the same images with the same profile, severities and
     seed are kept. A folder made with other settings raises unless overwrite=True. workers: processes, one
-    corruption each (None: one per CPU core on the CPU, 1 on a GPU)."""
+    corruption each (None: one per CPU core on the CPU, 1 on a GPU); they are spawned, so a script calling this
+    needs the usual `if __name__ == "__main__":` guard (notebooks do not)."""
     if not isinstance(dataset, ImageTensorDataset):
         raise ValueError(f"generate_corrupted needs an ImageTensorDataset (in-memory uint8 images), got "
                          f"{type(dataset).__name__}; for ImageNet use the official ImageNet-C (imagenet_c)")
@@ -828,11 +841,12 @@ def generate_corrupted(dataset, root="./data", name=None, corruptions=CORRUPTION
     profile = profile or default_profile(H, W)
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {PROFILES}")
-    folder = Path(root) / f"{(name or dataset.name or 'dataset').upper()}-C"
+    folder = Path(root) / f"{_set_name(name or dataset.name)}-C"
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"source": {"name": dataset.name, "n": len(dataset), "shape": list(dataset.images.shape[1:]),
                            "sha1": fingerprint(dataset.images, dataset.labels)},
-                "profile": profile, "severities": list(severities), "seed": int(seed)}
+                "profile": profile, "severities": list(severities), "seed": int(seed),
+                "chunk_size": default_chunk(H, W)}
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if meta is not None and any(meta.get(k) != v for k, v in settings.items()):
@@ -937,7 +951,7 @@ def generate_perturbed(dataset, root="./data", name=None, ptypes=("translate", "
     existing files made from the same images and seed are kept. Returns the folder."""
     if not isinstance(dataset, ImageTensorDataset):
         raise ValueError(f"generate_perturbed needs an ImageTensorDataset, got {type(dataset).__name__}")
-    folder = Path(root) / f"{(name or dataset.name or 'dataset').upper()}-P"
+    folder = Path(root) / f"{_set_name(name or dataset.name)}-P"
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"sha1": fingerprint(dataset.images, dataset.labels), "seed": int(seed)}
     meta_path = folder / "meta.json"

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 import models
 
 from .corruptions import CORRUPTIONS, is_noise_perturbation
+from .datasets import ImageTensorDataset
 from .loaders import DeviceLoader
 from .metrics import cutoff_key
 from .predict import log_mean_exp, predict_log_probs
@@ -92,13 +93,22 @@ def prepare(model, example, channels_last=True, precision="fp32"):
     return model, stochastic
 
 
+def first(dataset, n):
+    """The first n images of an ImageTensorDataset (a -C set's rows are the test set in order)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    return ImageTensorDataset(dataset.images[:n], dataset.labels[:n], dataset.classes, dataset.mean, dataset.std,
+                              dataset.name)
+
+
 def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corruptions=None, severities=None,
                        n=None, clean=None, batch_size=256, device=None, channels_last=True, progress=True,
                        **sweep_kwargs):
     """Sweep `model` over every (corruption, severity) of `cset` (an ops.corruptions.CorruptedSet).
 
     mean, std: the normalisation of the clean data (the model's). n: the first n images of each cell. clean:
-    the clean test set (an ImageTensorDataset), evaluated as well, for relative CE. Other keyword arguments go
+    the clean test set (an ImageTensorDataset, in the order the -C set was made from), whose first n images
+    are evaluated as well, for relative CE. Other keyword arguments go
     to ops.tests.sweep (precision, max_batch, bins, cutoffs)."""
     corruptions = list(corruptions or cset.corruptions)
     severities = tuple(severities or cset.severities)
@@ -122,8 +132,8 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     results = {"sizes": sorted(set(int(s) for s in sizes)), "clean": None, "corrupted": {}}
     bar = tqdm(total=len(cells) + (clean is not None), desc=getattr(model, "name", None) or "corrupted",
                disable=not progress)
-    if clean is not None:
-        results["clean"] = _call(sweep, model, loader(clean.subset(n) if n else clean), **kw)
+    if clean is not None:  # the first n images, as in every corrupted cell
+        results["clean"] = _call(sweep, model, loader(first(clean, n)), **kw)
         bar.update(1)
     for c, s in cells:
         ds = cset.dataset(c, s, mean, std, classes=classes, n=n)
@@ -292,11 +302,13 @@ def cross_entropy_consistency(log_probs):
 
 @torch.no_grad()
 def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=None, batch_size=32, device=None,
-                       channels_last=True, progress=False, precision="fp32"):
+                       channels_last=True, progress=False, precision="fp32", max_batch=None, stochastic=None):
     """flip_prob, consistency and cec at every ensemble size (prefixes of one set of max(sizes) MC samples).
 
     frames: (N, T, H, W, C) uint8 (the -P layout, numpy or tensor); noise: compare with frame 0 (pass
-    ops.corruptions.is_noise_perturbation(ptype)); batch_size: videos per step; n: the first n videos."""
+    ops.corruptions.is_noise_perturbation(ptype)); batch_size: videos per step; n: the first n videos;
+    max_batch: images per forward pass when MC copies are stacked (ops.predict.predict_log_probs);
+    stochastic: None prepares the model here (see `prepare`); True/False says the model is already prepared."""
     sizes = sorted(set(int(s) for s in sizes))
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     model = model.to(device)
@@ -310,12 +322,13 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
         video = torch.as_tensor(np.array(frames[start:min(N, start + batch_size)]))
         return (video.to(device).permute(0, 1, 4, 2, 3).flatten(0, 1).float() - m) / s, video.shape[:2]
 
-    model, stochastic = prepare(model, batch(0)[0], channels_last, precision)
+    if stochastic is None:
+        model, stochastic = prepare(model, batch(0)[0], channels_last, precision)
     sums = {k: torch.zeros(4, dtype=torch.float64, device=device) for k in sizes}  # flips, same, cec, pairs
     for start in tqdm(range(0, N, batch_size), desc="perturbed", disable=not progress, leave=False):
         x, (B, T) = batch(start)
-        lp = _call(predict_log_probs, model, x, sizes[-1], precision=precision, channels_last=channels_last,
-                   stochastic=stochastic)  # (S, B T, K)
+        lp = _call(predict_log_probs, model, x, sizes[-1], max_batch=max_batch, precision=precision,
+                   channels_last=channels_last, stochastic=stochastic)  # (S, B T, K)
         for k in sizes:
             lpk = log_mean_exp(lp, k).view(B, T, -1)  # (B, T, K)
             preds = lpk.argmax(-1)
@@ -332,5 +345,15 @@ def evaluate_perturbations(model, folder, ptypes, *, mean, std, sizes=(1,), **kw
     """{ptype: {size: stability metrics}} for -P files `{folder}/{ptype}.npy` (official or generated)."""
     from .corruptions import load_perturbed
 
+    ptypes = list(ptypes)
+    if not ptypes:
+        raise ValueError("no perturbation types given")
+    device = resolve_device(kwargs.pop("device", None) or next(model.parameters()).device)
+    first_frames = torch.as_tensor(np.array(load_perturbed(folder, ptypes[0])[:2]))  # (2, T, H, W, C)
+    m, s = torch.tensor(mean).view(1, -1, 1, 1) * 255, torch.tensor(std).view(1, -1, 1, 1) * 255
+    example = ((first_frames.permute(0, 1, 4, 2, 3).flatten(0, 1).float() - m) / s).to(device)
+    model, stochastic = prepare(model.to(device), example, kwargs.get("channels_last", True),
+                                kwargs.get("precision", "fp32"))  # once for all types
     return {p: evaluate_perturbed(model, load_perturbed(folder, p), mean=mean, std=std, sizes=sizes,
-                                  noise=is_noise_perturbation(p), **kwargs) for p in ptypes}
+                                  noise=is_noise_perturbation(p), device=device, stochastic=stochastic, **kwargs)
+            for p in ptypes}
