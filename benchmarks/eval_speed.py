@@ -146,7 +146,8 @@ def bench_precision(device):
         except FileNotFoundError:
             data = ["dataset.name=synthetic", "dataset.kwargs={\"n_train\": 4000, \"n_test\": 2000}"]
         result = trains.train(None, "resnet_mcdo_smoothing_18", data + [
-            "model.block.width=16", "train.epochs=2", "optim.scheduler.name=CosineAnnealingLR", "env.progress=false",
+            "model.block.width=16", "train.epochs=2", "train.warmup_epochs=0", "env.precision=fp32",
+            "optim.scheduler.name=CosineAnnealingLR", "env.progress=false",
             f"env.device={device}", "env.tensorboard=false", f"env.out_dir={tmp}/r", f"env.checkpoint_root={tmp}/c"])
     model, loader = result["model"], result["test_loader"]
     out = {"precision_dataset": data[0].split("=")[1], "precision_model": "resnet_mcdo_smoothing_18 (width 16)"}

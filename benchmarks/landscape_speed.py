@@ -4,7 +4,8 @@ naive: per grid point and MC mask, copy.deepcopy(model) + load_state_dict(w0 + x
        evaluation of the subset, the dropout masks fixed by reseeding torch's generator before every batch
        (F.dropout draws them again at every point), metrics with ops.metrics.
 ours:  ops.landscapes.landscape: weights set in place, masks drawn once and replayed, and the variants below
-       (each a separate row): eager, vmap over `--points-per-pass` points, torch.compile (its compile time, with
+       (each a separate row): eager, stacked (all masks in one pass), vmap over `--points-per-pass` points with
+       the masks stacked, torch.compile with one mask or all masks per pass (its compile time, with
        an empty on-disk cache unless --warm-cache, is in the total and in the first point's time),
        torch.compile + bf16 autocast (opt-in: it moves the numbers, see max_abs_nll_diff_vs_eager).
 ratio_total = naive seconds / our seconds; ratio_steady uses our time per point after the first (compiled).
@@ -70,7 +71,7 @@ def main(argv=None):
     parser.add_argument("--masks", type=int, default=2, help="MC-dropout masks (a landscape each)")
     parser.add_argument("--points-per-pass", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variants", default="eager,vmap,compile,compile_bf16")
+    parser.add_argument("--variants", default="eager,stacked,vmap,compile,compile_stacked,compile_bf16")
     parser.add_argument("--warm-cache", action="store_true", help="keep torch.compile's on-disk cache")
     args = parser.parse_args(argv)
 
@@ -98,8 +99,12 @@ def main(argv=None):
     print(json.dumps({"run": "naive", "seconds": round(naive_s, 2), "others_cpu_share": naive_others}), flush=True)
     ref = np.array([r["nll"] for r in naive if r["mask"] == 0])
 
-    variants = {"eager": {}, "vmap": {"points_per_pass": args.points_per_pass}, "compile": {"compile": True},
-                "compile_bf16": {"compile": True, "precision": "bf16"}}
+    M = args.masks
+    variants = {"eager": {"masks_per_pass": 1}, "stacked": {"masks_per_pass": M},
+                "vmap": {"points_per_pass": args.points_per_pass, "masks_per_pass": M},
+                "compile": {"compile": True, "masks_per_pass": 1},
+                "compile_stacked": {"compile": True, "masks_per_pass": M},
+                "compile_bf16": {"compile": True, "precision": "bf16", "masks_per_pass": 1}}
     rows = {}
     for name in args.variants.split(","):
         kw = variants[name]
