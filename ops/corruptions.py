@@ -12,6 +12,7 @@ Official layouts (Hendrycks & Dietterich, ICLR 2019):
   (CIFAR-10-C.tar, CIFAR-100-C.tar) are md5-checked before they are unpacked.
 - ImageNet-C: `{root}/{corruption}/{severity}/{wnid}/*.JPEG`, 224x224 images, read as an ImageFolder with a
   center crop only (as Hendrycks' own evaluation): the original implementation resized them to 256 first.
+  `ImageNetCSet(root)` gives the whole set the interface of a -C folder.
 - CIFAR-10-P: `{root}/{ptype}.npy`, (10000, T, 32, 32, 3) uint8, no labels; T differs by type (31 for most,
   16 for translate, 21 for motion_blur); for the noise types frame 0 is the clean image.
 
@@ -721,10 +722,9 @@ class CorruptedSet:
     def dataset(self, corruption, severity, mean, std, classes=None, n=None, name=None):
         """An ImageTensorDataset of one corruption and severity (the first `n` images if given)."""
         images, labels = self.images(corruption, severity), self.labels(severity)
-        if n is not None:
-            images, labels = images[:n], labels[:n]
         classes = classes or [str(k) for k in range(int(labels.max()) + 1)]
-        return ImageTensorDataset(images, labels, classes, mean, std, name or f"{corruption}-{severity}")
+        ds = ImageTensorDataset(images, labels, classes, mean, std, name or f"{corruption}-{severity}")
+        return take(ds, n)
 
 
 def load_cifar_c(root="./data", name="cifar10", download=False):
@@ -761,6 +761,43 @@ def imagenet_c(root, corruption, severity, mean=(0.485, 0.456, 0.406), std=(0.22
     ds = ImageFolder(str(path), T.Compose([T.CenterCrop(crop), T.ToTensor(), T.Normalize(mean, std)]))
     ds.mean, ds.std = tuple(mean), tuple(std)
     return ds
+
+
+class ImageNetCSet:
+    """ImageNet-C (`{root}/{corruption}/{severity}/{wnid}/*.JPEG`) with the interface of CorruptedSet, so that
+    ops.robustness.evaluate_corrupted takes either. Its datasets are ImageFolders (see imagenet_c)."""
+
+    def __init__(self, root, crop=224):
+        self.folder, self.crop, self.meta = Path(root), crop, {}
+        self.corruptions = [c for c in ALL_CORRUPTIONS if (self.folder / c).is_dir()]
+        if not self.corruptions:
+            raise CorruptedDataNotFoundError(
+                f"ImageNet-C not found: no corruption folder under {self.folder}. Expected layout: "
+                f"{self.folder}/{{corruption}}/{{severity}}/{{wnid}}/*.JPEG. Get it from {IMAGENET_C_SOURCE}.")
+        self.severities = tuple(s for s in SEVERITIES
+                                if all((self.folder / c / str(s)).is_dir() for c in self.corruptions))
+
+    def __repr__(self):
+        return f"ImageNetCSet({str(self.folder)!r}, {len(self.corruptions)} corruptions, severities {self.severities})"
+
+    def dataset(self, corruption, severity, mean, std, classes=None, n=None, name=None):
+        """An ImageFolder of one corruption and severity (a fixed random n images if n is given, see take)."""
+        return take(imagenet_c(self.folder, corruption, severity, mean, std, self.crop), n)
+
+
+def take(dataset, n, seed=0):
+    """n images of a dataset, the same ones in a clean set and its corrupted copies. An ImageTensorDataset gives
+    its first n (a -C file's rows are the clean set in order); any other dataset (ImageFolders are sorted by
+    class, so their first n would be one class) a fixed random n, in order, the same for equal lengths."""
+    if n is None or n >= len(dataset):
+        return dataset
+    if isinstance(dataset, ImageTensorDataset):
+        return ImageTensorDataset(dataset.images[:n], dataset.labels[:n], dataset.classes, dataset.mean,
+                                  dataset.std, dataset.name)
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    subset = torch.utils.data.Subset(dataset, idx.tolist())
+    subset.mean, subset.std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+    return subset
 
 
 def load_perturbed(root, ptype):

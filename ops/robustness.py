@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 import models
 
-from .corruptions import CORRUPTIONS, is_noise_perturbation
+from .corruptions import CORRUPTIONS, is_noise_perturbation, take
 from .datasets import ImageTensorDataset
 from .loaders import DeviceLoader
 from .metrics import cutoff_key
@@ -93,23 +93,16 @@ def prepare(model, example, channels_last=True, precision="fp32"):
     return model, stochastic
 
 
-def first(dataset, n):
-    """The first n images of an ImageTensorDataset (a -C set's rows are the test set in order)."""
-    if n is None or n >= len(dataset):
-        return dataset
-    return ImageTensorDataset(dataset.images[:n], dataset.labels[:n], dataset.classes, dataset.mean, dataset.std,
-                              dataset.name)
-
-
 def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corruptions=None, severities=None,
-                       n=None, clean=None, batch_size=256, device=None, channels_last=True, progress=True,
+                       n=None, clean=None, batch_size=256, device=None, channels_last=True, progress=True, workers=4,
                        **sweep_kwargs):
-    """Sweep `model` over every (corruption, severity) of `cset` (an ops.corruptions.CorruptedSet).
+    """Sweep `model` over every (corruption, severity) of `cset` (ops.corruptions.CorruptedSet or ImageNetCSet).
 
-    mean, std: the normalisation of the clean data (the model's). n: the first n images of each cell. clean:
-    the clean test set (an ImageTensorDataset, in the order the -C set was made from), whose first n images
-    are evaluated as well, for relative CE. Other keyword arguments go
-    to ops.tests.sweep (precision, max_batch, bins, cutoffs)."""
+    mean, std: the normalisation of the clean data (the model's). n: n images of each cell (ops.corruptions.take:
+    the first n of a -C file, a fixed random n of an ImageFolder). clean: the clean test set, in the order the
+    corrupted set was made from, scored on the same n images, for relative CE. workers: DataLoader processes
+    for ImageFolders (in-memory sets need none). Other keyword arguments go to ops.tests.sweep (precision,
+    max_batch, bins, cutoffs)."""
     corruptions = list(corruptions or cset.corruptions)
     severities = tuple(severities or cset.severities)
     missing = [c for c in corruptions if c not in cset.corruptions]
@@ -122,7 +115,10 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     model = model.to(device)
 
     def loader(ds):
-        return DeviceLoader(ds, batch_size, device=device)
+        if isinstance(ds, ImageTensorDataset):
+            return DeviceLoader(ds, batch_size, device=device)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers,
+                                           pin_memory=device.type == "cuda")
 
     cells = [(c, s) for c in corruptions for s in severities]
     example = next(iter(loader(cset.dataset(*cells[0], mean, std, classes=classes, n=n))))[0]
@@ -132,8 +128,8 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     results = {"sizes": sorted(set(int(s) for s in sizes)), "clean": None, "corrupted": {}}
     bar = tqdm(total=len(cells) + (clean is not None), desc=getattr(model, "name", None) or "corrupted",
                disable=not progress)
-    if clean is not None:  # the first n images, as in every corrupted cell
-        results["clean"] = _call(sweep, model, loader(first(clean, n)), **kw)
+    if clean is not None:  # the same n images as in every corrupted cell
+        results["clean"] = _call(sweep, model, loader(take(clean, n)), **kw)
         bar.update(1)
     for c, s in cells:
         ds = cset.dataset(c, s, mean, std, classes=classes, n=n)

@@ -292,3 +292,29 @@ def test_corrupted_csv_has_the_original_layout(tmp_path):
     assert rows[0][:4] == ["intensity", "ctype", "nll", "cutoff_0"] and rows[0][-1] == "ece_signed"
     assert rows[1][:2] == ["1", "fog"] and rows[2][:2] == ["2", "fog"] and len(rows) == 3
     assert rb.from_json(json.loads(paths[2].read_text())) == results
+
+
+def test_imagenet_c_layout_is_evaluated_like_a_c_folder(tmp_path):
+    from PIL import Image
+
+    # {root}/{corruption}/{severity}/{wnid}/*.JPEG with 8x8 images: class n01 dark, n02 bright, except that
+    # severity 2 of fog brightens the first two dark images (two errors out of six).
+    for c in ("fog", "contrast"):
+        for s in (1, 2):
+            for k, wnid in enumerate(("n01", "n02")):
+                (tmp_path / c / str(s) / wnid).mkdir(parents=True)
+                for i in range(3):
+                    level = 40 if k == 0 else 220
+                    if (c, s, k) == ("fog", 2, 0) and i < 2:
+                        level = 200
+                    Image.new("RGB", (8, 8), (level,) * 3).save(tmp_path / c / str(s) / wnid / f"{i}.JPEG")
+    cset = oc.ImageNetCSet(tmp_path, crop=8)
+    assert cset.corruptions == ["fog", "contrast"] and cset.severities == (1, 2)
+    results = rb.evaluate_corrupted(MeanBrightness(k=2), cset, mean=(0.0,) * 3, std=(1.0,) * 3, batch_size=4,
+                                    workers=0, progress=False)
+    assert rb.errors(results, 1) == {"fog": {1: 0.0, 2: pytest.approx(2 / 6)}, "contrast": {1: 0.0, 2: 0.0}}
+    # n images: the same fixed random ones in every cell (an ImageFolder is sorted by class)
+    a, b = cset.dataset("fog", 1, (0.0,) * 3, (1.0,) * 3, n=4), cset.dataset("contrast", 2, (0.0,) * 3, (1.0,) * 3, n=4)
+    assert a.indices == b.indices and len(set(a.dataset.targets[i] for i in a.indices)) == 2
+    with pytest.raises(oc.CorruptedDataNotFoundError, match="no corruption folder"):
+        oc.ImageNetCSet(tmp_path / "fog")
