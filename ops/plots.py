@@ -49,6 +49,7 @@ def ensemble_size_figure(sweeps, keys=("nll", "acc", "ece"), title=None):
         ax.set_xscale("log")
         ax.set_xticks(sorted({n for r in sweeps.values() for n in r}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())  # no stray "3x10^0" labels
         ax.set(xlabel="Ensemble size", ylabel=LABELS.get(key, key))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
