@@ -5,15 +5,18 @@ naive: per grid point and MC mask, copy.deepcopy(model) + load_state_dict(w0 + x
        (F.dropout draws them again at every point), metrics with ops.metrics.
 ours:  ops.landscapes.landscape: weights set in place, masks drawn once and replayed, and the variants below
        (each a separate row): eager, stacked (all masks in one pass), vmap over `--points-per-pass` points with
-       the masks stacked, torch.compile with one mask or all masks per pass (its compile time, with
-       an empty on-disk cache unless --warm-cache, is in the total and in the first point's time),
-       torch.compile + bf16 autocast (opt-in: it moves the numbers, see max_abs_nll_diff_vs_eager).
-ratio_total = naive seconds / our seconds; ratio_steady uses our time per point after the first (compiled).
+       the masks stacked, torch.compile with one mask or all masks per pass (compiled with an empty on-disk
+       cache unless --warm-cache), torch.compile + bf16 autocast (opt-in: it moves the numbers, see
+       max_abs_nll_diff_vs_eager).
 
-Each line of output is JSON; the last one holds the ratios. On a shared machine the share of CPU time taken by
+Timing: every variant first runs once on one point (the warm-up, where torch.compile compiles; reported apart).
+Then `--rounds` rounds each run the naive loop and every variant on the same n x n grid, one after the other, so
+that a busy neighbour on a shared machine slows them alike; the summary takes medians of seconds per point.
+`ratio` = naive / ours per point; `ratio_121_points_with_warmup` charges the warm-up to a 121-point grid (the
+notebook's 11 x 11). Each line of output is JSON; the last one holds the summary. The share of CPU time taken by
 other processes during each run is printed too (`others_cpu_share`, from /proc/stat and our own CPU time).
 
-    python benchmarks/landscape_speed.py [--n 7] [--images 256] [--masks 2] [--device cpu]
+    python benchmarks/landscape_speed.py [--n 3] [--images 256] [--masks 4] [--rounds 3] [--device cpu]
 """
 import argparse
 import json
@@ -64,15 +67,17 @@ def timed(fn):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet_mcdo_smoothing_18")
-    parser.add_argument("--n", type=int, default=7, help="grid points per axis (n x n)")
+    parser.add_argument("--n", type=int, default=3, help="grid points per axis (n x n) of each round")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--images", type=int, default=256, help="fixed evaluation subset")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--masks", type=int, default=2, help="MC-dropout masks (a landscape each)")
+    parser.add_argument("--masks", type=int, default=4, help="MC-dropout masks (a landscape each)")
     parser.add_argument("--points-per-pass", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--variants", default="eager,stacked,vmap,compile,compile_stacked,compile_bf16")
     parser.add_argument("--warm-cache", action="store_true", help="keep torch.compile's on-disk cache")
+    parser.add_argument("--rounds", type=int, default=3, help="naive and ours alternate this many times")
+    parser.add_argument("--total-points", type=int, default=121, help="grid size for the ratio with warm-up")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -84,61 +89,55 @@ def main(argv=None):
         data, data_name = datasets.synthetic(n_train=args.images, n_test=8)[0], "synthetic"
     dirs = L.random_directions(model, 2, seed=0)
     axis = L.grid_axis(args.n, args.scale)
-    common = dict(xs=axis, ys=axis, n_masks=args.masks, n_images=args.images, batch_size=args.batch_size)
+    common = dict(n_masks=args.masks, n_images=args.images, batch_size=args.batch_size)
     print(json.dumps({"config": {**vars(args), "data": data_name, "threads": torch.get_num_threads(),
-                                 "points": args.n ** 2, "torch": torch.__version__}}), flush=True)
-
+                                 "points_per_round": args.n ** 2, "torch": torch.__version__}}), flush=True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def run_naive():
-        out = L.naive_landscape(model, data, dirs, masks="reseed", **common)
-        sync()
-        return out
-
-    naive, naive_s, naive_others = timed(run_naive)
-    print(json.dumps({"run": "naive", "seconds": round(naive_s, 2), "others_cpu_share": naive_others}), flush=True)
-    ref = np.array([r["nll"] for r in naive if r["mask"] == 0])
-
     M = args.masks
     variants = {"eager": {"masks_per_pass": 1}, "stacked": {"masks_per_pass": M},
                 "vmap": {"points_per_pass": args.points_per_pass, "masks_per_pass": M},
                 "compile": {"compile": True, "masks_per_pass": 1},
                 "compile_stacked": {"compile": True, "masks_per_pass": M},
                 "compile_bf16": {"compile": True, "precision": "bf16", "masks_per_pass": 1}}
-    rows = {}
-    for name in args.variants.split(","):
-        kw = variants[name]
-        stamps = []
-        if kw.get("compile"):
-            torch._dynamo.reset()  # each compiled variant compiles afresh (the on-disk cache starts empty)
+    names = args.variants.split(",")
 
-        def run():
-            stamps.append(time.perf_counter())
-            out = L.landscape(model, data, dirs, **common, **kw,
-                              on_point=lambda i, recs: stamps.append(time.perf_counter()))
-            sync()
-            return out
+    def ours(kw, xs, ys):
+        out = L.landscape(model, data, dirs, xs=xs, ys=ys, **common, **kw)
+        sync()
+        return out
 
-        land, s, others = timed(run)
-        # stamps[0] is the start, stamps[k] the end of the k-th finished point (a vmap pass ends several at once)
-        per_pass = kw.get("points_per_pass", 1)
-        first = float(stamps[per_pass] - stamps[0])
-        later = len(stamps) - 1 - per_pass
-        steady = float(stamps[-1] - stamps[per_pass]) / later if later > 0 else None
-        rows[name] = {"run": name, "seconds": round(s, 2), "first_pass_seconds": round(first, 2),
-                      "steady_s_per_point": None if steady is None else round(steady, 3),
-                      "ratio_total": round(naive_s / s, 2),
-                      "ratio_steady": None if steady is None else round(naive_s / (steady * args.n ** 2), 2),
-                      "others_cpu_share": others}
-        rows[name]["_nll"] = land.grid("nll", 0).ravel()
-        print(json.dumps({k: v for k, v in rows[name].items() if k != "_nll"}), flush=True)
-    for row in rows.values():  # same masks as eager: how far each variant moves the numbers
-        row["max_abs_nll_diff_vs_eager"] = (float(np.abs(row["_nll"] - rows["eager"]["_nll"]).max())
-                                            if "eager" in rows else None)
-    summary = {"naive_seconds": round(naive_s, 2), "points": args.n ** 2, "images": args.images, "masks": args.masks,
-               "naive_nll_range": [float(ref.min()), float(ref.max())],
-               **{name: {k: r[k] for k in ("seconds", "ratio_total", "ratio_steady", "max_abs_nll_diff_vs_eager")}
-                  for name, r in rows.items()}}
+    # Warm-up: each variant once on one point (torch.compile compiles here; its time is reported apart).
+    compile_s = {}
+    for name in names:
+        _, compile_s[name], _ = timed(lambda: ours(variants[name], [0.0], [0.0]))
+        print(json.dumps({"warmup": name, "seconds": round(compile_s[name], 2)}), flush=True)
+
+    # Rounds: naive then every variant on the same grid, so that a busy neighbour slows all of them alike.
+    per_point = {"naive": [], **{name: [] for name in names}}
+    nll = {}
+    for r in range(args.rounds):
+        naive, s, others = timed(lambda: (L.naive_landscape(model, data, dirs, xs=axis, ys=axis, masks="reseed",
+                                                             **common), sync())[0])
+        per_point["naive"].append(s / args.n ** 2)
+        print(json.dumps({"round": r, "run": "naive", "seconds": round(s, 2), "others_cpu_share": others}), flush=True)
+        for name in names:
+            land, s, others = timed(lambda: ours(variants[name], axis, axis))
+            per_point[name].append(s / args.n ** 2)
+            nll[name] = land.grid("nll", 0).ravel()
+            print(json.dumps({"round": r, "run": name, "seconds": round(s, 2), "others_cpu_share": others}),
+                  flush=True)
+
+    naive_pp = float(np.median(per_point["naive"]))
+    summary = {"grid": f"{args.n}x{args.n}", "images": args.images, "masks": M, "batch_size": args.batch_size,
+               "rounds": args.rounds, "naive_s_per_point": round(naive_pp, 3)}
+    for name in names:
+        pp = float(np.median(per_point[name]))
+        summary[name] = {
+            "s_per_point": round(pp, 3), "ratio": round(naive_pp / pp, 2), "warmup_seconds": round(compile_s[name], 1),
+            # a whole grid of args.total_points points, the warm-up (compilation) included
+            f"ratio_{args.total_points}_points_with_warmup": round(
+                naive_pp * args.total_points / (pp * args.total_points + compile_s[name]), 2),
+            "max_abs_nll_diff_vs_eager": (float(np.abs(nll[name] - nll["eager"]).max()) if "eager" in nll else None)}
     print(json.dumps({"summary": summary}), flush=True)
 
 

@@ -14,9 +14,10 @@ of ops.landscapes.FixedMasks (mask `mask`, batch b for the operator's b-th batch
 gets mask i); dropout="off" switches MC dropout off instead.
 
 Hessian-vector products by double backward: the gradient graph of the loss is built once per operator and kept,
-so each product costs one backward pass through it (no new forward). Random vectors are drawn on the CPU from
-`seed` and moved to the device, so CPU and CUDA runs start from the same vectors; results repeat exactly on a
-CPU and up to nondeterministic kernels on a GPU.
+so each product costs one backward pass through it (no new forward). Random vectors (and augmentations) are
+drawn on the CPU from `seed` and moved to the device, so CPU and CUDA runs start from the same vectors. On a GPU
+the graph and the products run with cuDNN's deterministic algorithms and without TF32 (`exact_kernels`): results
+repeat exactly on a CPU, and on a GPU up to the few kernels that have no deterministic version (atomic adds).
 
 - top_eigenvalues: power iteration on H, projected off the eigenvectors already found (deflation), giving the
   eigenvalues of largest magnitude (with their sign, so negative curvature shows) in that order. Stops when the
@@ -29,6 +30,7 @@ CPU and up to nondeterministic kernels on a GPU.
 - max_eigenvalue_spectrum: the paper's statistic: the top eigenvalue of the mini-batch Hessian for each of many
   mini-batches (optionally augmented, optionally with weight decay), as a list to histogram.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -42,6 +44,18 @@ from .landscapes import FixedMasks, prepare_batches
 from .runtime import resolve_device
 
 DROPOUT_MODES = ("fixed", "off")
+
+
+@contextlib.contextmanager
+def exact_kernels():
+    """cuDNN's deterministic algorithms and no TF32 inside the block (restored after): fp32 products on a GPU."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 class HessianOperator:
@@ -71,7 +85,7 @@ class HessianOperator:
         model.eval()
         off = models.mc_dropout(model, enabled=False) if dropout == "off" else None
         try:
-            with FixedMasks(model, seed=seed, cache=False) as masks:
+            with FixedMasks(model, seed=seed, cache=False) as masks, exact_kernels():
                 total = None
                 for b, (x, y) in enumerate(batches):
                     masks.select(mask, b, x)
@@ -81,7 +95,8 @@ class HessianOperator:
                     total = loss if total is None else total + loss
             self.loss = float(total.detach()) + self.weight_decay / 2 * float(
                 sum(p.detach().double().pow(2).sum() for p in self.params))
-            self.grads = torch.autograd.grad(total, self.params, create_graph=True)
+            with exact_kernels():
+                self.grads = torch.autograd.grad(total, self.params, create_graph=True)
         finally:
             if off is not None:
                 off.__exit__()
@@ -93,7 +108,8 @@ class HessianOperator:
         if v.shape != (self.dim,):
             raise ValueError(f"v must be a flat vector of shape ({self.dim},), got {tuple(v.shape)}")
         vs = [t.view_as(p) for t, p in zip(v.split([p.numel() for p in self.params]), self.params)]
-        hv = torch.autograd.grad(self.grads, self.params, grad_outputs=vs, retain_graph=True, allow_unused=True)
+        with exact_kernels():
+            hv = torch.autograd.grad(self.grads, self.params, grad_outputs=vs, retain_graph=True, allow_unused=True)
         self.products += 1
         out = torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, self.params)])
         return out + self.weight_decay * v if self.weight_decay else out

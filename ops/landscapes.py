@@ -25,19 +25,22 @@ Metrics at each point: those of ops.metrics.Metrics (Acc, ECE, Brier, cutoff met
 successor's CSVs hold l2 as a sum of per-tensor norms instead; `read_csv` keeps their numbers as they are.
 
 MC dropout: a landscape per fixed, seeded mask. Mask m (0 <= m < n_masks) gives every active MCDropout layer,
-for batch b of the evaluation data, the Bernoulli(1 - p) mask drawn by a CPU generator seeded with
-mask_seed(seed, m, b), layer after layer in forward order, scaled by 1 / (1 - p) as dropout does. The masks do not
+for batch b of the evaluation data, the Bernoulli(1 - p) mask keep = (U < 1 - p), U uniform float32 drawn by a
+CPU generator seeded with mask_seed(seed, m, b), layer after layer in forward order, scaled by 1 / (1 - p) as
+dropout does (the same masks on every device). The masks do not
 depend on the weights, so landscape m is a smooth function of (x, y) and landscapes of several masks can be
 compared or animated. Records with mask = -1 hold the MC ensemble of all n_masks masks (mean probability).
-The model is evaluated in eval(): BatchNorm uses the checkpoint's running statistics at every point.
+The model is evaluated in eval(): BatchNorm uses the checkpoint's running statistics at every point. On a GPU,
+PyTorch's default TF32 convolutions apply (set torch.backends.cudnn.allow_tf32 = False for strict fp32).
 
 Speed (benchmarks/landscape_speed.py compares with a deep copy + full evaluation per point):
 - weights are set in place with foreach ops (w0 + x d1 + y d2), never copied per point; restored afterwards;
 - the evaluation data is a fixed subset (`n_images`), moved to the device once;
 - masks are drawn once and replayed (no Bernoulli sampling per point; `cache_masks=False` redraws them);
 - `compile=True` runs the forward pass through torch.compile (compiled once, reused at every point);
-- `points_per_pass=P` evaluates P grid points in one batched pass with torch.func.vmap over the weights (pays
-  on a GPU; on a 2-core CPU larger passes are not faster);
+- `masks_per_pass=K` evaluates K masks in one pass (the batch repeated K times), `points_per_pass=P` P grid
+  points in one batched pass with torch.func.vmap over the weights: both pay on a GPU ("auto" stacks the masks
+  there); on a 2-core CPU larger passes are not faster;
 - under torchrun, grid points are split across ranks (round robin) and gathered on every rank;
 - `path=folder` makes a grid resumable: finished points are appended to points.rank{r}.jsonl and skipped when
   the same call runs again (meta.json refuses to mix points of a different landscape).
@@ -241,17 +244,23 @@ class FixedMasks:
     def draw(self, mask, batch, x):
         """The boolean keep-masks of (mask, batch), one per dropout layer, on x's device."""
         g = torch.Generator().manual_seed(mask_seed(self.seed, mask, batch))
-        return [torch.empty(s).bernoulli_(1.0 - m.p, generator=g).bool().to(x.device, non_blocking=True)
+        # keep = U < 1 - p with U ~ Uniform[0, 1) float32: a Bernoulli(1 - p) draw, twice as fast as bernoulli_
+        return [(torch.rand(s, generator=g) < 1.0 - m.p).to(x.device, non_blocking=True)
                 for m, s in zip(self.modules, self._layer_shapes(x))]
 
     def select(self, mask, batch, x):
-        """Make the next forward passes use mask `mask` of batch `batch` (x: that batch, for its shape)."""
+        """Make the next forward passes use mask `mask` of batch `batch` (x: that batch, for its shape).
+
+        mask may be a list of K ids: the next pass then takes x repeated K times along dim 0 (K * B rows), row
+        block k with mask mask[k] (several masks in one pass)."""
         if not self.active:
             return
-        key = (int(mask), int(batch), tuple(x.shape))
+        ids = tuple(int(m) for m in mask) if isinstance(mask, (list, tuple)) else (int(mask),)
+        key = (ids, int(batch), tuple(x.shape))
         masks = self._masks.get(key)
         if masks is None:
-            masks = self.draw(mask, batch, x)
+            per_id = [self.draw(m, batch, x) for m in ids]  # [K][layers]
+            masks = [torch.cat(layer) if len(ids) > 1 else layer[0] for layer in zip(*per_id)]
             if self.cache:
                 self._masks[key] = masks
         for m, k in zip(self.modules, masks):
@@ -279,8 +288,9 @@ def prepare_batches(data, n_images=None, batch_size=128, seed=0, device="cpu", a
         raise ValueError(f"n_images must be >= 1 or None (all), got {n_images}")
     if isinstance(data, ImageTensorDataset):
         subset = data.subset(n_images, seed=seed) if n_images else data
-        loader = DeviceLoader(subset, batch_size, train=False, augment=augment, device=device, seed=seed)
-        batches = list(loader)
+        # built on the CPU (its generator), then moved: the same crops and flips whatever the device
+        loader = DeviceLoader(subset, batch_size, train=False, augment=augment, device="cpu", seed=seed)
+        batches = [(x.to(device), y.to(device)) for x, y in loader]
     else:
         batches, count = [], 0
         for x, y in data:
@@ -429,8 +439,9 @@ class _Engine:
     """Evaluates the model at grid points: weights set in place (or stacked for vmap), masks replayed."""
 
     def __init__(self, model, batches, directions, masks, n_masks, weight_decay, bins, cutoffs, precision,
-                 compile, points_per_pass, device):
+                 compile, points_per_pass, device, masks_per_pass=1):
         self.model, self.batches, self.masks, self.n_masks = model, batches, masks, n_masks
+        self.masks_per_pass = max(1, min(masks_per_pass, n_masks)) if masks.active else 1
         self.weight_decay, self.bins, self.cutoffs, self.precision = weight_decay, bins, cutoffs, precision
         self.device, self.points_per_pass = device, points_per_pass
         named = dict(model.named_parameters())
@@ -443,7 +454,7 @@ class _Engine:
         self.forward = model
         if compile:
             self.forward = torch.compile(model)
-        self.evaluations = 0  # forward passes of whole batches (a test counts them)
+        self.evaluations = 0  # (point, mask, batch) evaluations done (a test counts them)
 
     def _forward(self, x):
         if self.forward is self.model:
@@ -496,15 +507,19 @@ class _Engine:
             self.set_point(points[0])
         num_classes = None
         meters = nll = None
+        K = self.masks_per_pass
         for b, (x, y) in enumerate(self.batches):
             lps = []
-            for m in range(self.n_masks):
-                self.masks.select(m, b, x)
+            for first in range(0, self.n_masks, K):
+                ids = list(range(first, min(first + K, self.n_masks)))
+                self.masks.select(ids, b, x)
+                xs = x.repeat(len(ids), *([1] * (x.ndim - 1))) if len(ids) > 1 else x  # (k * B, ...)
                 with autocast(self.device, self.precision):
-                    logits = fn(stacked, x) if stacked is not None else self._forward(x)  # (P, B, C) or (B, C)
-                lps.append(torch.log_softmax(logits.float(), dim=-1).reshape(P, *logits.shape[-2:]))
-                self.evaluations += 1
-            lp = torch.stack(lps, 1)  # (P, M, B, C)
+                    logits = fn(stacked, xs) if stacked is not None else self._forward(xs)  # (P,) + (k * B, C)
+                lp_k = torch.log_softmax(logits.float(), dim=-1).reshape(P, len(ids), len(x), -1)  # (P, k, B, C)
+                lps.append(lp_k)
+                self.evaluations += len(ids) * P
+            lp = torch.cat(lps, 1)  # (P, M, B, C)
             if meters is None:
                 num_classes = lp.shape[-1]
                 K = self.n_masks + (1 if self.n_masks > 1 else 0)
@@ -594,24 +609,30 @@ def _resume(path, fingerprint, meta, rank, world):
 
 def landscape(model, data, directions=None, *, xs=None, ys=None, n=11, scale=1.0, n_masks=1, seed=0,
               direction_seed=0, norm="filter", n_images=None, batch_size=128, weight_decay=0.0, path=None,
-              points_per_pass=1, compile=False, cache_masks=True, precision="fp32", device=None, bins=10,
-              cutoffs=(0.0, 0.9), progress=False, on_point=None):
+              points_per_pass=1, masks_per_pass="auto", compile=False, cache_masks=True, precision="fp32",
+              device=None, bins=10, cutoffs=(0.0, 0.9), progress=False, on_point=None):
     """Evaluate `model` over a grid of weights; returns a Landscape (see the module docstring).
 
     data: an ImageTensorDataset or an iterable of (x, y) batches; `n_images` of it (a fixed `seed` subset) are
     evaluated at every point, in batches of `batch_size`. directions: None (2 random filter-normalised ones from
     `direction_seed` and `norm`), or 1 or 2 dicts {parameter name: tensor}. xs, ys: the coordinates (default
     grid_axis(n, scale)). n_masks: landscapes per MC-dropout mask (seeded by `seed`); must be 1 for a model
-    without active MC dropout. path: a folder that makes the run resumable and receives landscape.json.
+    without active MC dropout. points_per_pass / masks_per_pass: grid points (vmap) and masks (the batch
+    repeated) evaluated in one pass; masks_per_pass="auto" stacks all masks on a GPU and none on a CPU, where
+    larger passes are not faster. path: a folder that makes the run resumable and receives landscape.json.
     on_point(index, records) is called after each finished point (e.g. to stop early)."""
     check_precision(precision)
     if points_per_pass < 1:
         raise ValueError(f"points_per_pass must be >= 1, got {points_per_pass}")
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    if masks_per_pass == "auto":
+        masks_per_pass = n_masks if device.type == "cuda" else 1
+    if not isinstance(masks_per_pass, int) or masks_per_pass < 1:
+        raise ValueError(f"masks_per_pass must be 'auto' or an integer >= 1, got {masks_per_pass!r}")
     if n_masks < 1:
         raise ValueError(f"n_masks must be >= 1, got {n_masks}")
     if points_per_pass > 1 and not cache_masks:
         raise ValueError("points_per_pass > 1 replays cached masks inside vmap: set cache_masks=True")
-    device = resolve_device(device) if device is not None else next(model.parameters()).device
     model = model.to(device)
     if directions is None:
         directions = random_directions(model, 2, seed=direction_seed, norm=norm)
@@ -643,7 +664,7 @@ def landscape(model, data, directions=None, *, xs=None, ys=None, n=11, scale=1.0
     try:
         with masks:
             engine = _Engine(model, batches, directions, masks, n_masks, weight_decay, bins, tuple(cutoffs),
-                             precision, compile, points_per_pass, device)
+                             precision, compile, points_per_pass, device, masks_per_pass)
             done = _resume(path, _fingerprint(engine, coords, settings), meta, rank, world) if path else {}
             todo = [i for i in range(len(coords)) if i not in done]
             mine = todo[rank::world]
