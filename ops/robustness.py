@@ -26,7 +26,6 @@ Perturbation sequences (N videos of T frames), with pred_t the argmax of the mea
                   -(1/K) sum_k p_{t+1,k} log p_{t,k} (it averages over the K classes rather than summing)
 """
 import csv
-import inspect
 import json
 import math
 from pathlib import Path
@@ -35,13 +34,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import models
-
 from .corruptions import CORRUPTIONS, is_noise_perturbation, take
 from .datasets import ImageTensorDataset
 from .loaders import DeviceLoader
 from .metrics import cutoff_key
-from .predict import log_mean_exp, predict_log_probs
+from .predict import is_stochastic, log_mean_exp, predict_log_probs
 from .reports import leaderboard_columns
 from .runtime import resolve_device
 from .tests import prepare_for_inference, sweep
@@ -70,27 +67,14 @@ ALEXNET_CLEAN_ERROR = 0.43478  # torchvision's AlexNet (top-1 56.522%), the 43.5
 
 # --- Corrupted data ----------------------------------------------------------------------------------------------
 
-def _call(fn, *args, **kwargs):
-    """fn(*args, **kwargs) without the keyword arguments fn does not take: ops.tests / ops.predict are gaining
-    arguments (example=, mc=, stochastic=) and this module works with the versions before and after."""
-    accepted = inspect.signature(fn).parameters
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in accepted})
-
-
 @torch.no_grad()
 def prepare(model, example, channels_last=True, precision="fp32"):
     """(model ready for inference, stochastic?): decided once per model, not once per (corruption, severity).
 
     BatchNorm is folded into the convolutions (checked on `example`, a batch on the model's device) and whether
-    the model is stochastic is decided by its behaviour where ops.predict can (two passes differ), else by its
-    MC dropout layers."""
-    try:
-        from .predict import is_stochastic
-        stochastic = is_stochastic(model, example, precision)
-    except ImportError:  # an ops.predict that decides by layers only
-        stochastic = models.is_stochastic(model)
-    model = _call(prepare_for_inference, model, channels_last=channels_last, fuse_bn=True, example=example)
-    return model, stochastic
+    the model is stochastic is decided by its behaviour (ops.predict.is_stochastic)."""
+    stochastic = is_stochastic(model, example, precision)
+    return prepare_for_inference(model, channels_last=channels_last, fuse_bn=True, example=example), stochastic
 
 
 def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corruptions=None, severities=None,
@@ -129,11 +113,11 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     bar = tqdm(total=len(cells) + (clean is not None), desc=getattr(model, "name", None) or "corrupted",
                disable=not progress)
     if clean is not None:  # the same n images as in every corrupted cell
-        results["clean"] = _call(sweep, model, loader(take(clean, n)), **kw)
+        results["clean"] = sweep(model, loader(take(clean, n)), **kw)
         bar.update(1)
     for c, s in cells:
         ds = cset.dataset(c, s, mean, std, classes=classes, n=n)
-        results["corrupted"].setdefault(c, {})[s] = _call(sweep, model, loader(ds), **kw)
+        results["corrupted"].setdefault(c, {})[s] = sweep(model, loader(ds), **kw)
         bar.update(1)
     bar.close()
     return results
@@ -323,8 +307,8 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
     sums = {k: torch.zeros(4, dtype=torch.float64, device=device) for k in sizes}  # flips, same, cec, pairs
     for start in tqdm(range(0, N, batch_size), desc="perturbed", disable=not progress, leave=False):
         x, (B, T) = batch(start)
-        lp = _call(predict_log_probs, model, x, sizes[-1], max_batch=max_batch, precision=precision,
-                   channels_last=channels_last, stochastic=stochastic)  # (S, B T, K)
+        lp = predict_log_probs(model, x, sizes[-1], max_batch=max_batch, precision=precision,
+                               channels_last=channels_last, stochastic=stochastic)  # (S, B T, K)
         for k in sizes:
             lpk = log_mean_exp(lp, k).view(B, T, -1)  # (B, T, K)
             preds = lpk.argmax(-1)
