@@ -9,10 +9,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["models", "models.*", "ops", "ops.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.4",
+        "torchvision>=0.19",
         "numpy>=1.24",
         "matplotlib>=3.7",
         "tqdm>=4.60",
@@ -22,6 +22,7 @@ setup(
         "train": ["timm>=0.9"],
         "plots": ["seaborn>=0.12", "pandas>=1.5"],
         "notebooks": ["ipykernel>=6", "ipywidgets>=8", "nbformat>=5", "nbclient>=0.7", "papermill>=2.4"],
+        "robustness": ["imagecorruptions-imaug>=1.1", "scikit-image>=0.22", "scipy>=1.10", "opencv-python>=4.8"],
         "test": ["pytest>=7", "torchmetrics>=1.0"],
     },
 )

@@ -35,3 +35,20 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
     if path.name == "classification.ipynb":
         assert {"ensemble_size.png", "table.md", "results.json"} <= produced
         assert any(name.endswith(".csv") for name in produced)
+
+
+def test_classification_recipe_comes_from_its_config(tmp_path, monkeypatch):
+    """Parameters left at None take the config's values: config_path alone selects the paper's recipe."""
+    from ops.configs import load_config
+
+    monkeypatch.chdir(ROOT)
+    cells = [c.source for c in nbformat.read(ROOT / "classification.ipynb", as_version=4).cells if c.cell_type == "code"]
+    namespace = {}
+    exec(cells[0], namespace)  # the parameters cell
+    namespace.update(config_path="configs/cifar100_general.json", out_dir=str(tmp_path))
+    exec(cells[1], namespace)  # the set-up cell builds `cfg`
+    cfg, paper = namespace["cfg"], load_config("configs/cifar100_general.json")
+    assert cfg["train"] == paper["train"] and cfg["optim"] == paper["optim"] and cfg["model"] == paper["model"]
+    assert cfg["train"]["warmup_epochs"] == 1 and cfg["optim"]["scheduler"]["name"] == "MultiStepLR"
+    assert cfg["dataset"]["download"] is True and cfg["env"]["precision"] == "auto"
+    assert cfg["dataset"]["test_size"] is None and "width" not in cfg["model"]["block"]  # all images, width 64
