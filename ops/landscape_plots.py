@@ -178,8 +178,11 @@ def density_figure(results, sigma=None, points=1000, title=None):
     sigma = sigma or 0.01 * span
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for label, res in results.items():
-        ax.semilogy(grid, density(res, grid, sigma) + 1e-12, label=label)
-    ax.set(xlabel="eigenvalue", ylabel="density (log)", ylim=(1e-6, None))
+        ax.semilogy(grid, density(res, grid, sigma) + 1e-30, label=label)
+    # the outliers carry weights near 1/dim: put the floor a decade below the peak of each top node
+    tops = [w[int(np.argmax(n))] for r in results.values() for n, w in zip(r["nodes"], r["weights"])]
+    floor = min(max(min(tops) / (sigma * np.sqrt(2 * np.pi)) / 10, 1e-14), 1e-3)
+    ax.set(xlabel="eigenvalue", ylabel="density (log)", ylim=(floor, None))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax.set_title(title or "Hessian eigenvalue density (SLQ)", fontsize=11)

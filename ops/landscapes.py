@@ -27,9 +27,9 @@ successor's CSVs hold l2 as a sum of per-tensor norms instead; `read_csv` keeps 
 MC dropout: a landscape per fixed, seeded mask. Mask m (0 <= m < n_masks) gives every active MCDropout layer,
 for batch b of the evaluation data, the Bernoulli(1 - p) mask keep = (U < 1 - p), U uniform float32 drawn by a
 CPU generator seeded with mask_seed(seed, m, b), layer after layer in forward order, scaled by 1 / (1 - p) as
-dropout does (the same masks on every device). The masks do not
-depend on the weights, so landscape m is a smooth function of (x, y) and landscapes of several masks can be
-compared or animated. Records with mask = -1 hold the MC ensemble of all n_masks masks (mean probability).
+dropout does (the same masks on every device). The masks do not depend on the weights, so landscape m is a
+smooth function of (x, y) and landscapes of several masks can be compared or animated. Records with mask = -1
+hold the MC ensemble of all n_masks masks (mean probability).
 The model is evaluated in eval(): BatchNorm uses the checkpoint's running statistics at every point. On a GPU,
 PyTorch's default TF32 convolutions apply (set torch.backends.cudnn.allow_tf32 = False for strict fp32).
 
