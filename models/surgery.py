@@ -528,22 +528,15 @@ def _is_plain_sequential(m):
 
 def _explicit_plan(model, names, example_input):
     modules = dict(model.named_modules())
-    plan, outputs, handles = [], {}, []
+    plan = []
     for name in names:
         if name not in modules or name == "":
             close = difflib.get_close_matches(str(name), [n for n in modules if n], n=5, cutoff=0.5)
             hint = f" Did you mean: {', '.join(close)}?" if close else " See dict(model.named_modules())."
             raise ValueError(f"where=[...]: {type(model).__name__} has no module {name!r}.{hint}")
-        handles.append(modules[name].register_forward_hook(
-            lambda m, a, out, name=name: outputs.setdefault(name, []).append(out)))
-    try:
-        with _quiet_forward(model):
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    outputs = _outputs_of(model, names, example_input)
     for name in names:
-        outs = outputs.get(name, [])
+        outs = outputs[name]
         if len(outs) != 1 or not isinstance(outs[0], torch.Tensor) or outs[0].ndim != 4:
             what = (f"is called {len(outs)} times per forward" if len(outs) != 1 else
                     f"returns {type(outs[0]).__name__} {tuple(getattr(outs[0], 'shape', ()))}")
@@ -595,17 +588,23 @@ def _insert(model, factory, attr, plan, example_input):
     return model, inserted
 
 
-def _check_each_runs_once(model, inserted, example_input):
-    counts = {p.block: 0 for p in inserted}
-    handles = [model.get_submodule(p.block).register_forward_hook(
-        lambda m, a, out, name=p.block: counts.__setitem__(name, counts[name] + 1)) for p in inserted]
+def _outputs_of(model, names, example_input):
+    """{name: [every output of that module in one quiet forward pass of example_input]}."""
+    outputs = {name: [] for name in names}
+    handles = [model.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: outputs[name].append(out))
+               for name in names]
     try:
         with _quiet_forward(model):
             model(example_input)
     finally:
         for h in handles:
             h.remove()
-    wrong = {name: n for name, n in counts.items() if n != 1}
+    return outputs
+
+
+def _check_each_runs_once(model, inserted, example_input):
+    outputs = _outputs_of(model, [p.block for p in inserted], example_input)
+    wrong = {name: len(outs) for name, outs in outputs.items() if len(outs) != 1}
     if wrong:
         raise RuntimeError(f"inserted blocks ran {wrong} times in one forward pass instead of once: the host "
                            f"modules are not called the way the graph suggested; pass where=[...] names")
