@@ -37,7 +37,8 @@ Speed (benchmarks/landscape_speed.py compares with a deep copy + full evaluation
 - weights are set in place with foreach ops (w0 + x d1 + y d2), never copied per point; restored afterwards;
 - the evaluation data is a fixed subset (`n_images`), moved to the device once;
 - masks are drawn once and replayed (no Bernoulli sampling per point; `cache_masks=False` redraws them);
-- `compile=True` runs the forward pass through torch.compile (compiled once, reused at every point);
+- channels_last memory layout (default) and `compile=True` (torch.compile, compiled once, reused at every
+  point) speed up the forward pass itself;
 - `masks_per_pass=K` evaluates K masks in one pass (the batch repeated K times), `points_per_pass=P` P grid
   points in one batched pass with torch.func.vmap over the weights: both pay on a GPU ("auto" stacks the masks
   there); on a 2-core CPU larger passes are not faster;
@@ -197,8 +198,8 @@ class FixedMasks:
     forward pass. With cache=True the boolean masks stay on the device and later selections replay them.
     Inactive (every method a no-op) when the model has no active MC dropout."""
 
-    def __init__(self, model, seed=0, cache=True):
-        self.model, self.seed, self.cache = model, seed, cache
+    def __init__(self, model, seed=0, cache=True, channels_last=False):
+        self.model, self.seed, self.cache, self.channels_last = model, seed, cache, channels_last
         self.modules = [m for m in model.modules() if isinstance(m, models.MCDropout) and m.mc]
         self.active = bool(self.modules)
         self._shapes, self._masks, self._handles, self._previous = {}, {}, [], []
@@ -231,22 +232,28 @@ class FixedMasks:
             for m in self.modules:  # the shape pass needs no mask
                 setattr(m, MASK_BUFFER, None)
             try:
-                self.model(x)
+                self.model(x[:1])  # one image: the maps' shapes are (1, ...) and scale with the batch
             finally:
                 for h in hooks:
                     h.remove()
             if len(shapes) != len(self.modules):
                 raise RuntimeError(f"{len(self.modules)} MC dropout layers but {len(shapes)} were called in a forward "
                                    "pass; fixed masks need every dropout layer called exactly once per pass")
-            self._shapes[key] = shapes
+            if any(s[0] != 1 for s in shapes):
+                raise RuntimeError("a dropout layer's input does not keep the batch dimension first; fixed masks "
+                                   f"need (batch, ...) maps, got shapes {shapes} for one image")
+            self._shapes[key] = [(x.shape[0],) + s[1:] for s in shapes]
         return self._shapes[key]
 
     def draw(self, mask, batch, x):
         """The boolean keep-masks of (mask, batch), one per dropout layer, on x's device."""
         g = torch.Generator().manual_seed(mask_seed(self.seed, mask, batch))
         # keep = U < 1 - p with U ~ Uniform[0, 1) float32: a Bernoulli(1 - p) draw, twice as fast as bernoulli_
-        return [(torch.rand(s, generator=g) < 1.0 - m.p).to(x.device, non_blocking=True)
+        keep = [(torch.rand(s, generator=g) < 1.0 - m.p).to(x.device, non_blocking=True)
                 for m, s in zip(self.modules, self._layer_shapes(x))]
+        if self.channels_last:  # the layout of the maps they multiply
+            keep = [k.contiguous(memory_format=torch.channels_last) if k.ndim == 4 else k for k in keep]
+        return keep
 
     def select(self, mask, batch, x):
         """Make the next forward passes use mask `mask` of batch `batch` (x: that batch, for its shape).
@@ -448,9 +455,10 @@ class _Engine:
         # Only parameters that some direction moves are touched; the others keep their tensors.
         self.names = [n for n in named if any(n in d and bool(d[n].ne(0).any()) for d in directions)]
         self.params = [named[n] for n in self.names]
-        self.all_params = list(named.values())
         self.origin = [p.detach().clone() for p in self.params]
-        self.dirs = [[d[n] if n in d else torch.zeros_like(named[n]) for n in self.names] for d in directions]
+        # directions in the parameters' memory layout (channels_last or not), so the foreach adds stream
+        self.dirs = [[torch.empty_like(named[n]).copy_(d[n]) if n in d else torch.zeros_like(named[n])
+                      for n in self.names] for d in directions]
         self.forward = model
         if compile:
             self.forward = torch.compile(model)
@@ -609,8 +617,8 @@ def _resume(path, fingerprint, meta, rank, world):
 
 def landscape(model, data, directions=None, *, xs=None, ys=None, n=11, scale=1.0, n_masks=1, seed=0,
               direction_seed=0, norm="filter", n_images=None, batch_size=128, weight_decay=0.0, path=None,
-              points_per_pass=1, masks_per_pass="auto", compile=False, cache_masks=True, precision="fp32",
-              device=None, bins=10, cutoffs=(0.0, 0.9), progress=False, on_point=None):
+              points_per_pass=1, masks_per_pass="auto", compile=False, channels_last=True, cache_masks=True,
+              precision="fp32", device=None, bins=10, cutoffs=(0.0, 0.9), progress=False, on_point=None):
     """Evaluate `model` over a grid of weights; returns a Landscape (see the module docstring).
 
     data: an ImageTensorDataset or an iterable of (x, y) batches; `n_images` of it (a fixed `seed` subset) are
@@ -619,8 +627,10 @@ def landscape(model, data, directions=None, *, xs=None, ys=None, n=11, scale=1.0
     grid_axis(n, scale)). n_masks: landscapes per MC-dropout mask (seeded by `seed`); must be 1 for a model
     without active MC dropout. points_per_pass / masks_per_pass: grid points (vmap) and masks (the batch
     repeated) evaluated in one pass; masks_per_pass="auto" stacks all masks on a GPU and none on a CPU, where
-    larger passes are not faster. path: a folder that makes the run resumable and receives landscape.json.
-    on_point(index, records) is called after each finished point (e.g. to stop early)."""
+    larger passes are not faster. channels_last: evaluate in that memory layout (1.6x faster eager convolutions
+    on a CPU here; the model's layout is restored afterwards). path: a folder that makes the run resumable and
+    receives landscape.json. on_point(index, records) is called after each finished point (e.g. to stop early).
+    """
     check_precision(precision)
     if points_per_pass < 1:
         raise ValueError(f"points_per_pass must be >= 1, got {points_per_pass}")
@@ -649,9 +659,14 @@ def landscape(model, data, directions=None, *, xs=None, ys=None, n=11, scale=1.0
 
     was_training = model.training
     model.eval()
+    channels_last = channels_last and batches[0][0].ndim == 4
+    was_contiguous = all(p.is_contiguous() for p in model.parameters())
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the same Parameter objects, new layout
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
         else (0, 1)
-    masks = FixedMasks(model, seed=seed, cache=cache_masks)
+    masks = FixedMasks(model, seed=seed, cache=cache_masks, channels_last=channels_last)
     if n_masks > 1 and not masks.active:
         raise ValueError(f"n_masks={n_masks} but the model has no active MC dropout, so every mask gives the same "
                          "landscape; use n_masks=1 (or switch MC dropout on with models.mc_dropout(model, True))")
@@ -692,6 +707,8 @@ def landscape(model, data, directions=None, *, xs=None, ys=None, n=11, scale=1.0
     finally:
         if engine is not None:
             engine.restore()
+        if channels_last and was_contiguous:
+            model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
     if world > 1:
         gathered = [None] * world

@@ -103,7 +103,9 @@ def test_batched_points_and_uncached_masks_give_the_same_numbers(data):
     seq = L.landscape(net, data, dirs, n_masks=2, batch_size=16, **GRID)
     vm = L.landscape(net, data, dirs, n_masks=2, batch_size=16, points_per_pass=4, **GRID)
     redrawn = L.landscape(net, data, dirs, n_masks=2, batch_size=16, cache_masks=False, **GRID)
-    for other in (vm, redrawn):
+    plain_layout = L.landscape(net, data, dirs, n_masks=2, batch_size=16, channels_last=False, **GRID)
+    assert all(p.is_contiguous() for p in net.parameters())  # the model's layout is back
+    for other in (vm, redrawn, plain_layout):
         for key in ("nll", "acc", "ece", "l2"):
             np.testing.assert_allclose(other.grid(key, 0), seq.grid(key, 0), rtol=1e-5)
             np.testing.assert_allclose(other.grid(key, L.ENSEMBLE), seq.grid(key, L.ENSEMBLE), rtol=1e-5)
@@ -113,7 +115,6 @@ def test_nll_stays_finite_where_probabilities_underflow(data):
     net = small_net(p=0)
     with torch.no_grad():
         net[-1].weight.mul_(1e4)  # logits of +-1e3 and more: softmax probabilities of exactly 0
-    x, y = data.subset(40).images, data.labels
     land = L.landscape(net, data, [L.random_directions(net, 1, seed=0)[0]], xs=[0.0], batch_size=40)
     batch = L.prepare_batches(data, None, 40)[0]
     with torch.no_grad():
