@@ -386,3 +386,20 @@ def test_leftover_temporary_files_are_removed_and_permissions_follow_umask(tmp_p
         os.umask(old)
     assert not leftover.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_cpu_dropout_draws_the_right_distribution(training):
+    d = models.MCDropout(0.3).train(training)
+    x = torch.ones(400, 1000)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 400,000 draws: 4.4 standard deviations
+    assert torch.allclose(y[kept], torch.tensor(1 / 0.7))  # survivors scaled by 1 / (1 - p)
+    assert not torch.equal(kept, d(x) != 0)  # a new mask every pass
+    # Columns are independent: the keep rates of two halves agree.
+    assert abs(kept[:, :500].float().mean() - kept[:, 500:].float().mean()) < 0.01
+    x.requires_grad_(True)
+    out = d(x)
+    out.sum().backward()
+    assert torch.equal(x.grad != 0, out != 0)  # the gradient flows through kept entries only
