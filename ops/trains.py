@@ -335,7 +335,7 @@ def train_one_epoch(run, epoch):
                     f"checkpoint ({run.checkpoint if run.checkpoint.exists() else 'none yet'}) is untouched. "
                     f"Lower optim.lr or use env.precision=fp32.")
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.4f}",
-                            img_s=f"{seen * run.world_size / (time.time() - start):.0f}")
+                            img_s=f"{seen * run.world_size / (time.time() - start):.0f}", refresh=False)
         bar.update(1)
     bar.close()
     if run.world_size > 1:
