@@ -23,9 +23,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Each prints JSON lines; run nothing else meanwhile (2 cores: a busy neighbour moves the figures).
 bench: $(STAMP)
+	$(PY) benchmarks/train_speed.py --repeat 3
 	$(PY) benchmarks/eval_speed.py
-	$(PY) benchmarks/train_speed.py --model resnet_mcdo_smoothing_18 --batch-size 64 --steps 20 --device cpu
+	$(PY) benchmarks/landscape_speed.py
+	$(PY) benchmarks/corruption_speed.py
 
 clean:
 	rm -rf runs leaderboard models_checkpoints .pytest_cache

@@ -1,4 +1,5 @@
 """Every notebook of the repository runs top to bottom in smoke mode (tiny data, one epoch, few samples)."""
+import re
 from pathlib import Path
 
 import nbformat
@@ -19,6 +20,18 @@ def test_notebook_is_committed_without_outputs(path):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs: clear them"
     assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), "papermill needs a parameters cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_parameter_is_visible_to_papermill(path):
+    """papermill lists a notebook's parameters by parsing its parameters cell; a line it cannot parse (an `=` in
+    a trailing comment is enough) drops that parameter from `papermill --help-notebook` and warns on every run."""
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = set(re.findall(r"^(\w+)\s*=", cell.source, flags=re.M))
+    assert assigned and {p.name for p in PythonTranslator.inspect(cell)} == assigned
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
