@@ -2,6 +2,7 @@
 
     trained = ops.pretrained.load_models(device="cpu")       # {"resnet_mcdo_18": model, "resnet_mcdo_smoothing_18": ...}
     model = ops.pretrained.load_checkpoint("models_checkpoints/fashion_mnist/resnet_mcdo_18/..._<uid>.pth.tar")
+    ops.pretrained.export(checkpoint, root="resources/models_checkpoints", uid="demo")   # weights + card, to share
 
 Every checkpoint that the trainer writes in the original layout gets a *card* beside it, `<same name>.json`
 ({"name", "dataset", "num_classes", "stem", "block", "config", "history"}), so the model can be rebuilt from the
@@ -58,6 +59,19 @@ def load_checkpoint(checkpoint, device="cpu"):
     models.load_checkpoint(checkpoint, model)
     model.card, model.checkpoint = card, checkpoint
     return model.to(device).eval()
+
+
+def export(checkpoint, root=RESOURCES, uid=DEMO_UID):
+    """Copy a trained checkpoint and its card to `root` under `uid`, keeping what inference needs (name, arch,
+    state_dict) and dropping the optimizer state (as large again as the weights, and useless to a reader).
+    Written atomically; returns the new checkpoint's path. This is how resources/ got its demo checkpoints."""
+    model = load_checkpoint(checkpoint)  # checks that weights, card and arch agree before anything is written
+    card = dict(model.card, exported_from=str(checkpoint))
+    path = models.save(model, card["dataset"], uid, root=root)
+    tmp = card_path(path).with_name(card_path(path).name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=1))
+    tmp.replace(card_path(path))
+    return path
 
 
 def find_checkpoint(name, dataset="fashion_mnist", runs_dir="runs/classification", resources=RESOURCES):
