@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(PY) -m ops.demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 # Each prints JSON lines; run nothing else meanwhile (2 cores: a busy neighbour moves the figures).

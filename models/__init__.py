@@ -20,10 +20,13 @@ from .smoothing import SMOOTHING_BLOCKS, SmoothingBlock, TanhBlurBlock, make_smo
 from .surgery import add_mc_dropout, add_smoothing, plan_smoothing
 from . import ensemble  # noqa: E402
 
-__all__ = ["get_model", "list_models", "register", "smoothing_variant", "save", "load", "checkpoint_path", "atomic_save",
-           "check_state_dict", "check_identity", "unwrap", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "find_checkpoint", "canonical_dataset", "CheckpointError", "mc_dropout", "is_stochastic", "MCDropout", "TanhBlurBlock",
-           "SmoothingBlock", "SMOOTHING_BLOCKS", "make_smoothing", "count_parameters", "summary", "ensemble"]
+__all__ = [
+    "get_model", "list_models", "register", "smoothing_variant", "save", "load", "checkpoint_path", "atomic_save",
+    "check_state_dict", "check_identity", "unwrap", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+    "find_checkpoint", "canonical_dataset", "CheckpointError", "mc_dropout", "is_stochastic", "MCDropout",
+    "TanhBlurBlock", "SmoothingBlock", "SMOOTHING_BLOCKS", "make_smoothing", "count_parameters", "summary",
+    "ensemble",
+]
 __all__ += ["add_smoothing", "add_mc_dropout", "plan_smoothing"]
 
 
@@ -38,8 +41,9 @@ def summary(model, input_size=(1, 3, 32, 32)):
     was_training = model.training
     model.eval()
     try:
-        p = next(model.parameters())
-        out = model(torch.zeros(input_size, device=p.device, dtype=p.dtype))
+        p = next(iter([*model.parameters(), *model.buffers()]), None)  # a model may have neither
+        out = model(torch.zeros(input_size, device=p.device if p is not None else "cpu",
+                                dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32))
     finally:
         model.train(was_training)
     name = getattr(unwrap(model), "name", type(model).__name__)

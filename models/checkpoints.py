@@ -128,7 +128,10 @@ def read_checkpoint(path, map_location="cpu", weights_only=True):
             raise CheckpointError(
                 f"{path} holds Python objects besides tensors, and loading it could run code, so it was refused. "
                 f"Load it with weights_only=False only if you trust where it came from.") from exc
-        raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__}: {text.splitlines()[0][:200]}). "
+        # torch's own message for a file its safe loader cannot parse advises weights_only=False, which would
+        # unpickle an unknown file: not advice to pass on. Its first line says what failed otherwise.
+        detail = "" if "weights_only" in text else f" ({type(exc).__name__}: {text.splitlines()[0][:200]})"
+        raise CheckpointError(f"{path} is corrupt, truncated or not a PyTorch checkpoint{detail}. "
                               f"Delete it, or start without it (env.resume=false in a config).") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict or state_dict")

@@ -38,7 +38,9 @@ class MCDropout(nn.Module):
 
     def forward(self, x):
         active = self.training or self.mc
-        if active and FAST_CPU_DROPOUT and x.device.type == "cpu" and self.p > 0:
+        # Under torch.compile, F.dropout: dynamo cannot trace Tensor.random_ (a graph break in every block, and
+        # past 8 block shapes the recompile limit sends the rest back to eager), and inductor fuses its own RNG.
+        if active and FAST_CPU_DROPOUT and x.device.type == "cpu" and self.p > 0 and not torch.compiler.is_compiling():
             return _cpu_dropout(x, self.p)
         return F.dropout(x, self.p, training=active)
 

@@ -54,6 +54,10 @@ class Bottleneck(nn.Module):
     def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=True):
         super().__init__()
         width = int(channels * width_per_group / 64) * groups
+        if width == 0:  # a too-small model width for this grouping: a 0-channel conv would fail only at run time
+            raise ValueError(f"a bottleneck of {channels} channels with width_per_group={width_per_group} has "
+                             f"{channels * width_per_group / 64:g} channels per group (< 1): use a larger width "
+                             f"(at least {-(-64 // width_per_group)} for this model)")
         out_channels = channels * self.expansion
         self.shortcut = _shortcut(in_channels, out_channels, stride, shortcut_bn)
         self.conv1 = conv1x1(in_channels, width)
@@ -109,6 +113,10 @@ class PreActBottleneck(nn.Module):
     def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=False):
         super().__init__()
         width = int(channels * width_per_group / 64) * groups
+        if width == 0:  # a too-small model width for this grouping: a 0-channel conv would fail only at run time
+            raise ValueError(f"a bottleneck of {channels} channels with width_per_group={width_per_group} has "
+                             f"{channels * width_per_group / 64:g} channels per group (< 1): use a larger width "
+                             f"(at least {-(-64 // width_per_group)} for this model)")
         out_channels = channels * self.expansion
         self.shortcut = _shortcut(in_channels, out_channels, stride, shortcut_bn)
         self.bn1 = nn.BatchNorm2d(in_channels)

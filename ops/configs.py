@@ -64,7 +64,8 @@ DEFAULTS = {
     },
     "env": {
         "device": "auto",      # auto | cpu | cuda | cuda:N
-        "precision": "auto",   # training: auto (bf16 where the hardware computes it natively, else fp32) | fp32 | bf16 | fp16
+        # training precision: auto (bf16 where the hardware computes it natively, else fp32) | fp32 | bf16 | fp16
+        "precision": "auto",
         "channels_last": False,
         "compile": False,      # torch.compile the model
         "workers": 4,          # DataLoader workers (ImageNet path only)

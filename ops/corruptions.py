@@ -305,8 +305,8 @@ def clipped_zoom(x, zoom):
     top, left = (H - ch) // 2, (W - cw) // 2
     crop = x[..., top:top + ch, left:left + cw]
     out = F.interpolate(crop, size=(round(ch * zoom), round(cw * zoom)), mode="bilinear", align_corners=True)
-    t, l = (out.shape[-2] - H) // 2, (out.shape[-1] - W) // 2
-    return out[..., t:t + H, l:l + W]
+    top, left = (out.shape[-2] - H) // 2, (out.shape[-1] - W) // 2
+    return out[..., top:top + H, left:left + W]
 
 
 def plasma_fractal(batch, mapsize, decay, generator, device="cpu"):
@@ -556,7 +556,7 @@ def _spatter(x, p, g, rng):
     liquid = gaussian_filter(liquid, p["sigma"])
     liquid = torch.where(liquid < p["threshold"], torch.zeros_like(liquid), liquid)
     if p["kind"] == 0:  # water: edges of the liquid layer, shaded; pale turquoise
-        m = torch.from_numpy(np.stack([_water_mask(l) for l in liquid[:, 0].cpu().numpy()]))[:, None].to(x)
+        m = torch.from_numpy(np.stack([_water_mask(layer) for layer in liquid[:, 0].cpu().numpy()]))[:, None].to(x)
         colour = torch.tensor([175, 238, 238], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
         return x + p["intensity"] * m * _colour(colour.expand(B, 3, H, W), C)
     # mud: blurred blobs replace the image, brown

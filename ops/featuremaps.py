@@ -36,6 +36,8 @@ import torch
 
 import models
 
+from .predict import model_device
+
 
 class _Capture:
     """Context manager: forward hooks on `points` collect each one's output (a (B, C, H, W) tensor) per pass."""
@@ -91,7 +93,7 @@ class _Eval:
 
 
 def _device(model):
-    return next(iter(list(model.parameters()) + list(model.buffers()))).device
+    return model_device(model)
 
 
 def capture(model, x, points):

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 import models
 
 from .landscapes import FixedMasks, prepare_batches
+from .predict import require_parameters
 from .runtime import resolve_device
 
 DROPOUT_MODES = ("fixed", "off")
@@ -248,7 +249,8 @@ def max_eigenvalue_spectrum(model, data, *, n_batches=32, batch_size=64, augment
     data: an ImageTensorDataset (n_batches * batch_size images of a `seed` permutation; `augment` crops and flips
     them, seeded) or an iterable of (x, y) batches. Returns {"eigenvalues", "iterations", "converged", "losses"},
     lists with one entry per mini-batch."""
-    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    weights = require_parameters(model, "a Hessian")
+    device = resolve_device(device) if device is not None else weights.device
     model = model.to(device)
     if n_batches < 1 or batch_size < 1:
         raise ValueError(f"n_batches and batch_size must be >= 1, got {n_batches} and {batch_size}")

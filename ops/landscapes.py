@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 import models
 
 from .metrics import SCALAR_KEYS, Metrics, cutoff_key
+from .predict import require_parameters
 from .runtime import autocast, check_precision, resolve_device
 
 NORMS = ("filter", "original", "layer", "none")
@@ -634,7 +635,8 @@ def landscape(model, data, directions=None, *, xs=None, ys=None, n=11, scale=1.0
     check_precision(precision)
     if points_per_pass < 1:
         raise ValueError(f"points_per_pass must be >= 1, got {points_per_pass}")
-    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    weights = require_parameters(model, "a loss landscape")
+    device = resolve_device(device) if device is not None else weights.device
     if masks_per_pass == "auto":
         masks_per_pass = n_masks if device.type == "cuda" else 1
     if not isinstance(masks_per_pass, int) or masks_per_pass < 1:
@@ -733,7 +735,7 @@ def naive_landscape(model, data, directions, *, xs, ys=None, n_masks=1, seed=0, 
     masks="fixed" uses FixedMasks without a cache (the masks of `landscape`, for tests). Returns records."""
     if masks not in ("reseed", "fixed"):
         raise ValueError(f"masks must be 'reseed' or 'fixed', got {masks!r}")
-    device = next(model.parameters()).device
+    device = require_parameters(model, "a loss landscape").device
     batches = prepare_batches(data, n_images, batch_size, seed=seed, device=device)
     w0 = copy.deepcopy(model.state_dict())
     coords = [(x, y) for y in ys for x in xs] if ys is not None else [(x,) for x in xs]

@@ -36,6 +36,14 @@ def model_device(model, default="cpu"):
     return torch.device(default)
 
 
+def require_parameters(model, purpose):
+    """The model's first parameter, or a ValueError saying that `purpose` needs weights."""
+    for p in model.parameters():
+        return p
+    raise ValueError(f"{type(model).__name__} has no parameters, and {purpose} is taken with respect to the "
+                     f"weights: there is nothing to compute")
+
+
 def _log_softmax_pass(model, x, precision):
     with autocast(x.device, precision):
         return F.log_softmax(model(x).float(), dim=-1)

@@ -1,6 +1,6 @@
 """Trained checkpoints to start from: the classification notebook's latest run, else the ones in resources/.
 
-    trained = ops.pretrained.load_models(device="cpu")       # {"resnet_mcdo_18": model, "resnet_mcdo_smoothing_18": ...}
+    trained = ops.pretrained.load_models(device="cpu")   # {"resnet_mcdo_18": model, "resnet_mcdo_smoothing_18": ..}
     model = ops.pretrained.load_checkpoint("models_checkpoints/fashion_mnist/resnet_mcdo_18/..._<uid>.pth.tar")
     ops.pretrained.export(checkpoint, root="resources/models_checkpoints", uid="demo")   # weights + card, to share
 

@@ -38,7 +38,7 @@ from .corruptions import CORRUPTIONS, is_noise_perturbation, take
 from .datasets import ImageTensorDataset
 from .loaders import DeviceLoader
 from .metrics import cutoff_key
-from .predict import is_stochastic, log_mean_exp, predict_log_probs
+from .predict import is_stochastic, log_mean_exp, model_device, predict_log_probs
 from .reports import leaderboard_columns
 from .runtime import resolve_device
 from .tests import prepare_for_inference, sweep
@@ -95,7 +95,7 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     bad = [s for s in severities if s not in cset.severities]
     if bad:
         raise ValueError(f"severities {bad} are not in {cset.folder} (it has {cset.severities})")
-    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device) if device is not None else model_device(model)
     model = model.to(device)
 
     def loader(ds):
@@ -290,7 +290,7 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
     max_batch: images per forward pass when MC copies are stacked (ops.predict.predict_log_probs);
     stochastic: None prepares the model here (see `prepare`); True/False says the model is already prepared."""
     sizes = sorted(set(int(s) for s in sizes))
-    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device) if device is not None else model_device(model)
     model = model.to(device)
     N = min(len(frames), n or len(frames))
     if N == 0:
@@ -328,7 +328,7 @@ def evaluate_perturbations(model, folder, ptypes, *, mean, std, sizes=(1,), **kw
     ptypes = list(ptypes)
     if not ptypes:
         raise ValueError("no perturbation types given")
-    device = resolve_device(kwargs.pop("device", None) or next(model.parameters()).device)
+    device = resolve_device(kwargs.pop("device", None) or model_device(model))
     first_frames = torch.as_tensor(np.array(load_perturbed(folder, ptypes[0])[:2]))  # (2, T, H, W, C)
     m, s = torch.tensor(mean).view(1, -1, 1, 1) * 255, torch.tensor(std).view(1, -1, 1, 1) * 255
     example = ((first_frames.permute(0, 1, 4, 2, 3).flatten(0, 1).float() - m) / s).to(device)

@@ -15,7 +15,6 @@ columns) and JSON; their paths are printed. Errors print one line per problem an
 shows the traceback); Ctrl-C exits with 130 after saying how to resume.
 """
 import argparse
-import json
 import sys
 import traceback
 from pathlib import Path

@@ -178,7 +178,8 @@ def load_run(uid, out_dir="runs", model=None, device="cpu", overrides=()):
     num_classes = (state.get("arch") or {}).get("num_classes")
     if num_classes is None:
         # checkpoints from before `arch` was stored: the classifier (the last weight) has num_classes rows
-        num_classes = state["state_dict"][next(k for k in reversed(state["state_dict"]) if k.endswith("weight"))].shape[0]
+        last_weight = next(k for k in reversed(state["state_dict"]) if k.endswith("weight"))
+        num_classes = state["state_dict"][last_weight].shape[0]
     net = models.get_model(name, num_classes=num_classes, stem=cfg["model"]["stem"], **cfg["model"]["block"])
     models.load_checkpoint(weights, net)
     return net.to(device).eval(), cfg, weights

@@ -166,8 +166,8 @@ def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", c
     deterministic model gets one pass per image and the same figures at every size. precision: "fp32"
     (default) or "bf16"/"fp16" autocast; channels_last and fuse_bn change the speed, not the figures (None:
     FAST_DEFAULTS for the device; see benchmarks/eval_speed.py). max_batch: images per forward pass when MC
-    copies of a batch are stacked (None: ops.predict.DEFAULT_MAX_BATCH for the device). keep_predictions: a dict that receives
-    {n: (N, C) float32 log-probabilities on the CPU, "targets": (N,)} of this process's images (for
+    copies of a batch are stacked (None: ops.predict.DEFAULT_MAX_BATCH for the device). keep_predictions: a dict
+    that receives {n: (N, C) float32 log-probabilities on the CPU, "targets": (N,)} of this process's images (for
     ops.stats.bootstrap).
     """
     sizes = check_sizes(sizes)

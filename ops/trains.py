@@ -283,8 +283,18 @@ def setup(config=None, model_name=None, overrides=(), model=None):
 
 def resume(run):
     """Load the run's checkpoint: weights, optimizer, schedule, grad scaler, epoch and history."""
+    # The stored optimizer and schedule bring their hyper-parameters along (lr, momentum, weight decay, betas, the
+    # base lrs). Those of the config in effect win (they differ only after env.force_resume), so that what is
+    # trained is what config.json says; the stored state keeps the momentum buffers and the step count.
+    config_groups = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
+    config_base_lrs = list(run.scheduler.base_lrs)
     state = models.load_checkpoint(run.checkpoint, run.model, run.optimizer, map_location=run.device)
     run.scheduler.load_state_dict(state["scheduler"])
+    for group, config_group in zip(run.optimizer.param_groups, config_groups):
+        group.update(config_group)
+    run.scheduler.base_lrs = config_base_lrs
+    for group, lr in zip(run.optimizer.param_groups, run.scheduler.get_lr()):
+        group["lr"] = lr
     run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.history = state["epoch"], state["history"]
     if run.start_epoch >= run.total_epochs and run.is_main:

@@ -56,3 +56,19 @@ def test_sweep_and_metrics_on_the_device(device):
     on_device, on_cpu = summarize(probs, y), summarize(probs.cpu(), y.cpu())
     for key in ("nll", "acc", "ece", "iou_90", "auroc", "aurc"):
         assert on_device[key] == pytest.approx(on_cpu[key], rel=1e-5), key
+
+
+@pytest.mark.parametrize("name", ["resnet_mcdo_smoothing_18", "preresnet_mcdo_smoothing_34", "vgg_mcdo_smoothing_11",
+                                  "alexnet_mcdo_smoothing", "resnext_mcdo_smoothing_50"])
+def test_models_compile_to_one_graph_with_mc_dropout_on(name):
+    """env.compile=true compiles the whole network: a graph break inside a block (an op dynamo cannot trace, such
+    as the fast CPU dropout's Tensor.random_) compiles every block on its own, and past 8 block shapes dynamo's
+    recompile limit sends the rest back to eager, silently slower (0.86x eager, measured)."""
+    import torch._dynamo
+
+    model = models.get_model(name, width=16) if "res" in name else models.get_model(name)
+    model.train()
+    explained = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    model.eval()  # MC dropout stays on in eval()
+    assert torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32)).graph_break_count == 0

@@ -253,7 +253,8 @@ def test_leaderboard_csv_in_original_column_order(tmp_path, loader):
     results = sweep(tiny(), loader, sizes=(1, 2))
     path = reports.leaderboard_path("fashion_mnist", "resnet_mcdo_smoothing_18", "u1", root=tmp_path)
     reports.write_leaderboard(results, path)
-    assert path == tmp_path / "fashion_mnist" / "resnet_mcdo_smoothing_18" / "fashion_mnist_resnet_mcdo_smoothing_18_u1.csv"
+    name = "resnet_mcdo_smoothing_18"
+    assert path == tmp_path / "fashion_mnist" / name / f"fashion_mnist_{name}_u1.csv"
     rows = list(csv.reader(open(path)))
     assert rows[0] == ["size", "nll", "cutoff_0", "cutoff_90", "acc_0", "acc_90", "unc_0", "unc_90", "iou_0",
                        "iou_90", "freq_0", "freq_90", "top5", "brier", "ece", "ece_signed"]
@@ -311,3 +312,20 @@ def test_bootstrap_interval_covers_like_a_binomial():
     logits[:280, 0], logits[280:, 1] = 2.0, 2.0
     est, lo, hi = stats.bootstrap({"m": torch.log_softmax(logits, 1)}, y, n_boot=2000)["m"]["acc"]
     assert est == 0.7 and (hi - lo) / 2 == pytest.approx(1.96 * (0.7 * 0.3 / 400) ** 0.5, rel=0.15)
+
+
+def test_models_without_parameters_work_or_are_refused_by_name():
+    """A fixed (parameter-free) classifier is evaluated like any model; a landscape or a Hessian, which are taken
+    with respect to the weights, refuse it by name instead of a bare StopIteration."""
+    from ops import hessians, landscapes
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :10]
+
+    assert "0 parameters" in models.summary(Fixed())
+    data = [(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ValueError, match="Fixed has no parameters, and a loss landscape"):
+        landscapes.landscape(Fixed(), data, n=3)
+    with pytest.raises(ValueError, match="Fixed has no parameters, and a Hessian"):
+        hessians.max_eigenvalue_spectrum(Fixed(), data, n_batches=1, batch_size=4)

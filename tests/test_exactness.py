@@ -72,8 +72,11 @@ def stock_dropout(monkeypatch):
     monkeypatch.setattr(models.layers, "FAST_CPU_DROPOUT", False)
 
 
-@pytest.mark.parametrize("key,mode", MODEL_CASES, ids=[f"{k.split('|')[0]}-{k[-4:] == 'True' and 'imagenet' or 'cifar'}-{m}"
-                                                       for k, m in MODEL_CASES])
+def _case_id(key, mode):
+    return f"{key.split('|')[0]}-{'imagenet' if key.endswith('True') else 'cifar'}-{mode}"
+
+
+@pytest.mark.parametrize("key,mode", MODEL_CASES, ids=[_case_id(k, m) for k, m in MODEL_CASES])
 def test_model_matches_original(key, mode, stock_dropout):
     name, num_classes, stem = key.split("|")
     stem = stem == "stem=True"

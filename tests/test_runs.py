@@ -1,5 +1,4 @@
 """Runs cannot collide, lie or leak: run identity, locks, resume checks, validation, errors, interruptions."""
-import errno
 import json
 import os
 import subprocess
@@ -62,6 +61,7 @@ def test_resume_with_a_changed_config_is_refused_unless_forced(tmp_path):
     forced = trains.train(None, "resnet_dnn_18", small(tmp_path, "env.uid=r", "train.epochs=3", "optim.lr=0.5",
                                                        "env.force_resume=true"))
     assert [row["epoch"] for row in forced["history"]] == [1, 2, 3]
+    assert [row["lr"] for row in forced["history"]] == [0.1, 0.1, 0.5]  # trained with what config.json says
     stored = json.loads((run_dir / "config.json").read_text())
     assert stored["optim"]["lr"] == 0.5 and stored["train"]["epochs"] == 3  # the config in effect now
     resumes = json.loads((run_dir / "resumes.json").read_text())
@@ -158,10 +158,15 @@ def test_full_disk_is_named(tmp_path, monkeypatch, capsys):
 
 def test_test_command_rebuilds_the_run_from_its_stored_config(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", "--model", "resnet_mcdo_18", "--uid", "w8", *small(tmp_path, "model.block.width=8")]) == 0
+    elsewhere = tmp_path / "elsewhere"  # not the default ./runs: `test` must look where env.out_dir says
+    args = ["train", "--model", "resnet_mcdo_18", "--uid", "w8", *small(tmp_path, "model.block.width=8")]
+    assert cli.main([*args, f"env.out_dir={elsewhere}"]) == 0
+    assert not (tmp_path / "runs").exists()
     capsys.readouterr()
+    assert cli.main(["test", "--uid", "w8", "--sizes", "1,2"]) == 2  # the default folder has no such run
+    assert "w8" in capsys.readouterr().err
     # Only the uid (and where runs live): width 8, the dataset and its subset come from the run's config.json.
-    assert cli.main(["test", "--uid", "w8", "--sizes", "1,2", f"env.out_dir={tmp_path / 'runs'}"]) == 0
+    assert cli.main(["test", "--uid", "w8", "--sizes", "1,2", f"env.out_dir={elsewhere}"]) == 0
     out = capsys.readouterr().out
     csv = tmp_path / "lb" / "synthetic" / "resnet_mcdo_18" / "synthetic_resnet_mcdo_18_w8.csv"
     assert csv.exists() and str(csv) in out
