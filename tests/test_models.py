@@ -406,3 +406,9 @@ def test_fast_cpu_dropout_draws_the_right_distribution(training):
     out = d(x)
     out.sum().backward()
     assert torch.equal(x.grad != 0, out != 0)  # the gradient flows through kept entries only
+    assert torch.allclose(x.grad[out != 0], torch.tensor(1 / 0.7))  # with the forward's scale
+    # and under torch.func transforms: a batch of independent masks, and a functional gradient
+    y = torch.func.vmap(d, randomness="different")(torch.ones(4, 100, 100))
+    assert not torch.equal(y[0] != 0, y[1] != 0) and abs((y != 0).float().mean().item() - 0.7) < 0.01
+    grad = torch.func.grad(lambda v: d(v).sum())(torch.ones(100, 100))
+    assert torch.allclose(grad[grad != 0], torch.tensor(1 / 0.7)) and 0.6 < (grad != 0).float().mean() < 0.8
