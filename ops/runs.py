@@ -41,6 +41,25 @@ def check_uid(uid):
     return uid
 
 
+def output_folder(out_dir, uid=None):
+    """(uid, folder) for a notebook's outputs: `{out_dir}/{uid}`. uid=None creates a new folder atomically under a
+    fresh uid, so that two runs started together never share one; a given uid is checked and its folder reused
+    (to resume or redo that run on purpose)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if uid is not None:
+        (out_dir / check_uid(uid)).mkdir(exist_ok=True)
+        return uid, out_dir / uid
+    for _ in range(100):  # a collision needs the same second and the same 24 random bits
+        uid = new_uid()
+        try:
+            (out_dir / uid).mkdir()
+            return uid, out_dir / uid
+        except FileExistsError:
+            continue
+    raise RunError(f"could not create a new output folder under {out_dir}")
+
+
 def write_json(path, obj):
     """Write JSON atomically (temporary file + rename): readers never see half a file."""
     path = Path(path)

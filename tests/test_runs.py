@@ -181,3 +181,23 @@ def test_test_command_evaluates_an_original_checkpoint(tmp_path, monkeypatch, ca
     args = ["test", "--checkpoint", str(path), "--sizes", "1,2", *small(tmp_path), "model.block.width=4"]
     assert cli.main(args) == 0
     assert (tmp_path / "lb" / "synthetic" / "resnet_mcdo_18" / "synthetic_resnet_mcdo_18_orig.csv").exists()
+
+
+def test_new_folders_started_in_the_same_second_are_distinct(tmp_path, monkeypatch):
+    """Run folders and notebook output folders: the same second (frozen here) and even the same random suffix
+    (forced here) give separate folders, never a shared one."""
+    from ops import runs
+
+    monkeypatch.setattr(runs.time, "strftime", lambda fmt, *args: "20260101-000000")
+    first, second = RunFolder(tmp_path / "runs", "d", "m").open(), RunFolder(tmp_path / "runs", "d", "m").open()
+    try:
+        assert first.path != second.path and first.path.is_dir() and second.path.is_dir()
+    finally:
+        first.close(), second.close()
+    suffixes = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
+    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(suffixes))
+    (uid1, out1), (uid2, out2) = runs.output_folder(tmp_path / "nb"), runs.output_folder(tmp_path / "nb")
+    assert (uid1, uid2) == ("20260101-000000-aaaaaa", "20260101-000000-bbbbbb") and out1 != out2
+    assert runs.output_folder(tmp_path / "nb", uid1) == (uid1, out1)  # a given uid reuses its folder
+    with pytest.raises(RunError, match="env.uid"):
+        runs.output_folder(tmp_path / "nb", "../escape")
