@@ -2,7 +2,7 @@
 
 naive: per grid point and MC mask, copy.deepcopy(model) + load_state_dict(w0 + x d1 + y d2), then a full
        evaluation of the subset, the dropout masks fixed by reseeding torch's generator before every batch
-       (F.dropout draws them again at every point), metrics with ops.metrics.
+       (stock F.dropout, as the original's, draws them again at every point), metrics with ops.metrics.
 ours:  ops.landscapes.landscape: weights set in place, masks drawn once and replayed, and the variants below
        (each a separate row): eager, stacked (all masks in one pass), vmap over `--points-per-pass` points with
        the masks stacked, torch.compile with one mask or all masks per pass (compiled with an empty on-disk
@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import models  # noqa: E402
 from ops import datasets, pretrained  # noqa: E402
 from ops import landscapes as L  # noqa: E402
 
@@ -116,8 +117,14 @@ def main(argv=None):
     per_point = {"naive": [], **{name: [] for name in names}}
     nll = {}
     for r in range(args.rounds):
-        naive, s, others = timed(lambda: (L.naive_landscape(model, data, dirs, xs=axis, ys=axis, masks="reseed",
-                                                             **common), sync())[0])
+        # The naive loop draws its masks with stock F.dropout, as the original does (our faster CPU dropout is
+        # part of what this library brings; the landscape itself replays stored masks and draws none).
+        models.layers.FAST_CPU_DROPOUT = False
+        try:
+            naive, s, others = timed(lambda: (L.naive_landscape(model, data, dirs, xs=axis, ys=axis, masks="reseed",
+                                                                 **common), sync())[0])
+        finally:
+            models.layers.FAST_CPU_DROPOUT = True
         per_point["naive"].append(s / args.n ** 2)
         print(json.dumps({"round": r, "run": "naive", "seconds": round(s, 2), "others_cpu_share": others}), flush=True)
         for name in names:
