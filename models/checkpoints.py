@@ -130,9 +130,11 @@ def read_checkpoint(path, map_location="cpu", weights_only=True):
                 f"Load it with weights_only=False only if you trust where it came from.") from exc
         # torch's own message for a file its safe loader cannot parse advises weights_only=False, which would
         # unpickle an unknown file: not advice to pass on. Its first line says what failed otherwise.
-        detail = "" if "weights_only" in text else f" ({type(exc).__name__}: {text.splitlines()[0][:200]})"
-        raise CheckpointError(f"{path} is corrupt, truncated or not a PyTorch checkpoint{detail}. "
-                              f"Delete it, or start without it (env.resume=false in a config).") from exc
+        first = text.splitlines()[0] if text else ""
+        first = first if len(first) <= 120 else first[:117] + "..."
+        detail = "" if "weights_only" in text else f" ({type(exc).__name__}: {first})"
+        raise CheckpointError(f"{path} is corrupt, truncated or not a PyTorch checkpoint{detail}. Replace it or delete "
+                              f"it (a training run's checkpoint: env.resume=false starts the run over).") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict or state_dict")
     return state

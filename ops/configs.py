@@ -203,6 +203,11 @@ RULES = {
 }
 
 
+# model.block is passed on to models.get_model, which names unknown keywords; the common numeric ones are checked
+# here too, so that a width of 0 is refused before any work and not by a 0-channel convolution.
+BLOCK_RULES = {"width": positive_int, "rate": fraction, "temp": positive_number}
+
+
 def _check_keys(cfg, schema, path, problems):
     """Unknown keys and misplaced sections (a value where a section belongs, or the reverse)."""
     for key, value in cfg.items():
@@ -231,6 +236,11 @@ def validate(cfg):
         message = rule(node)
         if message:
             problems.append(f"{dotted} {message}, got {node!r}")
+    block = cfg["model"]["block"]
+    for key, rule in BLOCK_RULES.items():
+        message = rule(block[key]) if isinstance(block, dict) and key in block else None
+        if message:
+            problems.append(f"model.block.{key} {message}, got {block[key]!r}")
     return problems
 
 

@@ -2,7 +2,7 @@
 
     trained = ops.pretrained.load_models(device="cpu")   # {"resnet_mcdo_18": model, "resnet_mcdo_smoothing_18": ..}
     model = ops.pretrained.load_checkpoint("models_checkpoints/fashion_mnist/resnet_mcdo_18/..._<uid>.pth.tar")
-    ops.pretrained.export(checkpoint, root="resources/models_checkpoints", uid="demo")   # weights + card, to share
+    ops.pretrained.export(checkpoint, root="shared_models", uid="v1")   # weights + card, without optimizer state
 
 Every checkpoint that the trainer writes in the original layout gets a *card* beside it, `<same name>.json`
 ({"name", "dataset", "num_classes", "stem", "block", "config", "history"}), so the model can be rebuilt from the
@@ -61,10 +61,11 @@ def load_checkpoint(checkpoint, device="cpu"):
     return model.to(device).eval()
 
 
-def export(checkpoint, root=RESOURCES, uid=DEMO_UID):
+def export(checkpoint, root, uid):
     """Copy a trained checkpoint and its card to `root` under `uid`, keeping what inference needs (name, arch,
     state_dict) and dropping the optimizer state (as large again as the weights, and useless to a reader).
-    Written atomically; returns the new checkpoint's path. This is how resources/ got its demo checkpoints."""
+    Written atomically; returns the new checkpoint's path. resources/ got its demo checkpoints with
+    root=RESOURCES, uid=DEMO_UID (no defaults: a call with one argument must not replace them)."""
     model = load_checkpoint(checkpoint)  # checks that weights, card and arch agree before anything is written
     card = dict(model.card, exported_from=str(checkpoint))
     path = models.save(model, card["dataset"], uid, root=root)

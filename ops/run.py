@@ -82,7 +82,7 @@ def parse_sizes(text):
 def _test(args):
     import models
 
-    from . import configs, loaders, reports, runs
+    from . import configs, loaders, pretrained, reports, runs
     from .tests import sweep
     from .trains import init_distributed, load_data
 
@@ -96,8 +96,12 @@ def _test(args):
         rank, world_size, device = init_distributed(cfg["env"]["device"])
         dataset_name, _, test_set = load_data(cfg)
     else:
-        cfg = configs.load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
         path = Path(args.checkpoint)
+        if args.config is None and pretrained.card_path(path).exists():
+            # a checkpoint of ours: its card holds the config it was trained with (width, classes, test subset)
+            cfg = configs.make_config(pretrained.read_card(path)["config"], list(args.overrides))
+        else:
+            cfg = configs.load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
         name = args.model or cfg["model"]["name"] or models.read_checkpoint(path).get("name")
         if name is None:
             raise ValueError(f"{path} does not say which model it holds: pass --model NAME")
@@ -112,8 +116,13 @@ def _test(args):
     results = sweep(model, loader, sizes=sizes, device=device, precision=cfg["val"]["precision"],
                     progress=rank == 0 and cfg["env"]["progress"])
     if rank == 0:
-        out = reports.write_leaderboard(results, reports.leaderboard_path(
-            dataset_name, name, uid, root=cfg["env"]["leaderboard_root"]))
+        # A new file for every evaluation: an earlier one of the same checkpoint (other sizes, other subset) stays.
+        target = reports.leaderboard_path(dataset_name, name, uid, root=cfg["env"]["leaderboard_root"])
+        for k in range(2, 1000):
+            if not target.exists() and not target.with_suffix(".json").exists():
+                break
+            target = reports.leaderboard_path(dataset_name, name, f"{uid}-{k}", root=cfg["env"]["leaderboard_root"])
+        out = reports.write_leaderboard(results, target)
         print(f"{name} ({path}) on {len(test_set)} {dataset_name} test images, {cfg['val']['precision']}:")
         print(reports.format_table({name: results}))
         print(f"Leaderboard: {out} (and {out.with_suffix('.json')})")

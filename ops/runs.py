@@ -168,7 +168,8 @@ def find_run(uid, out_dir="runs", model=None):
                    if model is None or p.parent.parent.name == model)
     if not found:
         raise FileNotFoundError(f"No run {uid!r} under {out_dir}/<dataset>/{model or '<model>'}/ (looked for its "
-                                f"config.json). Pass env.out_dir=... (out_dir=...) if the run was written elsewhere.")
+                                f"config.json). If the run was written elsewhere, pass env.out_dir=... on the command "
+                                f"line (out_dir=... in Python).")
     if len(found) > 1:
         raise ValueError(f"uid {uid!r} names several runs: {[str(p) for p in found]}; name the model too "
                          f"(--model NAME, model=...)")

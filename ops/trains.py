@@ -439,9 +439,14 @@ def train(config=None, model_name=None, overrides=(), model=None):
         final = finish(run) if run.is_main else None
     except KeyboardInterrupt:
         if run.is_main:
-            done = len(run.history)
-            print(f"\nInterrupted in epoch {epoch + 1}; {run.checkpoint} holds epoch {done}. Resume with the same "
-                  f"command and env.uid={run.uid}", flush=True)
+            # What the checkpoint file holds, not what was in memory: an interrupt may land between the two.
+            saved = models.read_checkpoint(run.checkpoint).get("epoch") if run.checkpoint.exists() else None
+            if saved is None:
+                print(f"\nInterrupted in epoch {epoch + 1}, before any epoch was saved: the same command with "
+                      f"env.uid={run.uid} starts it again", flush=True)
+            else:
+                print(f"\nInterrupted in epoch {epoch + 1}; {run.checkpoint} holds epoch {saved}. Resume with the "
+                      f"same command and env.uid={run.uid}", flush=True)
         raise
     finally:
         close(run)

@@ -82,6 +82,9 @@ def test_uids_cannot_leave_their_folder(tmp_path, uid):
     ("train.epochs=-3", "train.epochs must be a positive integer"),
     ("train.epochs=1.5", "train.epochs must be a positive integer"),
     ("val.every=0", "val.every must be a positive integer"),
+    ("model.block.width=0", "model.block.width must be a positive integer"),
+    ("model.block.width=-3", "model.block.width must be a positive integer"),
+    ("model.block.rate=1.5", "model.block.rate must be a number in \\[0, 1\\)"),
     ("train.batch_size=0", "train.batch_size must be a positive integer"),
     ("train.batch_size=3.5", "train.batch_size must be a positive integer"),
     ("train.batch_size=-8", "train.batch_size must be a positive integer"),
@@ -142,6 +145,17 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
     assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3]
 
 
+def test_ctrl_c_in_the_first_epoch_names_no_checkpoint(tmp_path, capsys, monkeypatch):
+    def interrupted(run, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trains, "train_one_epoch", interrupted)
+    code = cli.main(["train", "--model", "resnet_dnn_18", *small(tmp_path, "env.uid=early")])
+    out = capsys.readouterr().out
+    assert code == 130 and "before any epoch was saved" in out and "holds epoch" not in out
+    assert not (tmp_path / "runs" / "synthetic" / "resnet_dnn_18" / "early" / "checkpoint.pth.tar").exists()
+
+
 def test_full_disk_is_named(tmp_path, monkeypatch, capsys):
     def full(obj, f, *args, **kwargs):  # what torch.save raises when the disk fills up mid-write
         f.write(b"partial")
@@ -171,6 +185,14 @@ def test_test_command_rebuilds_the_run_from_its_stored_config(tmp_path, monkeypa
     csv = tmp_path / "lb" / "synthetic" / "resnet_mcdo_18" / "synthetic_resnet_mcdo_18_w8.csv"
     assert csv.exists() and str(csv) in out
     assert [r.split(",")[0] for r in csv.read_text().strip().splitlines()] == ["size", "1", "2"]
+    # Our own checkpoint by path needs no --config either (its card holds it); a second evaluation of the same
+    # checkpoint gets a file of its own instead of replacing the first one's results.
+    weights = next((tmp_path / "ckpt").rglob("*_w8.pth.tar"))
+    assert cli.main(["test", "--checkpoint", str(weights), "--sizes", "1"]) == 0
+    second = csv.with_name("synthetic_resnet_mcdo_18_w8-2.csv")
+    assert str(second) in capsys.readouterr().out
+    assert [r.split(",")[0] for r in second.read_text().strip().splitlines()] == ["size", "1"]
+    assert [r.split(",")[0] for r in csv.read_text().strip().splitlines()] == ["size", "1", "2"]  # kept
 
 
 def test_test_command_evaluates_an_original_checkpoint(tmp_path, monkeypatch, capsys):
