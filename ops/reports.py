@@ -35,9 +35,19 @@ def write_leaderboard(results, path, cutoffs=(0.0, 0.9)):
         for n, metrics in sorted(results.items()):
             row = {"size": n, **{f"cutoff_{cutoff_key(c)}": c for c in cutoffs}, **metrics}
             writer.writerow([row[c] for c in columns])
-    with open(path.with_suffix(".json"), "w") as f:
-        json.dump({str(n): m for n, m in sorted(results.items())}, f, indent=1)
+    with open(path.with_suffix(".json"), "w") as f:  # strict JSON: an undefined metric (NaN) is null
+        json.dump(_finite({str(n): m for n, m in sorted(results.items())}), f, indent=1, allow_nan=False)
     return path
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def read_leaderboard(path):

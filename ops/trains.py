@@ -293,8 +293,8 @@ def resume(run):
     for group, config_group in zip(run.optimizer.param_groups, config_groups):
         group.update(config_group)
     run.scheduler.base_lrs = config_base_lrs
-    for group, lr in zip(run.optimizer.param_groups, run.scheduler.get_lr()):
-        group["lr"] = lr
+    for group, base_lr, factor in zip(run.optimizer.param_groups, config_base_lrs, run.scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(run.scheduler.last_epoch)
     run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.history = state["epoch"], state["history"]
     if run.start_epoch >= run.total_epochs and run.is_main:
