@@ -119,12 +119,9 @@ def main(argv=None):
     for r in range(args.rounds):
         # The naive loop draws its masks with stock F.dropout, as the original does (our faster CPU dropout is
         # part of what this library brings; the landscape itself replays stored masks and draws none).
-        models.layers.FAST_CPU_DROPOUT = False
-        try:
+        with models.layers.stock_dropout():
             naive, s, others = timed(lambda: (L.naive_landscape(model, data, dirs, xs=axis, ys=axis, masks="reseed",
                                                                  **common), sync())[0])
-        finally:
-            models.layers.FAST_CPU_DROPOUT = True
         per_point["naive"].append(s / args.n ** 2)
         print(json.dumps({"round": r, "run": "naive", "seconds": round(s, 2), "others_cpu_share": others}), flush=True)
         for name in names:

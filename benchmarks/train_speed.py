@@ -84,11 +84,8 @@ def plain(args):
     F.dropout (not our faster CPU training dropout, models.layers.FAST_CPU_DROPOUT)."""
     import torchvision.transforms as T
 
-    models.layers.FAST_CPU_DROPOUT = False
-    try:
+    with models.layers.stock_dropout():
         return _plain(args, T)
-    finally:
-        models.layers.FAST_CPU_DROPOUT = True
 
 
 def _plain(args, T):

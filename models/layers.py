@@ -4,6 +4,8 @@ MC dropout (Gal & Ghahramani, 2016) keeps dropout *on* at test time and averages
 forward passes. `MCDropout` therefore ignores `eval()`; `mc_dropout(model, enabled=False)` turns it off
 for a deterministic pass, as a plain call or as a context manager that restores the previous state.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,6 +54,17 @@ class MCDropout(nn.Module):
 # AVX2) and 15% of a training step. `_cpu_dropout` draws the same distribution 1.8x faster. False: F.dropout
 # everywhere, whose random stream is the original implementation's (tests/test_exactness.py compares with it).
 FAST_CPU_DROPOUT = True
+
+
+@contextlib.contextmanager
+def stock_dropout():
+    """Inside: F.dropout on CPUs too (the original's random stream, and the baseline the benchmarks compare with)."""
+    global FAST_CPU_DROPOUT
+    previous, FAST_CPU_DROPOUT = FAST_CPU_DROPOUT, False
+    try:
+        yield
+    finally:
+        FAST_CPU_DROPOUT = previous
 
 
 def _cpu_dropout(x, p):

@@ -15,6 +15,16 @@ from .layers import conv, conv1x1, conv3x3, dropout
 from .registry import register_variants
 
 
+def _bottleneck_width(channels, groups, width_per_group):
+    """Channels of a bottleneck's grouped 3x3 convolution (ResNeXt / Wide ResNet)."""
+    width = int(channels * width_per_group / 64) * groups
+    if width == 0:  # a too-small model width for this grouping: a 0-channel conv would fail only at run time
+        raise ValueError(f"a bottleneck of {channels} channels with width_per_group={width_per_group} has "
+                         f"{channels * width_per_group / 64:g} channels per group (< 1): use a larger width "
+                         f"(at least {-(-64 // width_per_group)} for this model)")
+    return width
+
+
 def _shortcut(in_channels, out_channels, stride, bn=True):
     """Projection shortcut (1x1 conv [+ BN]) when the shape changes, else an identity (empty Sequential)."""
     if stride == 1 and in_channels == out_channels:
@@ -53,11 +63,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=True):
         super().__init__()
-        width = int(channels * width_per_group / 64) * groups
-        if width == 0:  # a too-small model width for this grouping: a 0-channel conv would fail only at run time
-            raise ValueError(f"a bottleneck of {channels} channels with width_per_group={width_per_group} has "
-                             f"{channels * width_per_group / 64:g} channels per group (< 1): use a larger width "
-                             f"(at least {-(-64 // width_per_group)} for this model)")
+        width = _bottleneck_width(channels, groups, width_per_group)
         out_channels = channels * self.expansion
         self.shortcut = _shortcut(in_channels, out_channels, stride, shortcut_bn)
         self.conv1 = conv1x1(in_channels, width)
@@ -112,11 +118,7 @@ class PreActBottleneck(nn.Module):
 
     def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=False):
         super().__init__()
-        width = int(channels * width_per_group / 64) * groups
-        if width == 0:  # a too-small model width for this grouping: a 0-channel conv would fail only at run time
-            raise ValueError(f"a bottleneck of {channels} channels with width_per_group={width_per_group} has "
-                             f"{channels * width_per_group / 64:g} channels per group (< 1): use a larger width "
-                             f"(at least {-(-64 // width_per_group)} for this model)")
+        width = _bottleneck_width(channels, groups, width_per_group)
         out_channels = channels * self.expansion
         self.shortcut = _shortcut(in_channels, out_channels, stride, shortcut_bn)
         self.bn1 = nn.BatchNorm2d(in_channels)

@@ -92,20 +92,16 @@ class _Eval:
         return self.grad.__exit__(*exc)
 
 
-def _device(model):
-    return model_device(model)
-
-
 def capture(model, x, points):
     """{point: (B, C, H, W) output} of one forward pass of `x` (B, 3, H, W) through `model` (in eval())."""
     with _Eval(model), _Capture(model, points) as cap:
-        return cap.run(x.to(_device(model)))
+        return cap.run(x.to(model_device(model)))
 
 
 def mc_samples(model, x, points, samples):
     """{point: (S, B, C, H, W)}: the maps of `samples` MC passes of `x`. Memory grows with S: use few images."""
     with _Eval(model), _Capture(model, points) as cap:
-        runs = [cap.run(x.to(_device(model))) for _ in range(samples)]
+        runs = [cap.run(x.to(model_device(model))) for _ in range(samples)]
     return {p: torch.stack([r[p] for r in runs]) for p in points}
 
 
@@ -121,7 +117,7 @@ def mc_variance(model, images, points, samples=10, batch_size=64):
     totals = {p: torch.zeros(3, dtype=torch.float64) for p in points}  # variance sum, power sum, element count
     with _Eval(model), _Capture(model, points) as cap:
         for batch in images.split(batch_size):
-            batch = batch.to(_device(model))
+            batch = batch.to(model_device(model))
             s1, s2 = {}, {}
             for _ in range(samples):
                 for p, f in cap.run(batch).items():  # f: (B, C, H, W)
@@ -173,7 +169,7 @@ def fourier_profiles(model, images, points, samples=1, batch_size=64):
     sums, count = {}, 0
     with _Eval(model), _Capture(model, points) as cap:
         for batch in images.split(batch_size):
-            batch = batch.to(_device(model))
+            batch = batch.to(model_device(model))
             for _ in range(samples):
                 for p, f in cap.run(batch).items():
                     spectrum = log_amplitude(f).double() * len(f)  # (H, W), weighted by the batch size

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import models
 
+from .runs import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = ROOT / "resources" / "models_checkpoints"
 DEMO_MODELS = ("resnet_mcdo_18", "resnet_mcdo_smoothing_18")
@@ -31,11 +33,7 @@ def write_card(checkpoint, cfg, num_classes, history=None):
     """Write the card of `checkpoint` (see the module docstring); returns its path."""
     card = {"name": cfg["model"]["name"], "dataset": cfg["dataset"]["name"], "num_classes": int(num_classes),
             "stem": cfg["model"]["stem"], "block": cfg["model"]["block"], "config": cfg, "history": history or []}
-    path = card_path(checkpoint)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=1))
-    tmp.replace(path)
-    return path
+    return write_json(card_path(checkpoint), card)
 
 
 def read_card(checkpoint):
@@ -69,9 +67,7 @@ def export(checkpoint, root, uid):
     model = load_checkpoint(checkpoint)  # checks that weights, card and arch agree before anything is written
     card = dict(model.card, exported_from=str(checkpoint))
     path = models.save(model, card["dataset"], uid, root=root)
-    tmp = card_path(path).with_name(card_path(path).name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=1))
-    tmp.replace(card_path(path))
+    write_json(card_path(path), card)
     return path
 
 

@@ -42,9 +42,9 @@ def check_uid(uid):
 
 
 def output_folder(out_dir, uid=None):
-    """(uid, folder) for a notebook's outputs: `{out_dir}/{uid}`. uid=None creates a new folder atomically under a
-    fresh uid, so that two runs started together never share one; a given uid is checked and its folder reused
-    (to resume or redo that run on purpose)."""
+    """(uid, folder) for a run's or a notebook's outputs: `{out_dir}/{uid}`. uid=None creates a new folder
+    atomically under a fresh uid, so that two runs started together never share one; a given uid is checked and
+    its folder reused (to resume or redo that run on purpose)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if uid is not None:
@@ -57,7 +57,7 @@ def output_folder(out_dir, uid=None):
             return uid, out_dir / uid
         except FileExistsError:
             continue
-    raise RunError(f"could not create a new output folder under {out_dir}")
+    raise RunError(f"could not create a new folder under {out_dir}")
 
 
 def write_json(path, obj):
@@ -76,25 +76,12 @@ class RunFolder:
 
     def __init__(self, out_dir, dataset, model_name, uid=None):
         self.base = Path(out_dir) / dataset / model_name
-        self.generated = uid is None
         self.uid = check_uid(uid) if uid is not None else None
         self.path, self._lock = None, None
 
     def open(self):
         """Create the folder of a new run, or find the existing one of `uid`; lock it. Returns self."""
-        self.base.mkdir(parents=True, exist_ok=True)
-        if self.generated:
-            for _ in range(100):  # collisions need the same second and the same 24 random bits
-                self.uid = new_uid()
-                try:
-                    (self.base / self.uid).mkdir()
-                    break
-                except FileExistsError:
-                    continue
-            else:
-                raise RunError(f"could not create a new run folder under {self.base}")
-        self.path = self.base / self.uid
-        self.path.mkdir(exist_ok=True)
+        self.uid, self.path = output_folder(self.base, self.uid)
         self._take_lock()
         return self
 

@@ -412,3 +412,15 @@ def test_fast_cpu_dropout_draws_the_right_distribution(training):
     assert not torch.equal(y[0] != 0, y[1] != 0) and abs((y != 0).float().mean().item() - 0.7) < 0.01
     grad = torch.func.grad(lambda v: d(v).sum())(torch.ones(100, 100))
     assert torch.allclose(grad[grad != 0], torch.tensor(1 / 0.7)) and 0.6 < (grad != 0).float().mean() < 0.8
+
+
+def test_stock_dropout_restores_the_fast_path():
+    """Inside models.layers.stock_dropout() MCDropout draws F.dropout's masks (the benchmarks' baseline)."""
+    d, x = models.MCDropout(0.3), torch.ones(1000)
+    torch.manual_seed(0)
+    reference = torch.nn.functional.dropout(x, 0.3, training=True)
+    with models.layers.stock_dropout():
+        torch.manual_seed(0)
+        assert torch.equal(d(x), reference)
+    torch.manual_seed(0)
+    assert not torch.equal(d(x), reference) and models.layers.FAST_CPU_DROPOUT
