@@ -20,6 +20,7 @@ setup(
     ],
     extras_require={
         "train": ["timm>=0.9"],
+        "cluster": ["submitit>=1.5"],
         "plots": ["seaborn>=0.12", "pandas>=1.5"],
         "notebooks": ["ipykernel>=6", "ipywidgets>=8", "nbformat>=5", "nbclient>=0.7", "papermill>=2.4"],
         "robustness": ["imagecorruptions-imaug>=1.1", "scikit-image>=0.22", "scipy>=1.10", "opencv-python>=4.8"],

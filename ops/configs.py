@@ -297,6 +297,15 @@ def make_config(cfg=None, overrides=()):
 
 
 def load_config(path, overrides=()):
+    """The config of a JSON file (+ overrides), checked and completed. A `set` section (the networks of a
+    training set, ops.train.sets) is left out: the file's recipe is what one run of it trains."""
+    cfg = read_config_file(path)
+    cfg.pop("set", None)
+    return make_config(cfg, overrides)
+
+
+def read_config_file(path):
+    """The JSON object of a config file, unchecked; a clear error for a missing file or bad JSON."""
     path = Path(path)
     if not path.exists():
         available = sorted(p.name for p in path.parent.glob("*.json")) if path.parent.exists() else []
@@ -309,7 +318,7 @@ def load_config(path, overrides=()):
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} must hold a JSON object with sections {sorted(DEFAULTS)}, got a "
                           f"{type(cfg).__name__}")
-    return make_config(cfg, overrides)
+    return cfg
 
 
 # Keys whose change between the start of a run and its resumption would change what is trained. All others

@@ -29,10 +29,12 @@ def card_path(checkpoint):
     return checkpoint.with_name(checkpoint.name.removesuffix(".pth.tar") + ".json")
 
 
-def write_card(checkpoint, cfg, num_classes, history=None):
-    """Write the card of `checkpoint` (see the module docstring); returns its path."""
+def write_card(checkpoint, cfg, num_classes, history=None, **extra):
+    """Write the card of `checkpoint` (see the module docstring; `extra`: e.g. machine, wall_time_s); returns
+    its path."""
     card = {"name": cfg["model"]["name"], "dataset": cfg["dataset"]["name"], "num_classes": int(num_classes),
-            "stem": cfg["model"]["stem"], "block": cfg["model"]["block"], "config": cfg, "history": history or []}
+            "stem": cfg["model"]["stem"], "block": cfg["model"]["block"], "seed": cfg["env"]["seed"], "config": cfg,
+            "history": history or [], **extra}
     return write_json(card_path(checkpoint), card)
 
 

@@ -4,6 +4,9 @@
     torchrun --nproc_per_node 8 -m ops.run train --config configs/cifar100_general.json --model resnet_mcdo_18
     python -m ops.run train --config configs/fashion_mnist_general.json train.epochs=5 model.block.width=16
 
+    python -m ops.run train-set configs/fashion_mnist_reference.json [--executor slurm --partition gpu]
+        trains a set of networks (variants x seeds, ops.train.sets), skipping finished ones
+
     python -m ops.run test --uid 20260101-120000-3fa9c1 [--model NAME] [--sizes 1,2,5,10,50]
         evaluates a run of ours: the model, data and subset are rebuilt from the run's stored config.json
     python -m ops.run test --checkpoint path/to/cifar_100_resnet_mcdo_18_x.pth.tar \\
@@ -27,19 +30,30 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnis
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ops.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["train", "test"])
+    parser.add_argument("command", choices=["train", "test", "train-set"])
     parser.add_argument("--config", default=None, help="config file (train: default fashion_mnist_general.json; "
                                                        "test --uid: the run's stored config)")
     parser.add_argument("--model", default=None, help="model name (else model.name from the config)")
     parser.add_argument("--uid", default=None, help="run id (train: resume it; test: the run to evaluate)")
     parser.add_argument("--checkpoint", default=None, help="test: a .pth.tar file to evaluate instead of a run")
     parser.add_argument("--sizes", default="1,2,3,4,5,10,20,50", help="test: MC ensemble sizes")
+    parser.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"],
+                        help="train-set: here one after the other, or a SLURM job array through submitit")
+    parser.add_argument("--partition", default=None, help="train-set --executor slurm: the SLURM partition")
+    parser.add_argument("--gpus", type=int, default=None, help="train-set: GPUs per task (slurm default 1)")
+    parser.add_argument("--cpus", type=int, default=None, help="train-set: CPUs per task")
+    parser.add_argument("--time", type=int, default=720, help="train-set: minutes per task before requeueing")
+    parser.add_argument("--parallel", type=int, default=None, help="train-set: array tasks running at once")
+    parser.add_argument("--logs", default="runs/submitit", help="train-set: submitit's log folder")
+    parser.add_argument("--wait", action="store_true", help="train-set: wait for the submitted tasks")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_intermixed_args(argv)
     try:
         if args.command == "train":
             _train(args)
+        elif args.command == "train-set":
+            _train_set(args)
         else:
             _test(args)
         return 0
@@ -70,6 +84,26 @@ def _train(args):
               f"Evaluate: python -m ops.run test --uid {result['uid']} --model {result['config']['model']['name']}"
               + (f" env.out_dir={result['config']['env']['out_dir']}" if result["config"]["env"]["out_dir"] != "runs"
                  else ""))
+
+
+def _train_set(args):
+    from .train import sets
+
+    overrides = list(args.overrides)
+    config = args.config
+    if config is None and overrides and "=" not in overrides[0]:
+        config = overrides.pop(0)
+    if config is None:
+        raise ValueError("train-set needs a set config: python -m ops.run train-set configs/fashion_mnist_reference.json")
+    spec, networks = sets.load_set(config, overrides)
+    if args.executor == "local":
+        sets.run_local(networks, spec["export"])
+        return
+    from .train import cluster
+
+    gpus = args.gpus if args.gpus is not None else (1 if args.executor == "slurm" else 0)
+    cluster.submit(networks, spec["export"], executor=args.executor, folder=args.logs, partition=args.partition,
+                   gpus=gpus, cpus=args.cpus, time_min=args.time, parallel=args.parallel, wait=args.wait)
 
 
 def parse_sizes(text):

@@ -43,6 +43,27 @@ def _cpu_flags():
     return set()
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def machine_info(device="cpu") -> dict:
+    """What a measured time or a trained checkpoint ran on: device, CPU model and kind, threads, versions, and
+    the AVX2 imitation variables if set (they change which kernels run)."""
+    device = torch.device(device)
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(device)[0],
+            "imitation": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
 def native_bf16(device):
     """(True/False, reason): does `device` compute bf16 natively, so that bf16 autocast is faster than fp32?"""
     device = torch.device(device)

@@ -45,7 +45,7 @@ from . import tests as evaluation
 from .configs import make_config
 from .metrics import SCALAR_KEYS
 from .runs import RunFolder
-from .runtime import autocast, progress_bar, resolve_device, resolve_precision, to_device
+from .runtime import autocast, machine_info, progress_bar, resolve_device, resolve_precision, to_device
 
 CHECKPOINT = "checkpoint.pth.tar"
 
@@ -401,7 +401,8 @@ def finish(run):
     """The final weights in the original layout, with the card that rebuilds the model; returns the path."""
     env = run.cfg["env"]
     final = models.save(run.model, run.dataset_name, run.uid, optimizer=run.optimizer, root=env["checkpoint_root"])
-    pretrained.write_card(final, run.cfg, run.num_classes, run.history)
+    pretrained.write_card(final, run.cfg, run.num_classes, run.history, machine=machine_info(run.device),
+                          wall_time_s=sum(row.get("epoch_time_s", 0.0) for row in run.history))
     return final
 
 
@@ -423,6 +424,7 @@ def train(config=None, model_name=None, overrides=(), model=None):
     cfg, epoch = run.cfg, run.start_epoch
     try:
         for epoch in range(run.start_epoch, run.total_epochs):
+            started = time.time()
             row = train_one_epoch(run, epoch)
             last = epoch + 1 == run.total_epochs
             metrics = None
@@ -430,6 +432,7 @@ def train(config=None, model_name=None, overrides=(), model=None):
                 metrics = evaluate(run)
                 row.update({f"test_{k}": metrics[k] for k in SCALAR_KEYS + ("acc_90", "unc_90", "iou_90", "freq_90")
                             if k in metrics})
+            row["epoch_time_s"] = time.time() - started  # training and validation: the card sums these
             run.history.append(row)
             if run.is_main:
                 log_epoch(run, row, metrics)

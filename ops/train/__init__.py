@@ -1,0 +1,1 @@
+"""Training: sets of networks trained with one recipe (`sets`); the trainer itself is ops.trains."""

@@ -1,0 +1,49 @@
+"""Training sets on a cluster: one SLURM array task per network through submitit (or submitit's local executor).
+
+Each task is `ops.train.sets.train_network`, the same resumable run as `--executor local` trains: on
+preemption or timeout submitit requeues it (`Checkpointable`) and it resumes from its run folder's last epoch.
+Results are gathered by uid: the exported checkpoints under the set's export folder, which a later
+`python -m ops.run train-set ...` finds and skips.
+"""
+from pathlib import Path
+
+import submitit
+
+from . import sets
+
+
+class TrainTask(submitit.helpers.Checkpointable):
+    """One network of a set. Requeued with the same arguments, it resumes from its run's checkpoint."""
+
+    def __call__(self, cfg: dict, export: str) -> dict:
+        return sets.train_network(cfg, export)
+
+
+def submit(networks, export, executor="slurm", folder="runs/submitit", partition=None, gpus=1, cpus=None,
+           time_min=720, parallel=None, wait=False) -> list:
+    """Submit the unfinished `networks` as one job array; returns the submitit jobs (their results if `wait`)."""
+    if executor not in ("slurm", "submitit-local"):
+        raise sets.SetError(f"executor must be slurm or submitit-local here, got {executor!r}")
+    todo = [n for n in networks if not sets.is_finished(n, export)]
+    print(f"Set of {len(networks)} networks: {len(networks) - len(todo)} finished in {export}, "
+          f"{len(todo)} to submit", flush=True)
+    if not todo:
+        return []
+    ex = submitit.AutoExecutor(folder=str(Path(folder) / "%j"), cluster="slurm" if executor == "slurm" else "local")
+    params = {"name": f"train-set-{todo[0].uid.split('-')[0]}", "timeout_min": int(time_min), "nodes": 1,
+              "tasks_per_node": 1, "gpus_per_node": int(gpus)}
+    if cpus:
+        params["cpus_per_task"] = int(cpus)
+    if executor == "slurm":
+        params["slurm_array_parallelism"] = int(parallel or len(todo))
+        if partition:
+            params["slurm_partition"] = partition
+    ex.update_parameters(**params)
+    jobs = ex.map_array(TrainTask(), [n.cfg for n in todo], [str(export)] * len(todo))
+    for network, job in zip(todo, jobs):
+        print(f"  job {job.job_id}: {network.label()}", flush=True)
+    print(f"Logs: {folder}/<job id>/. When the jobs are done, the same train-set command lists them as "
+          f"finished (and trains nothing).", flush=True)
+    if wait:
+        return [job.result() for job in jobs]
+    return jobs

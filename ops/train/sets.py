@@ -1,0 +1,209 @@
+"""Training sets: several networks (variants x seeds) trained with one recipe, each a normal resumable run.
+
+    python -m ops.run train-set configs/fashion_mnist_reference.json               # here, one after the other
+    python -m ops.run train-set configs/cifar100_reference.json --executor slurm \\
+        --partition gpu --gpus 1 --time 720                                        # a SLURM job array (submitit)
+
+A set config is a run config (ops.configs) with one more section, `set`:
+
+    "set": {"name": "reference", "seeds": [0, 1, 2],
+            "networks": {"mcdo": {"model": "resnet_mcdo_18"},
+                         "mcdo_mlp": {"model": "resnet_mcdo_18", "block": {"classifier": "mlp"}}},
+            "export": "resources/models_checkpoints"}
+
+Network (variant, seed) is the run with uid `{name}-{variant}-s{seed}` of the config's recipe, with
+`model.name` and `model.block` from its entry and `env.seed` = seed: a fixed uid, so that an interrupted
+network resumes from its run folder (ops.runs refuses a resumption whose recipe changed) and a finished one
+is found again. A finished network is exported, weights and card without optimizer state, to `export`
+(`{export}/{dataset}/{model}/{dataset}_{model}_{uid}.pth.tar`); a network whose export exists, with a card
+whose recipe is the set's, is skipped; one with another recipe is refused (never replaced silently).
+
+Executors: `local` trains here, one network after the other, printing "network i of n" and the time left;
+`slurm` submits one SLURM array task per network that is not finished through submitit (each task is the same
+resumable run, requeued from its checkpoint on preemption or timeout); `submitit-local` is submitit's local
+executor (processes on this machine, as under SLURM; the tests use it).
+"""
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import configs, pretrained
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+
+
+class SetError(ValueError):
+    """A set config or its exported networks cannot be used as asked; the message names the problem and fix."""
+
+
+@dataclass
+class Network:
+    variant: str
+    seed: int
+    cfg: dict  # the complete run config of this network (validated)
+
+    @property
+    def uid(self) -> str:
+        return self.cfg["env"]["uid"]
+
+    @property
+    def model(self) -> str:
+        return self.cfg["model"]["name"]
+
+    def label(self) -> str:
+        return f"{self.variant} seed {self.seed} ({self.model}, uid {self.uid})"
+
+
+def _check_set_section(spec, path) -> list:
+    problems = []
+    if not isinstance(spec, dict):
+        return [f"{path}: `set` must be an object with name, seeds and networks"]
+    unknown = set(spec) - {"name", "seeds", "networks", "export"}
+    problems += [f"{path}: set.{k} is not a set key (name, seeds, networks, export)" for k in sorted(unknown)]
+    if configs.uid(spec.get("name")) or spec.get("name") is None:
+        problems.append(f"{path}: set.name must be a plain name (letters, digits, '_', '-'), got {spec.get('name')!r}")
+    seeds = spec.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(type(s) is int and 0 <= s < 2 ** 31 for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        problems.append(f"{path}: set.seeds must be a non-empty list of distinct integers 0 <= seed < 2**31, "
+                        f"got {seeds!r}")
+    nets = spec.get("networks")
+    if not (isinstance(nets, dict) and nets):
+        return problems + [f"{path}: set.networks must map variant names to {{'model': NAME, 'block': {{...}}}}"]
+    for variant, entry in nets.items():
+        if configs.uid(variant) or "-" in variant:
+            problems.append(f"{path}: set.networks: variant {variant!r} must be letters, digits or '_'")
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str) \
+                or set(entry) - {"model", "block"} or not isinstance(entry.get("block", {}), dict):
+            problems.append(f"{path}: set.networks.{variant} must be {{'model': NAME}} with an optional "
+                            f"'block': {{...}} of model keyword arguments, got {entry!r}")
+    if "export" in spec and not isinstance(spec["export"], str):
+        problems.append(f"{path}: set.export must be a folder path, got {spec['export']!r}")
+    return problems
+
+
+def load_set(path, overrides=()) -> tuple:
+    """(set section, [Network]) of a set config file; `overrides` are `section.key=value` for the recipe and
+    `set.export=FOLDER`. Networks come seed by seed (every variant of seed 0 first), so that a set stopped
+    half-way has each variant at least once. Every problem of the file is reported together."""
+    raw = configs.read_config_file(path)
+    spec = raw.pop("set", None)
+    if spec is None:
+        raise SetError(f"{path} has no `set` section (name, seeds, networks): it is a run config; train it with "
+                       f"`python -m ops.run train --config {path}`")
+    spec = dict(spec) if isinstance(spec, dict) else spec
+    recipe_overrides = []
+    for item in overrides:
+        if item.startswith("set.export="):
+            spec["export"] = item.split("=", 1)[1]
+        elif item.startswith("set."):
+            raise SetError(f"override {item!r}: only set.export can be overridden; edit {path} for the rest")
+        else:
+            recipe_overrides.append(item)
+    problems = _check_set_section(spec, path)
+    if problems:
+        raise configs.ConfigError(problems)
+    spec.setdefault("export", str(pretrained.RESOURCES))
+    networks = [Network(variant, seed, _network_config(raw, spec, variant, seed, recipe_overrides))
+                for seed in spec["seeds"] for variant in spec["networks"]]
+    return spec, networks
+
+
+def _network_config(raw, spec, variant, seed, overrides) -> dict:
+    import models
+
+    entry = spec["networks"][variant]
+    cfg = copy.deepcopy(raw)
+    cfg.setdefault("model", {})
+    cfg["model"]["name"] = entry["model"]
+    cfg["model"]["block"] = {**cfg["model"].get("block", {}), **entry.get("block", {})}
+    cfg.setdefault("env", {})
+    cfg["env"].update(seed=seed, uid=f"{spec['name']}-{variant}-s{seed}")
+    if entry["model"] not in models.list_models():
+        models.get_model(entry["model"])  # raises with close matches
+    return configs.make_config(cfg, overrides)
+
+
+def _recipe_differences(card_cfg, cfg) -> dict:
+    """{key: (exported, wanted)} of the keys that change what is trained (precision compared as resolved)."""
+    from ..runtime import resolve_device, resolve_precision
+
+    wanted = copy.deepcopy(cfg)
+    wanted["env"]["precision"] = resolve_precision(cfg["env"]["precision"], resolve_device(cfg["env"]["device"]))[0]
+    return {k: v for k, v in configs.diff(card_cfg, wanted).items() if configs.affects_result(k)}
+
+
+def exported_path(network, export) -> Path:
+    import models
+
+    from ..datasets import canonical_name
+
+    dataset = canonical_name(network.cfg["dataset"]["name"])
+    return models.checkpoint_path(dataset, network.model, network.uid, export)
+
+
+def is_finished(network, export) -> bool:
+    """True if `export` holds this network trained with this recipe; SetError if it holds another recipe's."""
+    path = exported_path(network, export)
+    if not path.exists():
+        return False
+    card = pretrained.read_card(path)
+    differences = _recipe_differences(card.get("config", {}), network.cfg)
+    if differences:
+        lines = "\n".join(f"  {k}: {old!r} (exported) vs {new!r} (set)" for k, (old, new) in differences.items())
+        raise SetError(f"{path} was trained with another recipe than the set's:\n{lines}\nMove it away to retrain "
+                       f"it, or give the set another name (set.name) or export folder (set.export=...).")
+    return True
+
+
+def train_network(cfg, export) -> dict:
+    """Train (or resume) one network of a set and export it; returns {uid, checkpoint, wall_time_s}."""
+    from .. import trains
+
+    result = trains.train(copy.deepcopy(cfg))
+    exported = pretrained.export(result["checkpoint"], root=export, uid=cfg["env"]["uid"])
+    card = pretrained.read_card(exported)
+    return {"uid": cfg["env"]["uid"], "checkpoint": str(exported), "wall_time_s": card.get("wall_time_s")}
+
+
+def _format_duration(seconds) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _time_left(todo, known) -> str:
+    """Estimate from the wall times seen so far: per variant where known, else the mean of all."""
+    if not known:
+        return "unknown until the first network finishes"
+    mean = sum(t for times in known.values() for t in times) / sum(len(times) for times in known.values())
+    left = sum(sum(known[n.variant]) / len(known[n.variant]) if n.variant in known else mean for n in todo)
+    return f"about {_format_duration(left)}"
+
+
+def _record_time(known, network, export):
+    card = pretrained.read_card(exported_path(network, export))
+    if card.get("wall_time_s"):
+        known.setdefault(network.variant, []).append(card["wall_time_s"])
+
+
+def run_local(networks, export) -> list:
+    """Train the unfinished networks here, one after the other; returns the exported checkpoint paths."""
+    finished = [n for n in networks if is_finished(n, export)]
+    known = {}
+    for n in finished:
+        _record_time(known, n, export)
+    todo = [n for n in networks if n not in finished]
+    print(f"Set of {len(networks)} networks: {len(finished)} finished in {export}, {len(todo)} to train "
+          f"({_time_left(todo, known)})", flush=True)
+    for i, network in enumerate(networks, 1):
+        if network in finished:
+            continue
+        print(f"[network {i} of {len(networks)}] {network.label()}; time left: {_time_left(todo, known)}",
+              flush=True)
+        started = time.time()
+        train_network(network.cfg, export)
+        todo.remove(network)
+        _record_time(known, network, export)
+        print(f"[network {i} of {len(networks)}] done in {_format_duration(time.time() - started)}", flush=True)
+    return [exported_path(n, export) for n in networks]
