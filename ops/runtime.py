@@ -107,13 +107,19 @@ def to_device(x, device, channels_last=False, non_blocking=True):
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
+def _text_only():
+    """True where a bar can only be appended as text: output to a file or pipe (nohup, SLURM logs), no notebook."""
+    return "ipykernel" not in sys.modules and not sys.stderr.isatty()
+
+
 def progress_bar(*args, **kwargs):
-    """A tqdm bar: ipywidgets in a live notebook front-end, text elsewhere.
+    """A tqdm bar: ipywidgets in a live notebook front-end, a live bar in a terminal, and where the output
+    goes to a file or pipe (nohup, SLURM logs) text lines at most every 10 seconds.
 
     A notebook executed headless (papermill, nbclient: `make demo`) has no front-end to draw widgets, so there
     SMOOTHING_PROGRESS=text (set by ops.demo) gives text bars that reach the terminal through the cell's output,
     one line at most every 10 seconds."""
-    if os.environ.get("SMOOTHING_PROGRESS") == "text":
+    if os.environ.get("SMOOTHING_PROGRESS") == "text" or _text_only():
         from tqdm.std import tqdm
 
         kwargs.setdefault("mininterval", 10.0)
