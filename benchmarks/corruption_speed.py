@@ -20,8 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops import corruptions as oc  # noqa: E402
-from ops import datasets  # noqa: E402
+from ops.data import corruptions as oc  # noqa: E402
+from ops.data import corrupted_sets as csets  # noqa: E402
+from ops.data import datasets  # noqa: E402
 
 
 def test_images():
@@ -44,7 +45,7 @@ def main():
     for profile in args.profiles:
         with tempfile.TemporaryDirectory() as root:
             start = time.perf_counter()
-            cset = oc.generate_corrupted(test, root, corruptions=names, profile=profile, device=args.device,
+            cset = csets.generate_corrupted(test, root, corruptions=names, profile=profile, device=args.device,
                                          progress=False)
             wall = time.perf_counter() - start
         line = {"profile": profile, "wall_s": round(wall, 1), "per_corruption_s": cset.meta["seconds"]}

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
-from ops import trains  # noqa: E402
-from ops.metrics import Metrics  # noqa: E402
-from ops.tests import PAPER_SIZES, sweep  # noqa: E402
+from ops.train import trainer as trains  # noqa: E402
+from ops.evaluate.metrics import Metrics  # noqa: E402
+from ops.evaluate.engine import PAPER_SIZES, sweep  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):
@@ -139,7 +139,7 @@ def bench_sweep(images, device):
 def bench_precision(device):
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            from ops.datasets import get_dataset
+            from ops.data.datasets import get_dataset
 
             get_dataset("fashion_mnist")
             data = ["dataset.name=fashion_mnist", "dataset.train_size=6000", "dataset.test_size=2000"]

@@ -36,8 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
-from ops import datasets, pretrained  # noqa: E402
-from ops import landscapes as L  # noqa: E402
+from ops.data import datasets  # noqa: E402
+from ops.train import pretrained
+from ops.analysis import landscapes as L  # noqa: E402
+from benchmarks.naive_landscape import naive_landscape  # noqa: E402
 
 
 def cpu_snapshot():
@@ -120,7 +122,7 @@ def main(argv=None):
         # The naive loop draws its masks with stock F.dropout, as the original does (our faster CPU dropout is
         # part of what this library brings; the landscape itself replays stored masks and draws none).
         with models.layers.stock_dropout():
-            naive, s, others = timed(lambda: (L.naive_landscape(model, data, dirs, xs=axis, ys=axis, masks="reseed",
+            naive, s, others = timed(lambda: (naive_landscape(model, data, dirs, xs=axis, ys=axis, masks="reseed",
                                                                  **common), sync())[0])
         per_point["naive"].append(s / args.n ** 2)
         print(json.dumps({"round": r, "run": "naive", "seconds": round(s, 2), "others_cpu_share": others}), flush=True)

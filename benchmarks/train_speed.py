@@ -27,8 +27,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
-from ops import runtime, trains  # noqa: E402
-from ops.datasets import synthetic  # noqa: E402
+from ops.common import runtime  # noqa: E402
+from ops.train import trainer as trains
+from ops.data.datasets import synthetic  # noqa: E402
 
 DEFAULT_RUNS = "plain,fp32,fp32+cl,fp32+compile,fp32+cl+compile,auto,auto+cl+compile"
 

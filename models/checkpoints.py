@@ -14,34 +14,16 @@
   arguments the model was built with (`arch`). Loading compares them with the model and names any difference
   (another variant, another width, another number of classes) before comparing tensors.
 """
-import errno
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_file
+from .naming import DATASET_ALIASES, canonical_dataset, dataset_aliases  # noqa: F401 (models.checkpoints API)
+
 # Dataset name -> canonical checkpoint folder. Keys are lower case with '-' and ' ' as '_'.
-DATASET_ALIASES = {"cifar": "cifar10", "cifar_10": "cifar10", "cifar_100": "cifar100", "fashionmnist": "fashion_mnist",
-                   "fmnist": "fashion_mnist", "fashion_mnist": "fashion_mnist", "imagenet_1k": "imagenet",
-                   "ilsvrc2012": "imagenet"}
-
-
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, or does not fit the model; the message says which and what to do."""
-
-
-def canonical_dataset(name):
-    """'CIFAR-100', 'cifar_100', 'cifar100' -> 'cifar100'; names we do not know are kept (lower-cased)."""
-    key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
-    return DATASET_ALIASES.get(key, key)
-
-
-def dataset_aliases(canonical):
-    """Folder names under which checkpoints of `canonical` may have been saved (canonical first)."""
-    names = [canonical] + [a for a, c in DATASET_ALIASES.items() if c == canonical and a != canonical]
-    return names + [n.replace("_", "-") for n in names if "_" in n]
 
 
 def unwrap(model):
@@ -60,35 +42,14 @@ def checkpoint_path(dataset_name, model_name, uid, root="models_checkpoints"):
     return Path(root) / dataset_name / model_name / f"{dataset_name}_{model_name}_{uid}.pth.tar"
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_save(obj, path):
-    """torch.save to `path` via a temporary file + os.replace (atomic on POSIX and Windows)."""
+    """torch.save to `path` atomically (models.atomic); leftovers of this file's interrupted writes are removed
+    first (one writer per checkpoint: runs are locked)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in path.parent.glob(path.name + ".*.tmp"):  # interrupted writes of this file (killed mid-write)
         leftover.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give it the permissions of every other output
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        no_space = getattr(exc, "errno", None) == errno.ENOSPC or "file write failed" in str(exc)
-        if no_space:
-            free = shutil.disk_usage(path.parent).free
-            raise OSError(errno.ENOSPC, f"No space left on device while writing {path} ({free / 2**20:.0f} MiB "
-                                        f"free); free some space and run again (the previous file is intact)") from exc
-        raise
+    with atomic_file(path) as f:
+        torch.save(obj, f)
     return path
 
 

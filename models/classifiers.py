@@ -2,7 +2,7 @@
 
 GAP (global average pooling) is the paper's recommendation: it is itself an extreme spatial smoothing. The
 other pooled heads are the ablations; all are one `PoolHead` with another pooling, computed as the original
-implementation's classes compute them (tests/test_exactness.py checks their outputs):
+implementation's classes compute them (tests/models/test_exactness.py checks their outputs):
 
     name     original class   head
     gap      GAPBlock         mean over H, W -> dense

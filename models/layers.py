@@ -52,7 +52,7 @@ class MCDropout(nn.Module):
 
 # On CPUs, F.dropout's Bernoulli draws took 46% of an MC-dropout forward pass of the demo's ResNet-18 (width 16,
 # AVX2) and 15% of a training step. `_cpu_dropout` draws the same distribution 1.8x faster. False: F.dropout
-# everywhere, whose random stream is the original implementation's (tests/test_exactness.py compares with it).
+# everywhere, whose random stream is the original implementation's (tests/models/test_exactness.py compares with it).
 FAST_CPU_DROPOUT = True
 
 

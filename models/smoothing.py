@@ -5,7 +5,7 @@ The average pool makes each feature map one pixel larger and counts the zero pad
 (count_include_pad=True); that is the original behaviour and trained checkpoints depend on it.
 
 Every block of the paper's ablations is the same `SmoothingBlock` with another activation, computed exactly as
-the original implementation's classes compute it (checked against its outputs in tests/test_exactness.py):
+the original implementation's classes compute it (checked against its outputs in tests/models/test_exactness.py):
 
     name      original class      activation before the blur                     default t
     tanh      TanhBlurBlock       relu(t * tanh(x / t))                          10

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import datasets, runs
+from ops.data import datasets
+from ops.train import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -74,11 +74,14 @@ def main(argv=None):
 
 
 def _train(args):
-    from . import configs, trains
+    from ops.train import configs
+    from ops.train import trainer as trains
 
     overrides = list(args.overrides) + ([f"env.uid={args.uid}"] if args.uid else [])
     cfg = configs.load_config(args.config or DEFAULT_CONFIG, overrides)
-    result = trains.train(cfg, model_name=args.model)
+    from ops import plots
+
+    result = trains.train(cfg, model_name=args.model, epoch_figure=plots.reliability_diagram)
     if result["checkpoint"] is not None:
         print(f"Run folder: {result['run_dir']}\nWeights: {result['checkpoint']}\n"
               f"Evaluate: python -m ops.run test --uid {result['uid']} --model {result['config']['model']['name']}"
@@ -87,19 +90,20 @@ def _train(args):
 
 
 def _train_set(args):
-    from .train import sets
+    from ops.train import sets
 
     overrides = list(args.overrides)
     config = args.config
     if config is None and overrides and "=" not in overrides[0]:
         config = overrides.pop(0)
     if config is None:
-        raise ValueError("train-set needs a set config: python -m ops.run train-set configs/fashion_mnist_reference.json")
+        raise ValueError("train-set needs a set config: python -m ops.run train-set "
+                         "configs/fashion_mnist_reference.json")
     spec, networks = sets.load_set(config, overrides)
     if args.executor == "local":
         sets.run_local(networks, spec["export"])
         return
-    from .train import cluster
+    from ops.train import cluster
 
     gpus = args.gpus if args.gpus is not None else (1 if args.executor == "slurm" else 0)
     cluster.submit(networks, spec["export"], executor=args.executor, folder=args.logs, partition=args.partition,
@@ -116,9 +120,14 @@ def parse_sizes(text):
 def _test(args):
     import models
 
-    from . import configs, loaders, pretrained, reports, runs
-    from .tests import sweep
-    from .trains import init_distributed, load_data
+    from ops.train import configs
+    from ops.data import loaders
+    from ops.train import pretrained
+    from ops.evaluate import reports
+    from ops.train import runs
+    from ops.evaluate.engine import sweep
+    from ops.train.distributed import init_distributed
+    from ops.train.trainer import load_data
 
     if (args.uid is None) == (args.checkpoint is None):
         raise ValueError("test needs --uid UID (a run of ours) or --checkpoint PATH (a .pth.tar), one of the two")

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 import models
-from ops import loaders, runtime, trains
-from ops.datasets import synthetic
-from ops.metrics import summarize
-from ops.predict import predict_log_probs
-from ops.tests import sweep
+from ops.data import loaders
+from ops.common import runtime
+from ops.train import trainer as trains
+from ops.data.datasets import synthetic
+from ops.evaluate.metrics import summarize
+from ops.evaluate.engine import predict_log_probs
+from ops.evaluate.engine import sweep
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -64,7 +64,7 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
 
 def test_classification_recipe_comes_from_its_config(tmp_path, monkeypatch):
     """Parameters left at None take the config's values: config_path alone selects the paper's recipe."""
-    from ops.configs import load_config
+    from ops.train.configs import load_config
 
     monkeypatch.chdir(ROOT)
     notebook = nbformat.read(ROOT / "classification.ipynb", as_version=4)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 SMALL_DATA = '''
-import ops.datasets as _d
+import ops.data.datasets as _d
 _real = _d.get_dataset
 def _get_dataset(name, *args, **kwargs):
     try:

@@ -1,1 +1,7 @@
-"""Training: sets of networks trained with one recipe (`sets`); the trainer itself is ops.trains."""
+"""Training: configs, run folders, the trainer, distributed training, trained checkpoints, sets of networks.
+
+    from ops.train import train                 # ops.train.trainer.train
+"""
+from ops.train.trainer import train
+
+__all__ = ["train"]

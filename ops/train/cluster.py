@@ -9,7 +9,7 @@ from pathlib import Path
 
 import submitit
 
-from . import sets
+from ops.train import sets
 
 
 class TrainTask(submitit.helpers.Checkpointable):

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import configs, pretrained
+from ops.train import configs, pretrained
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 
@@ -126,18 +126,21 @@ def _network_config(raw, spec, variant, seed, overrides) -> dict:
 
 
 def _recipe_differences(card_cfg, cfg) -> dict:
-    """{key: (exported, wanted)} of the keys that change what is trained (precision compared as resolved)."""
-    from ..runtime import resolve_device, resolve_precision
+    """{key: (exported, wanted)} of the keys that change what is trained (precision compared as resolved), and
+    train.epochs: a run may be extended on resumption, but a set's networks are trained for the set's epochs (an
+    export of fewer epochs is not the set's network)."""
+    from ops.common.runtime import resolve_device, resolve_precision
 
     wanted = copy.deepcopy(cfg)
     wanted["env"]["precision"] = resolve_precision(cfg["env"]["precision"], resolve_device(cfg["env"]["device"]))[0]
-    return {k: v for k, v in configs.diff(card_cfg, wanted).items() if configs.affects_result(k)}
+    return {k: v for k, v in configs.diff(card_cfg, wanted).items()
+            if configs.affects_result(k) or k == "train.epochs"}
 
 
 def exported_path(network, export) -> Path:
     import models
 
-    from ..datasets import canonical_name
+    from ops.data.datasets import canonical_name
 
     dataset = canonical_name(network.cfg["dataset"]["name"])
     return models.checkpoint_path(dataset, network.model, network.uid, export)
@@ -159,9 +162,9 @@ def is_finished(network, export) -> bool:
 
 def train_network(cfg, export) -> dict:
     """Train (or resume) one network of a set and export it; returns {uid, checkpoint, wall_time_s}."""
-    from .. import trains
+    from ops.train import trainer
 
-    result = trains.train(copy.deepcopy(cfg))
+    result = trainer.train(copy.deepcopy(cfg))
     exported = pretrained.export(result["checkpoint"], root=export, uid=cfg["env"]["uid"])
     card = pretrained.read_card(exported)
     return {"uid": cfg["env"]["uid"], "checkpoint": str(exported), "wall_time_s": card.get("wall_time_s")}
@@ -169,7 +172,9 @@ def train_network(cfg, export) -> dict:
 
 def _format_duration(seconds) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _time_left(todo, known) -> str:

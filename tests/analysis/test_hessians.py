@@ -6,8 +6,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from ops import datasets, hessians
-from ops.landscapes import FixedMasks, prepare_batches
+from ops.data import datasets
+from ops.analysis import hessians
+from ops.analysis.fixed import FixedMasks, prepare_batches
 
 
 def tiny_model(dropout=0.0):

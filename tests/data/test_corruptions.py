@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ops import corruptions as oc
-from ops import robustness as rb
-from ops.datasets import ImageTensorDataset, synthetic
+from ops.data import corruptions as oc
+from ops.data import corrupted_sets as csets
+from ops.analysis import robustness as rb
+from ops.data.datasets import ImageTensorDataset, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def _official_layout(folder, n, corruptions=("fog",), hw=8):
 # --- Official layout --------------------------------------------------------------------------------------------
 
 def test_severity_s_is_rows_n_s_minus_1_to_n_s(tmp_path):
-    cset = oc.load_corrupted(_official_layout(tmp_path / "CIFAR-10-C", n=4))
+    cset = csets.load_corrupted(_official_layout(tmp_path / "CIFAR-10-C", n=4))
     assert cset.n == 4 and cset.severities == (1, 2, 3, 4, 5) and cset.corruptions == ["fog"]
     for s in range(1, 6):
         rows = torch.arange(4 * (s - 1), 4 * s)
@@ -48,7 +49,7 @@ def test_load_cifar_c_finds_the_folder_and_numpy2_reads_it(tmp_path):
     # The original loader used np.long, which NumPy 2 removed; ours reads uint8 labels as int64.
     assert int(np.__version__.split(".")[0]) >= 2
     _official_layout(tmp_path / "CIFAR-100-C", n=3, corruptions=("gaussian_noise", "saturate"))
-    cset = oc.load_cifar_c(tmp_path, "cifar100")
+    cset = csets.load_cifar_c(tmp_path, "cifar100")
     assert cset.corruptions == ["gaussian_noise", "saturate"]  # standard order, then the extra ones
     assert cset.labels(1).dtype == torch.int64
     ds = cset.dataset("saturate", 5, mean=(0.5,) * 3, std=(0.25,) * 3, classes=list("abcdefg"))
@@ -57,14 +58,14 @@ def test_load_cifar_c_finds_the_folder_and_numpy2_reads_it(tmp_path):
 
 def test_missing_set_names_path_layout_and_source(tmp_path):
     with pytest.raises(oc.CorruptedDataNotFoundError) as err:
-        oc.load_cifar_c(tmp_path, "cifar10")
+        csets.load_cifar_c(tmp_path, "cifar10")
     msg = str(err.value)
     assert str(tmp_path / "CIFAR-10-C") in msg and "labels.npy" in msg and "10000(s-1)" in msg
     assert "zenodo.org/record/2535967" in msg and "generate_corrupted" in msg
     with pytest.raises(oc.CorruptedDataNotFoundError, match=r"\{wnid\}/\*\.JPEG"):
-        oc.imagenet_c(tmp_path, "fog", 3)
+        csets.imagenet_c(tmp_path, "fog", 3)
     with pytest.raises(oc.CorruptedDataNotFoundError, match="CIFAR-10-P.tar"):
-        oc.load_perturbed(tmp_path / "CIFAR-10-P", "translate")
+        csets.load_perturbed(tmp_path / "CIFAR-10-P", "translate")
 
 
 def test_archive_with_wrong_md5_is_refused(tmp_path):
@@ -74,7 +75,7 @@ def test_archive_with_wrong_md5_is_refused(tmp_path):
         info.size = len(buf.getvalue())
         tar.addfile(info, buf)
     with pytest.raises(ValueError, match="md5 .* expected 56bf5dcef84df0e2308c6dcbcbbd8499"):
-        oc.load_cifar_c(tmp_path, "cifar10")
+        csets.load_cifar_c(tmp_path, "cifar10")
     assert not (tmp_path / "CIFAR-10-C").exists()  # nothing was unpacked
 
 
@@ -82,19 +83,19 @@ def test_archive_with_right_md5_is_unpacked(tmp_path, monkeypatch):
     _official_layout(tmp_path / "src" / "CIFAR-10-C", n=2)
     with tarfile.open(tmp_path / "CIFAR-10-C.tar", "w") as tar:
         tar.add(tmp_path / "src" / "CIFAR-10-C", arcname="CIFAR-10-C")
-    md5 = oc.md5sum(tmp_path / "CIFAR-10-C.tar")
+    md5 = csets.md5sum(tmp_path / "CIFAR-10-C.tar")
     monkeypatch.setitem(oc.OFFICIAL_C, "cifar10", {**oc.OFFICIAL_C["cifar10"], "md5": md5})
-    assert oc.load_cifar_c(tmp_path, "cifar10").n == 2
+    assert csets.load_cifar_c(tmp_path, "cifar10").n == 2
 
 
 # --- Generation ----------------------------------------------------------------------------------------------------
 
 def test_generated_set_round_trips_through_the_official_loader(tmp_path, images):
     corr = ["gaussian_noise", "contrast", "pixelate"]
-    oc.generate_corrupted(images, tmp_path, name="cifar-10", corruptions=corr, seed=5, workers=1, progress=False)
+    csets.generate_corrupted(images, tmp_path, name="cifar-10", corruptions=corr, seed=5, workers=1, progress=False)
     raw = np.load(tmp_path / "CIFAR-10-C" / "contrast.npy")
     assert raw.shape == (5 * 24, 32, 32, 3) and raw.dtype == np.uint8
-    cset = oc.load_cifar_c(tmp_path, "cifar10")  # the official loader reads what we generated
+    cset = csets.load_cifar_c(tmp_path, "cifar10")  # the official loader reads what we generated
     assert cset.corruptions == corr and cset.n == 24
     for c in corr:
         for s in (1, 4):
@@ -108,21 +109,21 @@ def test_generated_set_round_trips_through_the_official_loader(tmp_path, images)
 
 def test_generation_resumes_and_refuses_other_settings(tmp_path, images):
     small = images.subset(6)
-    first = oc.generate_corrupted(small, tmp_path, corruptions=["fog"], severities=(2, 3), workers=1, progress=False)
+    first = csets.generate_corrupted(small, tmp_path, corruptions=["fog"], severities=(2, 3), workers=1, progress=False)
     fog = first.folder / "fog.npy"
     stamp = fog.stat().st_mtime_ns
-    second = oc.generate_corrupted(small, tmp_path, corruptions=["fog", "snow"], severities=(2, 3), workers=1,
+    second = csets.generate_corrupted(small, tmp_path, corruptions=["fog", "snow"], severities=(2, 3), workers=1,
                                    progress=False)
     assert fog.stat().st_mtime_ns == stamp  # kept, not regenerated
     assert second.corruptions == ["snow", "fog"] and second.severities == (2, 3)
     assert torch.equal(second.images("fog", 3), oc.corrupt(small.images, "fog", 3))
     with pytest.raises(ValueError, match="seed differ.*overwrite=True"):
-        oc.generate_corrupted(small, tmp_path, corruptions=["fog"], severities=(2, 3), seed=1, progress=False)
+        csets.generate_corrupted(small, tmp_path, corruptions=["fog"], severities=(2, 3), seed=1, progress=False)
 
 
 def test_parallel_generation_equals_serial(tmp_path, images):
     small = images.subset(4)
-    cset = oc.generate_corrupted(small, tmp_path, corruptions=["shot_noise", "motion_blur"], severities=(3,),
+    cset = csets.generate_corrupted(small, tmp_path, corruptions=["shot_noise", "motion_blur"], severities=(3,),
                                  workers=2, progress=False)
     for c in ("shot_noise", "motion_blur"):
         assert torch.equal(cset.images(c, 3), oc.corrupt(small.images, c, 3))
@@ -158,7 +159,7 @@ def test_bad_input_is_refused_with_the_fix(images):
     with pytest.raises(ValueError, match="severity"):
         oc.parameters("fog", 0)
     with pytest.raises(ValueError, match="ImageTensorDataset"):
-        oc.generate_corrupted(list(images.images), "/nonexistent")
+        csets.generate_corrupted(list(images.images), "/nonexistent")
 
 
 # Same parameters -> same statistics as the imagecorruptions package (ImageNet-C severities).
@@ -186,16 +187,16 @@ def test_imagenet_profile_matches_the_package(corruption, images):
 
 def test_generated_perturbation_sequences(tmp_path, images):
     small = images.subset(3)
-    folder = oc.generate_perturbed(small, tmp_path, ptypes=("translate", "gaussian_noise", "brightness"),
+    folder = csets.generate_perturbed(small, tmp_path, ptypes=("translate", "gaussian_noise", "brightness"),
                                    progress=False)
-    tr = oc.load_perturbed(folder, "translate")
+    tr = csets.load_perturbed(folder, "translate")
     assert tr.shape == (3, 16, 32, 32, 3)  # CIFAR-10-P's translate has 16 frames, shifts -7..8
     clean = small.images.permute(0, 2, 3, 1).numpy()
     assert np.array_equal(tr[:, 7], clean)  # shift 0
     assert np.array_equal(tr[:, 8, :, 1:], clean[:, :, :-1])  # one pixel to the right
-    noise = oc.load_perturbed(folder, "gaussian_noise")
+    noise = csets.load_perturbed(folder, "gaussian_noise")
     assert noise.shape[1] == 31 and np.array_equal(noise[:, 0], clean) and not np.array_equal(noise[:, 1], clean)
-    assert np.array_equal(oc.load_perturbed(folder, "brightness")[:, 15], clean)  # shift 0
+    assert np.array_equal(csets.load_perturbed(folder, "brightness")[:, 15], clean)  # shift 0
 
 
 def test_flip_probability_consistency_and_cec_by_hand():
@@ -252,7 +253,7 @@ def test_mce_and_relative_mce_by_hand(tmp_path):
     levels = (labels * 110 + torch.randint(0, 60, (40,), generator=g)).clamp(0, 255).to(torch.uint8)
     imgs = levels[:, None, None, None].expand(40, 3, 32, 32).contiguous()
     clean = ImageTensorDataset(imgs, labels, ["dark", "mid", "bright"], (0.0,) * 3, (1.0,) * 3, "toy")
-    cset = oc.generate_corrupted(clean, tmp_path, corruptions=["brightness", "contrast"], severities=(1, 3, 5),
+    cset = csets.generate_corrupted(clean, tmp_path, corruptions=["brightness", "contrast"], severities=(1, 3, 5),
                                  workers=1, progress=False)
     results = rb.evaluate_corrupted(model, cset, sizes=(1, 2), mean=clean.mean, std=clean.std, clean=clean,
                                     batch_size=16, progress=False)
@@ -275,7 +276,7 @@ def test_mce_and_relative_mce_by_hand(tmp_path):
     assert alex["relative_ce"]["brightness"] == pytest.approx(rel_b)
     with pytest.raises(ValueError, match="15 standard corruptions"):
         rb.mce({"spatter": {1: 0.5}}, reference="alexnet")
-    rows = rb.summary({"toy": results})
+    rows = rb.corruption_summary({"toy": results})
     assert [r["size"] for r in rows] == [1, 2] and rows[0]["mce"] == pytest.approx(got["mce"])
     assert rows[0]["clean_error"] == pytest.approx(clean_err)
     assert "| toy | 1 |" in rb.format_summary(rows)
@@ -308,7 +309,7 @@ def test_imagenet_c_layout_is_evaluated_like_a_c_folder(tmp_path):
                     if (c, s, k) == ("fog", 2, 0) and i < 2:
                         level = 200
                     Image.new("RGB", (8, 8), (level,) * 3).save(tmp_path / c / str(s) / wnid / f"{i}.JPEG")
-    cset = oc.ImageNetCSet(tmp_path, crop=8)
+    cset = csets.ImageNetCSet(tmp_path, crop=8)
     assert cset.corruptions == ["fog", "contrast"] and cset.severities == (1, 2)
     results = rb.evaluate_corrupted(MeanBrightness(k=2), cset, mean=(0.0,) * 3, std=(1.0,) * 3, batch_size=4,
                                     workers=0, progress=False)
@@ -317,4 +318,4 @@ def test_imagenet_c_layout_is_evaluated_like_a_c_folder(tmp_path):
     a, b = cset.dataset("fog", 1, (0.0,) * 3, (1.0,) * 3, n=4), cset.dataset("contrast", 2, (0.0,) * 3, (1.0,) * 3, n=4)
     assert a.indices == b.indices and len(set(a.dataset.targets[i] for i in a.indices)) == 2
     with pytest.raises(oc.CorruptedDataNotFoundError, match="no corruption folder"):
-        oc.ImageNetCSet(tmp_path / "fog")
+        csets.ImageNetCSet(tmp_path / "fog")

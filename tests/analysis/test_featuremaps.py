@@ -10,7 +10,8 @@ import torch.nn as nn
 import torchvision
 
 import models
-from ops import featuremaps as fm
+from ops.analysis import featuremaps as fm
+from ops.plots import featuremaps as fmplots
 
 
 def _numpy_profile(maps):
@@ -116,13 +117,13 @@ def test_figures_draw_every_model_and_point():
     matplotlib.use("Agg")
     maps = {"a": {"p1": torch.randn(5, 6, 6), "p2": torch.randn(5, 3, 3)}, "b": {"p1": torch.randn(5, 7, 7),
                                                                               "p2": torch.randn(5, 4, 4)}}
-    fig = fm.feature_map_figure(maps, shown=2)
+    fig = fmplots.feature_map_figure(maps, shown=2)
     assert len(fig.axes) == 2 * 3 * 2
     assert fm.strongest_channel(torch.stack([torch.zeros(4, 4), torch.ones(4, 4)])[None]) == 1
     variances = {"a": {"p1": dict(variance=0.1, relative=0.01), "p2": dict(variance=0.2, relative=0.02)}}
-    assert len(fm.variance_figure(variances).axes) == 2
+    assert len(fmplots.variance_figure(variances).axes) == 2
     profile = (fm.frequencies(8), torch.linspace(0, -1, 4))
-    fig = fm.fourier_figure({"a": {"p1": profile, "p2": profile}, "b": {"p1": profile, "p2": profile}},
+    fig = fmplots.fourier_figure({"a": {"p1": profile, "p2": profile}, "b": {"p1": profile, "p2": profile}},
                             marks={"b": ["p2"]})
     assert [ax.get_title() for ax in fig.axes[:2]] == ["a", "b"]
     assert fig.axes[2].get_xlabel() == "Normalised depth"

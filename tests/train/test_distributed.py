@@ -1,4 +1,4 @@
-"""DDP is exact: 2 gloo processes on CPU compute what 1 process computes (tests/ddp_worker.py does the work)."""
+"""DDP is exact: 2 gloo processes on CPU compute what 1 process computes (tests/train/ddp_worker.py does the work)."""
 import json
 import os
 import subprocess
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = str(ROOT / "tests" / "ddp_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = str(ROOT / "tests" / "train" / "ddp_worker.py")
 
 
 def _worker(task, out, processes):

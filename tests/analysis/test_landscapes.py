@@ -13,10 +13,13 @@ import torch
 import torch.nn as nn
 
 import models
-from ops import datasets
-from ops import landscapes as L
+from ops.data import datasets
+from ops.analysis import landscapes as L
+from ops.analysis import fixed
+from ops.analysis import landscape_files as lfiles
+from benchmarks.naive_landscape import naive_landscape
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRID = dict(xs=[-0.5, 0.0, 0.5], ys=[-0.5, 0.5])
 
 
@@ -72,7 +75,7 @@ def test_landscape_equals_the_plain_loop_and_leaves_the_model_alone(data):
     buffers = {k: v.clone() for k, v in net.named_buffers()}
     dirs = L.random_directions(net, 2, seed=0)
     land = L.landscape(net, data, dirs, n_masks=2, batch_size=16, **GRID)
-    naive = L.naive_landscape(net, data, dirs, n_masks=2, batch_size=16, masks="fixed", **GRID)
+    naive = naive_landscape(net, data, dirs, n_masks=2, batch_size=16, masks="fixed", **GRID)
     assert len(naive) == 6 * 2 and land.shape == (2, 3) and land.masks == [L.ENSEMBLE, 0, 1]
     for ref in naive:
         ours = next(r for r in land.records if r["index"] == ref["index"] and r["mask"] == ref["mask"])
@@ -116,7 +119,7 @@ def test_nll_stays_finite_where_probabilities_underflow(data):
     with torch.no_grad():
         net[-1].weight.mul_(1e4)  # logits of +-1e3 and more: softmax probabilities of exactly 0
     land = L.landscape(net, data, [L.random_directions(net, 1, seed=0)[0]], xs=[0.0], batch_size=40)
-    batch = L.prepare_batches(data, None, 40)[0]
+    batch = fixed.prepare_batches(data, None, 40)[0]
     with torch.no_grad():
         expected = -torch.log_softmax(net(batch[0]), -1).gather(1, batch[1][:, None]).double().mean()
     assert np.isfinite(land.grid("nll")[0]) and land.grid("nll")[0] > 87.4  # beyond the probability floor
@@ -164,7 +167,7 @@ def test_resume_skips_finished_points_and_refuses_another_landscape(data, tmp_pa
     batches = 3  # 40 images in batches of 16
     assert resumed.meta["evaluations"] == 3 * 2 * batches  # only the 3 unfinished points, 2 masks each
     assert resumed.records == full.records
-    assert L.Landscape.load(tmp_path / "run" / "landscape.json").records == full.records
+    assert lfiles.Landscape.load(tmp_path / "run" / "landscape.json").records == full.records
     with pytest.raises(ValueError, match="another landscape"):
         L.landscape(net, data, dirs, path=tmp_path / "run", **{**kw, "n_masks": 3})
 
@@ -176,21 +179,21 @@ def test_csv_has_the_original_layout_and_reads_back(data, tmp_path):
     rows = path.read_text().strip().splitlines()
     assert len(rows) == 6 and all(len(r.split(",")) == 17 for r in rows)
     assert [float(v) for v in rows[1].split(",")[:5]] == [0.0, -0.5, land.grid("nll", 1)[0, 1], 0.0, 0.9]
-    back = L.read_csv(path)
+    back = lfiles.read_csv(path)
     assert back.meta["source"] == "original" and back.shape == (2, 3)
     for key in ("nll", "acc", "ece", "ece_signed", "iou_90", "freq_90", "top5", "brier"):
         np.testing.assert_allclose(back.grid(key), land.grid(key, 1), rtol=1e-12)
     successor = land.to_csv(tmp_path / "s.csv", layout="successor")
-    back = L.read_csv(successor)
+    back = lfiles.read_csv(successor)
     assert back.meta["source"] == "successor"
     np.testing.assert_allclose(back.grid("l2"), land.grid("l2", 0), rtol=1e-12)
     sixteen = tmp_path / "16.csv"  # the original's older files: no ECSE column
     sixteen.write_text("\n".join(",".join(r.split(",")[:16]) for r in rows) + "\n")
-    np.testing.assert_allclose(L.read_csv(sixteen).grid("ece"), land.grid("ece", 1), rtol=1e-12)
+    np.testing.assert_allclose(lfiles.read_csv(sixteen).grid("ece"), land.grid("ece", 1), rtol=1e-12)
     bad = tmp_path / "15.csv"
     bad.write_text("\n".join(",".join(r.split(",")[:15]) for r in rows) + "\n")
     with pytest.raises(ValueError, match="15 columns"):
-        L.read_csv(bad)
+        lfiles.read_csv(bad)
 
 
 def test_bad_directions_and_settings_name_the_problem(data):
@@ -212,10 +215,12 @@ def test_two_processes_split_the_grid_and_agree_with_one(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import sys, torch
-        sys.path.insert(0, {str(ROOT / 'tests')!r})
-        from ops import datasets, landscapes as L, trains
+        sys.path.insert(0, {str(ROOT / 'tests' / 'analysis')!r})
+        from ops.data import datasets
+        from ops.analysis import landscapes as L
+        from ops.train import distributed
         from test_landscapes import small_net
-        rank, world, device = trains.init_distributed("cpu")
+        rank, world, device = distributed.init_distributed("cpu")
         net = small_net()
         data = datasets.synthetic(n_train=8, n_test=24)[1]
         L.landscape(net, data, L.random_directions(net, 2), n=3, n_masks=2, batch_size=12, path=sys.argv[1])
@@ -236,14 +241,14 @@ def test_two_processes_split_the_grid_and_agree_with_one(tmp_path):
 
 
 def test_figures_and_the_mask_animation_are_written(tmp_path):
-    from ops import landscape_plots as plots
+    from ops.plots import landscapes as plots
     from ops.plots import save_figure
 
     def fake(bump, ys=(-1.0, 0.0, 1.0)):  # a bowl whose curvature grows with bump, 2 masks and the ensemble
         xs = [-1.0, 0.0, 1.0]
         recs = [{"index": iy * 3 + ix, "mask": m, "x": x, "y": y, "loss": bump * (x * x + y * y) + 0.1 * m}
                 for m in (0, 1, -1) for iy, y in enumerate(ys) for ix, x in enumerate(xs)]
-        return L.Landscape(xs, list(ys), recs)
+        return lfiles.Landscape(xs, list(ys), recs)
 
     lands = {"MC dropout": fake(2.0), "+ smoothing": fake(1.0)}
     for kind in ("contourf", "contour", "surface"):

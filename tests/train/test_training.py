@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import models
-from ops import tests as evaluation
-from ops import trains
-from ops.trains import NonFiniteLossError, train
+from ops.evaluate import engine as evaluation
+from ops.train import trainer as trains
+from ops.train.trainer import NonFiniteLossError, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def overrides(tmp_path, *extra):
@@ -88,7 +88,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_mixup_is_off_by_default_and_mixes_when_asked(tmp_path):
-    from ops.configs import make_config
+    from ops.train.configs import make_config
 
     mixup, criterion = trains.build_loss(make_config(), 10)
     assert mixup is None and criterion.label_smoothing == 0.0
@@ -182,7 +182,8 @@ def test_cli_trains_then_tests_a_checkpoint(tmp_path, monkeypatch):
 
 
 def test_demo_explains_how_to_get_fashion_mnist(tmp_path, monkeypatch):
-    from ops import datasets, demo
+    from ops.data import datasets
+    from ops import demo
 
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)  # not root: no apt-get

@@ -14,7 +14,7 @@ import models
 from models.ensemble import Ensemble
 
 # The layouts of xxxnell/spatial-smoothing's models (a copy of shared/reference/original_state_dicts.json.gz).
-REFERENCE = Path(__file__).parent / "data" / "original_state_dicts.json.gz"
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "original_state_dicts.json.gz"
 
 
 def _reference():

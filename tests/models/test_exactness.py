@@ -1,6 +1,6 @@
 """Every model, smoothing block and classifier head computes what the original implementation computes.
 
-tests/data/original_outputs.json.gz (a copy of shared/reference/) holds forward outputs of xxxnell/spatial-smoothing
+tests/fixtures/original_outputs.json.gz (a copy of shared/reference/) holds forward outputs of xxxnell/spatial-smoothing
 for all 152 model builds, its smoothing blocks and its classifier heads, from weights that depend only on each
 state_dict key. We set the same weights here and compare. MC dropout models are compared twice: with dropout on
 under the same seed (`eval`: matches only if dropout sits in the same places and draws in the same order) and
@@ -18,7 +18,8 @@ import torch
 import models
 from models import classifiers, smoothing
 
-REFERENCE = json.loads(gzip.decompress((Path(__file__).parent / "data" / "original_outputs.json.gz").read_bytes()))
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "original_outputs.json.gz"
+REFERENCE = json.loads(gzip.decompress(FIXTURE.read_bytes()))
 
 
 def set_reference_weights(module):

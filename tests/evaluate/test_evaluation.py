@@ -8,11 +8,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import models
-from ops import plots, reports
-from ops.metrics import summarize
-from ops.predict import log_mean_exp, predict, predict_log_probs
-from ops import tests as evaluation
-from ops.tests import prepare_for_inference, sweep
+from ops import plots
+from ops.evaluate import reports
+from ops.evaluate.metrics import summarize
+from ops.evaluate.engine import log_mean_exp, predict, predict_log_probs
+from ops.evaluate import engine as evaluation
+from ops.evaluate.engine import prepare_for_inference, sweep
 
 
 @pytest.fixture
@@ -289,7 +290,7 @@ def test_ensemble_size_figure_has_a_line_per_model():
 
 
 def test_bootstrap_intervals_and_paired_differences(loader):
-    from ops import stats
+    from ops.evaluate import intervals as stats
 
     preds_a, preds_b = {}, {}
     res_a = sweep(tiny("resnet_dnn_18"), loader, sizes=(1,), keep_predictions=preds_a)
@@ -308,7 +309,7 @@ def test_bootstrap_intervals_and_paired_differences(loader):
 
 
 def test_bootstrap_interval_covers_like_a_binomial():
-    from ops import stats
+    from ops.evaluate import intervals as stats
 
     # 400 images, 70% correct: the interval of the accuracy is about +-1.96 * sqrt(.7 * .3 / 400) = +-4.5 points.
     y = torch.zeros(400, dtype=torch.long)
@@ -321,7 +322,8 @@ def test_bootstrap_interval_covers_like_a_binomial():
 def test_models_without_parameters_work_or_are_refused_by_name():
     """A fixed (parameter-free) classifier is evaluated like any model; a landscape or a Hessian, which are taken
     with respect to the weights, refuse it by name instead of a bare StopIteration."""
-    from ops import hessians, landscapes
+    from ops.analysis import hessians
+    from ops.analysis import landscapes
 
     class Fixed(torch.nn.Module):
         def forward(self, x):

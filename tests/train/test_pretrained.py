@@ -6,8 +6,12 @@ import pytest
 import torch
 
 import models
-from ops import configs, datasets, loaders, pretrained, tests
-from ops.trains import train
+from ops.train import configs
+from ops.data import datasets
+from ops.data import loaders
+from ops.train import pretrained
+from ops.evaluate import engine as tests
+from ops.train.trainer import train
 
 
 def test_shipped_checkpoints_are_the_demo_recipe_in_fp32_without_optimizer():
@@ -76,7 +80,7 @@ def test_export_keeps_weights_and_card_drops_optimizer(trained_run, tmp_path):
     assert models.read_checkpoint(trained_run)["optimizer"] is not None
     assert models.read_checkpoint(exported)["optimizer"] is None
     assert exported.stat().st_size < 0.7 * trained_run.stat().st_size
-    original, copy = pretrained.load_checkpoint(trained_run), pretrained.load_checkpoint(exported)
+    original, copy = pretrained.load_trained(trained_run), pretrained.load_trained(exported)
     for key, value in original.state_dict().items():
         assert torch.equal(value, copy.state_dict()[key]), key
     assert copy.card["config"] == original.card["config"] and copy.card["exported_from"] == str(trained_run)
@@ -89,9 +93,9 @@ def test_find_checkpoint_prefers_the_newest_run_with_a_card(trained_run, tmp_pat
     new = pretrained.export(trained_run, root=runs / "b", uid="new")
     os.utime(old, (1, 1))
     args = ("resnet_mcdo_smoothing_18", "synthetic", runs, tmp_path / "none")
-    assert pretrained.find_checkpoint(*args) == new
+    assert pretrained.find_trained(*args) == new
     pretrained.card_path(new).unlink()  # a checkpoint without its card cannot be rebuilt: skipped
-    assert pretrained.find_checkpoint(*args) == old
+    assert pretrained.find_trained(*args) == old
 
 
 def test_read_card_errors_name_the_problem(tmp_path):

@@ -10,11 +10,11 @@ import torch
 
 import models
 from ops import run as cli
-from ops import trains
-from ops.configs import ConfigError, load_config, make_config
-from ops.runs import RunError, RunFolder
+from ops.train import trainer as trains
+from ops.train.configs import ConfigError, load_config, make_config
+from ops.train.runs import RunError, RunFolder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def small(tmp_path, *extra):
@@ -208,7 +208,7 @@ def test_test_command_evaluates_an_original_checkpoint(tmp_path, monkeypatch, ca
 def test_new_folders_started_in_the_same_second_are_distinct(tmp_path, monkeypatch):
     """Run folders and notebook output folders: the same second (frozen here) and even the same random suffix
     (forced here) give separate folders, never a shared one."""
-    from ops import runs
+    from ops.train import runs
 
     monkeypatch.setattr(runs.time, "strftime", lambda fmt, *args: "20260101-000000")
     first, second = RunFolder(tmp_path / "runs", "d", "m").open(), RunFolder(tmp_path / "runs", "d", "m").open()

@@ -1,7 +1,7 @@
-"""Run by tests/test_distributed.py, once as a plain process and once under torchrun with 2 processes.
+"""Run by tests/train/test_distributed.py, once as a plain process and once under torchrun with 2 processes.
 
-    python tests/ddp_worker.py eval OUT.json      # evaluation: DataLoader and in-memory paths, Metrics.sync twice
-    python tests/ddp_worker.py syncbn OUT.json    # one training step of a BatchNorm model with sync_bn
+    python tests/train/ddp_worker.py eval OUT.json      # evaluation: DataLoader and in-memory paths, Metrics.sync twice
+    python tests/train/ddp_worker.py syncbn OUT.json    # one training step of a BatchNorm model with sync_bn
 
 Rank 0 writes what it computed to OUT.json; the test compares the 1- and 2-process files.
 """
@@ -13,9 +13,11 @@ import torch
 import torch.distributed as dist
 
 import models
-from ops import datasets, loaders, syncbn
-from ops.metrics import Metrics
-from ops.tests import sweep
+from ops.data import datasets
+from ops.data import loaders
+from ops.train import distributed as syncbn
+from ops.evaluate.metrics import Metrics
+from ops.evaluate.engine import sweep
 
 
 def evaluation():
@@ -46,7 +48,7 @@ def sync_batchnorm():
     rank, world = dist.get_rank() if dist.is_initialized() else 0, dist.get_world_size() if dist.is_initialized() else 1
     torch.manual_seed(0)
     model = models.get_model("resnet_dnn_18", width=4)
-    model = syncbn.convert(model)
+    model = syncbn.convert_sync_batchnorm(model)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(1)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ops.configs import ConfigError, load_config, make_config
+from ops.train.configs import ConfigError, load_config, make_config
 
 
 @pytest.mark.parametrize("name", ["cifar10_general", "cifar100_general", "imagenet_general", "fashion_mnist_general"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ops.metrics import Metrics, summarize
+from ops.evaluate.metrics import Metrics, summarize
 
 
 def reference(probs, targets, bins=10, cutoffs=(0.0, 0.9)):

@@ -1,0 +1,70 @@
+"""Atomic file writes, the one helper every writer of this library uses (checkpoints, cards, results, grids).
+
+    with atomic_file(path) as f:   # a temporary file beside `path`, unique to this writer
+        f.write(data)              # on success: flushed, fsynced, given the usual permissions, renamed over `path`
+    write_json(path, obj); write_text(path, text); save_array(path, array)
+
+Readers never see half a file, and an interrupted or failed write leaves the previous file intact (the
+temporary file is removed). Temporary names carry the pid and a random part, so two writers never share one.
+"""
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_file", "write_bytes", "write_text", "write_json", "save_array", "umask"]
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "wb"):
+    """A file object to write `path` through; see the module docstring. `mode`: "wb" or "w"."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give it the permissions of every other output
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if getattr(exc, "errno", None) == errno.ENOSPC or "file write failed" in str(exc):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {path} ({free / 2**20:.0f} MiB "
+                                        f"free); free some space and run again (the previous file is intact)") from exc
+        raise
+
+
+def write_bytes(path, data: bytes) -> Path:
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text(path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path, obj, indent: int = 2, allow_nan: bool = True) -> Path:
+    return write_text(path, json.dumps(obj, indent=indent, allow_nan=allow_nan))
+
+
+def save_array(path, array) -> Path:
+    """np.save, atomically (the file gets exactly `path`, no .npy appended)."""
+    import numpy as np
+
+    with atomic_file(path, "wb") as f:
+        np.save(f, array)
+    return Path(path)

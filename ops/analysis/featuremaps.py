@@ -1,0 +1,197 @@
+"""Feature-map analyses of spatial smoothing, for any model: forward hooks capture the maps, functions measure them.
+
+    points = [p.module for p in models.plan_smoothing(model)]    # the maps each stage hands to the next
+    maps = featuremaps.capture(model, images, points)             # {point: (B, C, H, W)}
+    var = featuremaps.mc_variance(model, images, points, samples=20)  # {point: {"variance", "power", "relative"}}
+    prof = featuremaps.fourier_profiles(model, images, points)   # {point: (K,) relative log amplitude}
+
+A *point* is a module name; its output is captured (for a model changed by `models.add_smoothing`, the output
+after the inserted block). Everything runs under no_grad with the model in eval(): BatchNorm uses its running
+statistics, and only MC dropout (which stays on in eval()) makes passes differ.
+
+**MC variance** (Park & Kim, 2021: smoothing stabilises feature maps across MC samples). For every element of a
+map, the variance over S MC-dropout passes of the same images (unbiased, divided by S - 1), averaged over batch,
+channels and positions. `power` is the mean square of the maps over the same elements and samples, and
+`relative` = variance / power, which compares networks whose maps have different scales (a trained smoothing
+network is another network). This is not the successor paper's "feature map variance", which is the spatial
+variance of a single deterministic map.
+
+**Fourier profile** (Park & Kim, 2022, "How Do Vision Transformers Work?", the low-pass filter analysis), exactly
+as the successor's code computes it: the log amplitude `log(|fft2(x)| + 1e-6)` over the last two dimensions,
+shifted so that frequency 0 is at the centre (a roll by (H//2, W//2), i.e. fftshift), averaged over batch and
+channels (and here over MC samples and batches as well: the mean is linear, so this is the same number as one
+big batch); then the diagonal from the centre outwards, f[H//2 + j, W//2 + j], minus its value at j = 0. Point
+j is the frequency 2*pi*j/H along both axes, from 0 to just under pi (the successor draws the same values at
+evenly spaced x from 0 to pi). The last point, the highest frequency, is the "high-frequency" value plotted
+against normalised depth (point index / (number of points - 1)). Negative values: less high-frequency content
+than the mean level, i.e. a low-pass map. Maps must be square and at least 3x3.
+
+Their figures are ops.plots.featuremaps.
+"""
+import difflib
+import math
+
+import torch
+
+import models
+from ops.evaluate.engine import model_device
+
+
+class _Capture:
+    """Context manager: forward hooks on `points` collect each one's output (a (B, C, H, W) tensor) per pass."""
+
+    def __init__(self, model, points):
+        modules = dict(model.named_modules())
+        for p in points:
+            if p not in modules or p == "":
+                close = difflib.get_close_matches(str(p), [n for n in modules if n], n=5, cutoff=0.5)
+                hint = f" Did you mean: {', '.join(close)}?" if close else " See dict(model.named_modules())."
+                raise ValueError(f"{type(model).__name__} has no module {p!r} to capture.{hint}")
+        self.model, self.points, self.modules, self.out = model, list(points), modules, {}
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+                raise ValueError(f"{name} returns {type(output).__name__} {tuple(getattr(output, 'shape', ()))}, not "
+                                 f"a (B, C, H, W) feature map; capture another module")
+            if name in self.out:
+                raise ValueError(f"{name} runs more than once per forward pass; capture a module that runs once")
+            self.out[name] = output.detach()
+        return hook
+
+    def __enter__(self):
+        self.handles = [self.modules[p].register_forward_hook(self._hook(p)) for p in self.points]
+        return self
+
+    def run(self, x):
+        self.out = {}
+        self.model(x)
+        return {p: self.out[p] for p in self.points}
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return False
+
+
+class _Eval:
+    """eval() and no_grad for the duration, the previous mode restored afterwards."""
+
+    def __init__(self, model):
+        self.model, self.training = model, model.training
+
+    def __enter__(self):
+        self.grad = torch.no_grad()
+        self.grad.__enter__()
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.training)
+        return self.grad.__exit__(*exc)
+
+
+def capture(model, x, points):
+    """{point: (B, C, H, W) output} of one forward pass of `x` (B, 3, H, W) through `model` (in eval())."""
+    with _Eval(model), _Capture(model, points) as cap:
+        return cap.run(x.to(model_device(model)))
+
+
+def mc_samples(model, x, points, samples):
+    """{point: (S, B, C, H, W)}: the maps of `samples` MC passes of `x`. Memory grows with S: use few images."""
+    with _Eval(model), _Capture(model, points) as cap:
+        runs = [cap.run(x.to(model_device(model))) for _ in range(samples)]
+    return {p: torch.stack([r[p] for r in runs]) for p in points}
+
+
+def mc_variance(model, images, points, samples=10, batch_size=64):
+    """{point: {"variance", "power", "relative"}} over `samples` MC passes of `images` (N, 3, H, W).
+
+    variance: per element over the S passes (unbiased), averaged over images, channels and positions; power: the
+    mean square of the maps; relative: variance / power. Streams over batches of `batch_size` images, keeping
+    two float64 sums per element of one batch. Raises if the passes do not differ (no active MC dropout).
+    """
+    if samples < 2:
+        raise ValueError(f"the variance over MC samples needs samples >= 2, got {samples}")
+    totals = {p: torch.zeros(3, dtype=torch.float64) for p in points}  # variance sum, power sum, element count
+    with _Eval(model), _Capture(model, points) as cap:
+        for batch in images.split(batch_size):
+            batch = batch.to(model_device(model))
+            s1, s2 = {}, {}
+            for _ in range(samples):
+                for p, f in cap.run(batch).items():  # f: (B, C, H, W)
+                    f = f.double()
+                    s1[p] = s1[p] + f if p in s1 else f.clone()
+                    s2[p] = s2[p] + f * f if p in s2 else f * f
+            for p in points:
+                var = ((s2[p] - s1[p] ** 2 / samples) / (samples - 1)).clamp_min(0)  # (B, C, H, W)
+                totals[p] += torch.stack([var.sum(), s2[p].sum() / samples, torch.tensor(var.numel())]).cpu()
+    if all(t[0] == 0 for t in totals.values()):
+        raise ValueError(f"{samples} passes of {type(model).__name__} gave identical maps: it has no active MC "
+                         f"dropout. Use an mcdo model or models.add_mc_dropout(model, rate)")
+    out = {}
+    for p, (v, power, n) in totals.items():
+        out[p] = {"variance": float(v / n), "power": float(power / n), "relative": float(v / power) if power else 0.0}
+    return out
+
+
+def log_amplitude(maps):
+    """(B, C, H, W) -> (H, W): log(|fft2| + 1e-6), zero frequency moved to (H//2, W//2), mean over B and C."""
+    f = torch.fft.fft2(maps.float()).abs().add(1e-6).log()  # (B, C, H, W)
+    return torch.fft.fftshift(f, dim=(-2, -1)).mean(dim=(0, 1))
+
+
+def diagonal_profile(spectrum):
+    """(H, W) centred log amplitude -> (K,) its diagonal from the centre outwards minus the value at frequency 0."""
+    h, w = spectrum.shape
+    if h != w or h < 3:
+        raise ValueError(f"the Fourier profile needs square maps of at least 3x3 (a 2x2 map has no frequency "
+                         f"between 0 and pi on its diagonal), got {h}x{w}; use larger inputs")
+    j = torch.arange(h - h // 2)
+    diag = spectrum[h // 2 + j, w // 2 + j]
+    return diag - diag[0]
+
+
+def fourier_profile(maps):
+    """(B, C, H, W) -> (K,) relative log amplitude along the diagonal, K = H - H//2 (see the module docstring)."""
+    return diagonal_profile(log_amplitude(maps))
+
+
+def frequencies(size):
+    """Frequency of each point of the profile of a size x size map: 2*pi*j/size for j = 0 .. size - size//2 - 1."""
+    return 2 * math.pi * torch.arange(size - size // 2) / size
+
+
+def fourier_profiles(model, images, points, samples=1, batch_size=64):
+    """{point: (frequencies (K,), profile (K,))}: the log amplitude averaged over all `images` and `samples`
+    passes (MC dropout on, as the model predicts), then its diagonal profile."""
+    sums, count = {}, 0
+    with _Eval(model), _Capture(model, points) as cap:
+        for batch in images.split(batch_size):
+            batch = batch.to(model_device(model))
+            for _ in range(samples):
+                for p, f in cap.run(batch).items():
+                    spectrum = log_amplitude(f).double() * len(f)  # (H, W), weighted by the batch size
+                    sums[p] = sums[p] + spectrum if p in sums else spectrum
+                count += len(batch)
+    return {p: (frequencies(s.shape[0]), diagonal_profile(s / count).float()) for p, s in sums.items()}
+
+
+def high_frequency(profiles):
+    """(normalised depths (P,), high-frequency values (P,)) of {point: (freqs, profile)} in point order."""
+    values = torch.stack([profile[-1] for _, profile in profiles.values()])
+    return torch.linspace(0, 1, len(values)), values
+
+
+def stage_points(model, example_input=None):
+    """The modules whose outputs each stage hands to the next: models.plan_smoothing's hosts (outputs only)."""
+    plan = models.surgery.plan_smoothing(model, example_input=example_input)
+    inputs = [p for p in plan if p.position != "after"]
+    if inputs:
+        raise ValueError(f"{inputs[0].module}: the stage map is that module's input, which capture() cannot read; "
+                         f"name the points yourself")
+    return [p.module for p in plan]
+
+
+def strongest_channel(maps):
+    """(S, C, H, W) -> index of the channel with the largest mean activation (a neutral choice of what to show)."""
+    return int(maps.abs().mean(dim=(0, 2, 3)).argmax())

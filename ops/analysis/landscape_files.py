@@ -1,0 +1,184 @@
+"""Landscape results and their files: the Landscape record table, the original's CSV layouts, resumable grids.
+
+    land.grid("loss", mask=0); land.to_csv(path, mask=0); land.save(path); Landscape.load(path)
+    read_csv(path)      # the original's 16/17 columns or the successor's 19
+
+A resumable grid is a folder: meta.json (the settings and a fingerprint of model, directions, grid and data),
+then points.rank{r}.jsonl, one finished point per line, appended as they finish. A rerun of the same
+landscape skips the finished points; a folder holding another landscape's points is refused.
+"""
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from models.atomic import write_json, write_text
+
+# The original implementation's landscape CSV (no header): 16 columns, or 17 with ECSE; the successor
+# (how-do-vits-work) adds l1 and l2 after x and y (19 columns).
+ORIGINAL_COLUMNS = ["x", "y", "NLL", "Cutoff1", "Cutoff2", "Acc", "Acc-90", "Unc", "Unc-90", "IoU", "IoU-90",
+                    "Freq", "Freq-90", "Top-5", "Brier", "ECE", "ECSE"]
+SUCCESSOR_COLUMNS = ["x", "y", "l1", "l2"] + ORIGINAL_COLUMNS[2:]
+CSV_KEYS = {"NLL": "nll", "Acc": "acc", "Acc-90": "acc_90", "Unc": "unc_0", "Unc-90": "unc_90", "IoU": "iou_0",
+            "IoU-90": "iou_90", "Freq": "freq_0", "Freq-90": "freq_90", "Top-5": "top5", "Brier": "brier",
+            "ECE": "ece", "ECSE": "ece_signed", "l1": "l1", "l2": "l2"}
+
+
+@dataclass
+class Landscape:
+    """Metrics over a 1-D or 2-D grid: one record per (point, mask). ys is None for a 1-D landscape."""
+    xs: list
+    ys: list = None
+    records: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def masks(self):
+        return sorted({r["mask"] for r in self.records})
+
+    @property
+    def shape(self):
+        return (len(self.xs),) if self.ys is None else (len(self.ys), len(self.xs))
+
+    def grid(self, key="loss", mask=0):
+        """(ny, nx) array of `key` for `mask` (row i is y = ys[i]); (nx,) for a 1-D landscape."""
+        values = np.full(self.shape, np.nan)
+        found = False
+        for r in self.records:
+            if r["mask"] != mask:
+                continue
+            if key not in r:
+                raise KeyError(f"{key!r} is not in the records; available: {sorted(k for k in r if k != 'mask')}")
+            values[r["index"] if self.ys is None else divmod(r["index"], len(self.xs))] = r[key]
+            found = True
+        if not found:
+            raise KeyError(f"no records for mask {mask}; masks here: {self.masks}")
+        return values
+
+    def table(self):
+        """The records as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.records)
+
+    def to_csv(self, path, mask=0, layout="original"):
+        """Write the original's landscape CSV of one mask: 17 columns (x, y, NLL, Cutoff1, Cutoff2, Acc, ...,
+        ECE, ECSE), no header, x varying fastest; layout="successor" adds l1, l2 after x, y (19 columns)."""
+        columns = {"original": ORIGINAL_COLUMNS, "successor": SUCCESSOR_COLUMNS}.get(layout)
+        if columns is None:
+            raise ValueError(f"layout must be 'original' or 'successor', got {layout!r}")
+        cut = self.meta.get("cutoffs", [0.0, 0.9])
+        if [float(c) for c in cut] != [0.0, 0.9]:
+            raise ValueError(f"the CSV layout has the cutoffs 0 and 0.9; this landscape has {cut}")
+        rows = sorted((r for r in self.records if r["mask"] == mask), key=lambda r: r["index"])
+        if not rows:
+            raise KeyError(f"no records for mask {mask}; masks here: {self.masks}")
+        lines = []
+        for r in rows:
+            values = {"x": r["x"], "y": r.get("y") or 0.0, "Cutoff1": 0.0, "Cutoff2": 0.9}
+            values.update({c: r[CSV_KEYS[c]] for c in columns if c in CSV_KEYS})
+            lines.append(",".join(repr(float(values[c])) for c in columns))
+        return write_text(path, "\n".join(lines) + "\n")
+
+    def save(self, path):
+        """JSON with everything (grid, meta, all records)."""
+        return write_text(path, json.dumps({"xs": self.xs, "ys": self.ys, "meta": self.meta,
+                                            "records": self.records}, default=json_default))
+
+    @classmethod
+    def load(cls, path):
+        raw = json.loads(Path(path).read_text())
+        return cls(raw["xs"], raw["ys"], raw["records"], raw.get("meta", {}))
+
+
+def json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if torch.is_tensor(obj):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def read_csv(path, mask=0):
+    """A Landscape from a landscape CSV: the original's 16 or 17 columns, or the successor's 19 (with l1, l2).
+
+    The grid is rebuilt from the distinct x and y values; `loss` is NLL (add a weight-decay term yourself: the
+    successor's l2 is a sum of per-tensor norms, ours is the norm of all weights)."""
+    text = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    if not text:
+        raise ValueError(f"{path} is empty")
+    try:
+        float(text[0].split(",")[0])
+    except ValueError:  # a header row: ours never writes one, pandas users sometimes do
+        text = text[1:]
+    rows = [[float(v) for v in line.split(",")] for line in text]
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise ValueError(f"{path}: rows have different numbers of columns {sorted(widths)}")
+    width = widths.pop()
+    layouts = {16: ("original", ORIGINAL_COLUMNS[:16]), 17: ("original", ORIGINAL_COLUMNS),
+               19: ("successor", SUCCESSOR_COLUMNS)}
+    if width not in layouts:
+        raise ValueError(f"{path} has {width} columns; a landscape CSV has 16 or 17 (the original: x, y, NLL, "
+                         f"Cutoff1, ...) or 19 (the successor, with l1 and l2)")
+    source, columns = layouts[width]
+    xs, ys = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+    records = []
+    for r in rows:
+        values = dict(zip(columns, r))
+        rec = {"mask": mask, "index": ys.index(values["y"]) * len(xs) + xs.index(values["x"]),
+               "x": values["x"], "y": values["y"]}
+        rec.update({CSV_KEYS[c]: v for c, v in values.items() if c in CSV_KEYS})
+        rec["iou"] = rec["iou_0"]
+        rec["loss"] = rec["nll"]
+        records.append(rec)
+    return Landscape(xs, ys, records, {"source": source, "columns": len(columns), "path": str(path)})
+
+
+def fingerprint(engine, coords, settings):
+    h = hashlib.sha1()
+    h.update(json.dumps({"coords": coords, **settings}, sort_keys=True, default=json_default).encode())
+    for t in engine.origin + [d for ds in engine.dirs for d in ds]:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for x, y in engine.batches:
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_done(folder):
+    done = {}
+    for f in sorted(Path(folder).glob("points.rank*.jsonl")):
+        for line in f.read_text().splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption: that point is recomputed
+                continue
+            done[item["index"]] = item["records"]
+    return done
+
+
+def resume(path, fingerprint, meta, rank, world):
+    """{point index: records} already finished in the folder `path` (rank 0 reads, then tells the others)."""
+    folder, done, error = Path(path), {}, None
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta_file = folder / "meta.json"
+        if meta_file.exists() and json.loads(meta_file.read_text()).get("fingerprint") != fingerprint:
+            error = (f"{folder} holds points of another landscape (a different model, directions, grid, data or "
+                     "settings); use a new path or delete that folder")
+        else:
+            if not meta_file.exists():
+                write_json(meta_file, {**meta, "fingerprint": fingerprint}, indent=1)
+            done = read_done(folder)
+    if world > 1:  # every rank must agree on what is left (and on an error)
+        box = [(done, error)]
+        dist.broadcast_object_list(box, src=0)
+        done, error = box[0]
+    if error:
+        raise ValueError(error)
+    return {int(k): v for k, v in done.items()}

@@ -1,0 +1,1 @@
+"""The lowest room of ops/: execution switches (device, precision, progress bars) and the old-name shims."""

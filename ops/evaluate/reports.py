@@ -1,0 +1,96 @@
+"""Writing results: the original's leaderboard CSV, JSON, and a plain-text table.
+
+Leaderboard CSV (one row per ensemble size, the original column order, with a header row):
+    size, nll, cutoff_0, cutoff_90, acc_0, acc_90, unc_0, unc_90, iou_0, iou_90, freq_0, freq_90,
+    top5, brier, ece, ece_signed
+at `leaderboard/logs/{dataset}/{model}/{dataset}_{model}_{uid}.csv`; the full metric dicts go beside it as JSON.
+"""
+import csv
+import json
+import math
+from pathlib import Path
+
+from ops.evaluate.metrics import cutoff_key
+
+
+def leaderboard_path(dataset_name, model_name, uid, root="leaderboard/logs"):
+    return Path(root) / dataset_name / model_name / f"{dataset_name}_{model_name}_{uid}.csv"
+
+
+def leaderboard_columns(cutoffs=(0.0, 0.9)):
+    keys = [cutoff_key(c) for c in cutoffs]
+    return (["size", "nll"] + [f"cutoff_{k}" for k in keys]
+            + [f"{m}_{k}" for m in ("acc", "unc", "iou", "freq") for k in keys]
+            + ["top5", "brier", "ece", "ece_signed"])
+
+
+def write_leaderboard(results, path, cutoffs=(0.0, 0.9)):
+    """results: {ensemble size: metrics dict}. Writes `path` (CSV) and `path` with .json; returns the CSV path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = leaderboard_columns(cutoffs)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for n, metrics in sorted(results.items()):
+            row = {"size": n, **{f"cutoff_{cutoff_key(c)}": c for c in cutoffs}, **metrics}
+            writer.writerow([row[c] for c in columns])
+    with open(path.with_suffix(".json"), "w") as f:  # strict JSON: an undefined metric (NaN) is null
+        json.dump(_finite({str(n): m for n, m in sorted(results.items())}), f, indent=1, allow_nan=False)
+    return path
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def read_leaderboard(path):
+    """{size: {column: float}} from a leaderboard CSV written by `write_leaderboard`."""
+    with open(path, newline="") as f:
+        return {int(float(r["size"])): {k: float(v) for k, v in r.items() if k != "size"} for r in csv.DictReader(f)}
+
+
+HEADERS = {"nll": "NLL", "acc": "Acc", "ece": "ECE", "brier": "Brier", "top5": "Top-5", "iou": "IoU",
+           "acc_90": "Acc-90", "unc_90": "Unc-90", "iou_90": "IoU-90", "freq_90": "Freq-90", "auroc": "AUROC",
+           "aurc": "AURC", "mutual_info": "MI"}
+
+
+def format_table(sweeps, keys=("nll", "acc", "ece"), sizes=None):
+    """Markdown table: one row per (model, size), one column per metric. sweeps: {label: {n: metrics}}."""
+    header = "| model | size | " + " | ".join(HEADERS.get(k, k) for k in keys) + " |"
+    lines = [header, "|" + " --- |" * (len(keys) + 2)]
+    for label, results in sweeps.items():
+        for n in sorted(results):
+            if sizes is not None and n not in sizes:
+                continue
+            values = [results[n][k] for k in keys]
+            cells = [f"{v:.4f}" if not (isinstance(v, float) and math.isnan(v)) else "nan" for v in values]
+            lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_interval_table(intervals, keys=("nll", "acc", "ece")):
+    """Markdown table of bootstrap estimates with 95% intervals (ops.stats.bootstrap), one row per (model or
+    difference, size); accuracy and ECE in percent. intervals: {size: {label: {key: (estimate, low, high)}}}."""
+    percent = {"acc", "ece"}
+    header = "| model | size | " + " | ".join(HEADERS.get(k, k) + (" (%)" if k in percent else "") for k in keys)
+    lines = [header + " |", "|" + " --- |" * (len(keys) + 2)]
+    labels = list(dict.fromkeys(label for per_size in intervals.values() for label in per_size))
+    for label in labels:
+        for n in sorted(intervals):
+            if label not in intervals[n]:
+                continue
+            cells = []
+            for key in keys:
+                scale, digits = (100, 2) if key in percent else (1, 4)
+                est, lo, hi = (scale * v for v in intervals[n][label][key])
+                signed = "+" if " - " in label else ""
+                cells.append(f"{est:{signed}.{digits}f} [{lo:{signed}.{digits}f}, {hi:{signed}.{digits}f}]")
+            lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

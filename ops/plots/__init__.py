@@ -1,0 +1,10 @@
+"""Every figure of the library, drawn from the data the analyses return (figures are kept apart from computation).
+
+- ops.plots.classification: reliability diagram, ensemble-size figure, save_figure (also importable from
+  ops.plots itself, as before the subpackages);
+- ops.plots.landscapes: loss-landscape contours and surfaces, curves, the mask GIF, Hessian spectra;
+- ops.plots.featuremaps: sample feature maps, MC variance, Fourier profiles.
+"""
+from ops.plots.classification import LABELS, PERCENT, ensemble_size_figure, reliability_diagram, save_figure
+
+__all__ = ["LABELS", "PERCENT", "ensemble_size_figure", "reliability_diagram", "save_figure"]

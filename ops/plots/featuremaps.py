@@ -1,0 +1,88 @@
+"""Figures of the feature-map analyses (ops.analysis.featuremaps): sample maps, MC variance, Fourier profiles."""
+import math
+
+import matplotlib.pyplot as plt
+
+from ops.analysis.featuremaps import high_frequency
+
+
+def feature_map_figure(maps, shown=3, title=None):
+    """Maps of `shown` MC samples side by side, and their standard deviation over all samples.
+
+    maps: {model label: {point label: (S, H, W)}} (one image, one channel). One column per point; per model,
+    `shown` rows of samples (one colour scale per model and point) and a last row with the std over S.
+    """
+    labels = list(maps)
+    points = list(maps[labels[0]])
+    rows = len(labels) * (shown + 1)
+    fig, axes = plt.subplots(rows, len(points), figsize=(1.7 * len(points) + 1.2, 1.6 * rows), squeeze=False)
+    for i, label in enumerate(labels):
+        for j, point in enumerate(points):
+            m = maps[label][point].float().cpu()  # (S, H, W)
+            lo, hi = float(m[:shown].min()), float(m[:shown].max())
+            for r in range(shown + 1):
+                ax = axes[i * (shown + 1) + r][j]
+                if r < shown:
+                    ax.imshow(m[r], cmap="viridis", vmin=lo, vmax=hi)
+                else:
+                    ax.imshow(m.std(dim=0), cmap="magma")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0 and r == 0:
+                    ax.set_title(point, fontsize=9)
+                if j == 0:
+                    ax.set_ylabel(f"{label}\n" + (f"sample {r + 1}" if r < shown else f"std ({len(m)})"), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def variance_figure(variances, keys=("variance", "relative"), title=None):
+    """Variance across MC samples per point, one line per model. variances: {label: {point: mc_variance dict}}."""
+    names = {"variance": "MC variance", "relative": "MC variance / mean square", "power": "Mean square"}
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, per_point in variances.items():
+            ax.plot(range(len(per_point)), [v[key] for v in per_point.values()], marker="o", label=label)
+        ticks = list(next(iter(variances.values())))
+        ax.set_xticks(range(len(ticks)), ticks, rotation=30, fontsize=8)
+        ax.set(yscale="log", ylabel=names.get(key, key), xlabel="Stage output")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def fourier_figure(profiles, marks=None, title=None):
+    """Relative log amplitude vs frequency (one panel per model, colour = depth) and the high-frequency value vs
+    normalised depth (last panel, one line per model). profiles: {label: {point: (freqs, profile)}}; marks:
+    {label: [point names]} drawn as markers on the last panel (e.g. the smoothing blocks)."""
+    labels = list(profiles)
+    fig, axes = plt.subplots(1, len(labels) + 1, figsize=(3.6 * len(labels) + 4.8, 3.6), squeeze=False)
+    axes = axes[0]
+    for ax, label in zip(axes, labels):
+        per_point = profiles[label]
+        for i, (freqs, profile) in enumerate(per_point.values()):
+            ax.plot(freqs / math.pi, profile, color=plt.cm.plasma_r(i / max(1, len(per_point) - 1)), lw=1.2)
+        ax.set(xlim=(0, 1), xlabel="Frequency (x pi)", ylabel="Relative log amplitude", title=label)
+        ax.grid(alpha=0.3)
+    sm = plt.cm.ScalarMappable(cmap="plasma_r", norm=plt.Normalize(0, 1))
+    fig.colorbar(sm, ax=axes[len(labels) - 1], label="Normalised depth")
+    ax = axes[-1]
+    for label in labels:
+        depths, values = high_frequency(profiles[label])
+        line, = ax.plot(depths, values, marker=".", label=label)
+        names = list(profiles[label])
+        for point in (marks or {}).get(label, []):
+            i = names.index(point)
+            ax.plot(depths[i], values[i], marker="D", color=line.get_color(), markersize=6, linestyle="none")
+    ax.set(xlim=(0, 1), xlabel="Normalised depth", ylabel="High-frequency log amplitude")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

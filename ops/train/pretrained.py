@@ -1,0 +1,102 @@
+"""Trained checkpoints to start from: the classification notebook's latest run, else the ones in resources/.
+
+    trained = ops.train.pretrained.load_models(device="cpu")   # {"resnet_mcdo_18": model, ...}
+    model = ops.train.pretrained.load_trained("models_checkpoints/fashion_mnist/resnet_mcdo_18/..._<uid>.pth.tar")
+    ops.train.pretrained.export(checkpoint, root="shared_models", uid="v1")   # weights + card, no optimizer state
+
+(`models.load_checkpoint` loads weights into a model you built; `load_trained` builds the model from the card.)
+
+Every checkpoint that the trainer writes in the original layout gets a *card* beside it, `<same name>.json`
+({"name", "dataset", "num_classes", "stem", "block", "config", "history"}), so the model can be rebuilt from the
+file alone: no need to repeat `model.block.width=16` or the number of classes. `resources/models_checkpoints/`
+holds the demo recipe's two trained models (see README) in that layout; `models.load(model, "fashion_mnist",
+"demo", root="resources/models_checkpoints")` reads them too.
+"""
+import json
+from pathlib import Path
+
+import models
+
+from models.atomic import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RESOURCES = ROOT / "resources" / "models_checkpoints"
+DEMO_MODELS = ("resnet_mcdo_18", "resnet_mcdo_smoothing_18")
+DEMO_UID = "demo"
+
+
+def card_path(checkpoint):
+    """`x/{dataset}_{name}_{uid}.pth.tar` -> `x/{dataset}_{name}_{uid}.json`."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pth.tar") + ".json")
+
+
+def write_card(checkpoint, cfg, num_classes, history=None, **extra):
+    """Write the card of `checkpoint` (see the module docstring; `extra`: e.g. machine, wall_time_s); returns
+    its path."""
+    card = {"name": cfg["model"]["name"], "dataset": cfg["dataset"]["name"], "num_classes": int(num_classes),
+            "stem": cfg["model"]["stem"], "block": cfg["model"]["block"], "seed": cfg["env"]["seed"], "config": cfg,
+            "history": history or [], **extra}
+    return write_json(card_path(checkpoint), card)
+
+
+def read_card(checkpoint):
+    path = card_path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{checkpoint} has no card {path.name} beside it, so its model cannot be rebuilt "
+                                f"from the file alone; build it with models.get_model(...) and use models.load")
+    card = json.loads(path.read_text())
+    if not isinstance(card, dict) or not {"name", "num_classes", "stem", "block"} <= set(card):
+        raise ValueError(f"{path} is not a checkpoint card (needs name, num_classes, stem and block)")
+    return card
+
+
+def load_trained(checkpoint, device="cpu") -> "torch.nn.Module":  # noqa: F821 (annotation only)
+    """Rebuild the model of `checkpoint` from its card and load the weights (weights_only); returns it in eval().
+
+    The model gets `.card` (the card's dict) and `.checkpoint` (the path)."""
+    checkpoint = Path(checkpoint)
+    card = read_card(checkpoint)
+    model = models.get_model(card["name"], num_classes=card["num_classes"], stem=card["stem"], **card["block"])
+    models.load_checkpoint(checkpoint, model)
+    model.card, model.checkpoint = card, checkpoint
+    return model.to(device).eval()
+
+
+def export(checkpoint, root, uid):
+    """Copy a trained checkpoint and its card to `root` under `uid`, keeping what inference needs (name, arch,
+    state_dict) and dropping the optimizer state (as large again as the weights, and useless to a reader).
+    Written atomically; returns the new checkpoint's path. resources/ got its demo checkpoints with
+    root=RESOURCES, uid=DEMO_UID (no defaults: a call with one argument must not replace them)."""
+    model = load_trained(checkpoint)  # checks that weights, card and arch agree before anything is written
+    card = dict(model.card, exported_from=str(checkpoint))
+    path = models.save(model, card["dataset"], uid, root=root)
+    write_json(card_path(path), card)
+    return path
+
+
+def find_trained(name, dataset="fashion_mnist", runs_dir="runs/classification", resources=RESOURCES):
+    """The newest checkpoint of `name` with a card under `runs_dir` (the classification notebook's outputs),
+    else the one in `resources`; None if there is neither."""
+    pattern = f"**/{dataset}/{name}/{dataset}_{name}_*.pth.tar"
+    found = [p for p in Path(runs_dir).glob(pattern) if card_path(p).exists()] if Path(runs_dir).is_dir() else []
+    if found:
+        return max(found, key=lambda p: p.stat().st_mtime)
+    shipped = models.checkpoint_path(dataset, name, DEMO_UID, resources)
+    return shipped if shipped.exists() and card_path(shipped).exists() else None
+
+
+def load_models(names=DEMO_MODELS, dataset="fashion_mnist", device="cpu", runs_dir="runs/classification",
+                resources=RESOURCES, verbose=True):
+    """{name: trained model in eval()} from `find_trained` for each name; raises naming what is missing."""
+    out = {}
+    for name in names:
+        path = find_trained(name, dataset, runs_dir, resources)
+        if path is None:
+            raise FileNotFoundError(
+                f"No trained {name} for {dataset}: looked under {runs_dir} (the classification notebook's runs) "
+                f"and {resources}. Run `make demo` (or classification.ipynb) to train it.")
+        out[name] = load_trained(path, device)
+        if verbose:
+            print(f"{name}: {path}")
+    return out

@@ -1,0 +1,184 @@
+"""Run folders: unique ids, one process per folder, and resumption that cannot silently change a run.
+
+    {out_dir}/{dataset}/{model}/{uid}/   config.json  model.txt  metrics.csv  checkpoint.pth.tar  resumes.json
+                                         events.out.tfevents.*  lock
+
+- A new run gets a uid that cannot collide: time to the second plus a random suffix (20260101-120000-3fa9c1),
+  and its folder is created with mkdir that fails if it exists, so two runs started in the same second never
+  share a folder. A uid given by the user must be a plain name (no path separators, no '..'): every output
+  stays inside the configured folders.
+- While a process trains in a folder it holds an exclusive lock on `lock` (flock: released by the kernel even if
+  the process is killed); a second process on the same uid is refused with the holder's pid, host and start.
+- Resuming compares the new config with the stored one (ops.configs.RESULT_KEYS). A change that would change the
+  result is refused, listing the keys, unless env.force_resume=true; other changes (more epochs, logging,
+  workers) are allowed. Either way the change is appended to `resumes.json` and `config.json` is rewritten to
+  the config in effect, so the folder always says what was trained.
+"""
+import datetime
+import fcntl
+import json
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+
+from models.atomic import write_json
+from ops.train import configs
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked; the message says why and what to do."""
+
+
+def new_uid():
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def check_uid(uid):
+    message = configs.uid(uid)
+    if uid is None or message:
+        raise RunError(f"env.uid {message or 'is missing'}, got {uid!r}")
+    return uid
+
+
+def output_folder(out_dir, uid=None):
+    """(uid, folder) for a run's or a notebook's outputs: `{out_dir}/{uid}`. uid=None creates a new folder
+    atomically under a fresh uid, so that two runs started together never share one; a given uid is checked and
+    its folder reused (to resume or redo that run on purpose)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if uid is not None:
+        (out_dir / check_uid(uid)).mkdir(exist_ok=True)
+        return uid, out_dir / uid
+    for _ in range(100):  # a collision needs the same second and the same 24 random bits
+        uid = new_uid()
+        try:
+            (out_dir / uid).mkdir()
+            return uid, out_dir / uid
+        except FileExistsError:
+            continue
+    raise RunError(f"could not create a new folder under {out_dir}")
+
+
+class RunFolder:
+    """The folder of one run; `open()` creates or finds it and takes its lock, `close()` releases the lock."""
+
+    CONFIG, RESUMES, LOCK = "config.json", "resumes.json", "lock"
+
+    def __init__(self, out_dir, dataset, model_name, uid=None):
+        self.base = Path(out_dir) / dataset / model_name
+        self.uid = check_uid(uid) if uid is not None else None
+        self.path, self._lock = None, None
+
+    def open(self):
+        """Create the folder of a new run, or find the existing one of `uid`; lock it. Returns self."""
+        self.uid, self.path = output_folder(self.base, self.uid)
+        self._take_lock()
+        return self
+
+    def _take_lock(self):
+        handle = open(self.path / self.LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunError(f"run {self.path} is in use by {holder}. Wait for it to finish, stop it, or start a "
+                           f"separate run with another env.uid.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                     f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+        handle.flush()
+        self._lock = handle
+
+    def close(self):
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def stored_config(self):
+        path = self.path / self.CONFIG
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def reconcile(self, cfg, epoch, restart=False):
+        """Check a resumption's config against the stored one; record and return the changes {key: (old, new)}.
+
+        After `epoch` > 0 trained epochs, changes of RESULT_KEYS raise RunError unless cfg.env.force_resume;
+        `restart` (env.resume=false: the user starts this uid over) allows them. Changes are recorded."""
+        stored = self.stored_config()
+        if stored is None:
+            return {}
+        changes = {k: v for k, v in configs.diff(stored, cfg).items()
+                   if k not in ("env.uid", "env.force_resume", "env.resume")}
+        breaking = {k: v for k, v in changes.items() if configs.affects_result(k)}
+        if breaking and epoch > 0 and not restart and not cfg["env"]["force_resume"]:
+            lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in breaking.items())
+            raise RunError(f"run {self.path} was trained with another config; resuming it would change what is "
+                           f"trained:\n{lines}\nStart a new run (leave env.uid unset), or set env.force_resume=true "
+                           f"to continue anyway (the change is recorded in {self.RESUMES}).")
+        if changes or restart:
+            resumes = json.loads((self.path / self.RESUMES).read_text()) if (self.path / self.RESUMES).exists() else []
+            resumes.append({"after_epoch": 0 if restart else epoch, "restarted": restart,
+                            "time": datetime.datetime.now().isoformat(timespec="seconds"),
+                            "forced": bool(breaking) and epoch > 0 and not restart,
+                            "changes": {k: list(v) for k, v in changes.items()}})
+            write_json(self.path / self.RESUMES, resumes)
+        return changes
+
+    def write_config(self, cfg):
+        return write_json(self.path / self.CONFIG, cfg)
+
+
+def find_run(uid, out_dir="runs", model=None):
+    """The run folder {out_dir}/{dataset}/{model}/{uid} holding a config.json; refuses ambiguity."""
+    check_uid(uid)
+    found = sorted(p.parent for p in Path(out_dir).glob(f"*/*/{uid}/config.json")
+                   if model is None or p.parent.parent.name == model)
+    if not found:
+        raise FileNotFoundError(f"No run {uid!r} under {out_dir}/<dataset>/{model or '<model>'}/ (looked for its "
+                                f"config.json). If the run was written elsewhere, pass env.out_dir=... on the command "
+                                f"line (out_dir=... in Python).")
+    if len(found) > 1:
+        raise ValueError(f"uid {uid!r} names several runs: {[str(p) for p in found]}; name the model too "
+                         f"(--model NAME, model=...)")
+    return found[0]
+
+
+def load_run(uid, out_dir="runs", model=None, device="cpu", overrides=()):
+    """Rebuild a run's model from its stored config and load its weights: (model in eval(), config, weights path).
+
+    The weights are the run's final ones ({env.checkpoint_root}/..., the original layout) or, for a run that
+    was interrupted, its last epoch (checkpoint.pth.tar); they are checked against the stored config (name and
+    build arguments). `overrides` may change where things are (dataset.root, env.checkpoint_root, ...)."""
+    import models
+
+    run_dir = find_run(uid, out_dir, model)
+    cfg = configs.make_config(json.loads((run_dir / RunFolder.CONFIG).read_text()), list(overrides))
+    name, dataset = cfg["model"]["name"], run_dir.parent.parent.name
+    try:
+        weights = models.find_checkpoint(dataset, name, uid, cfg["env"]["checkpoint_root"])
+    except FileNotFoundError:
+        weights = run_dir / "checkpoint.pth.tar"
+        if not weights.exists():
+            raise FileNotFoundError(f"run {run_dir} has no weights yet: neither final weights under "
+                                    f"{cfg['env']['checkpoint_root']} nor {weights}") from None
+    state = models.read_checkpoint(weights)
+    num_classes = (state.get("arch") or {}).get("num_classes")
+    if num_classes is None:
+        # checkpoints from before `arch` was stored: the classifier (the last weight) has num_classes rows
+        last_weight = next(k for k in reversed(state["state_dict"]) if k.endswith("weight"))
+        num_classes = state["state_dict"][last_weight].shape[0]
+    net = models.get_model(name, num_classes=num_classes, stem=cfg["model"]["stem"], **cfg["model"]["block"])
+    models.load_checkpoint(weights, net)
+    return net.to(device).eval(), cfg, weights
