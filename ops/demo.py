@@ -6,7 +6,8 @@ run apt-get), executes classification.ipynb with papermill on the CPU recipe of 
 the table with 95% bootstrap intervals and where the outputs are. Progress shows in the terminal as text bars
 (the notebook runs headless, where widgets cannot be drawn).
 
-    python -m ops.demo [--config configs/fashion_mnist_demo.json] [--with-dnn] [key=value ...]
+    python -m ops.demo [--config configs/fashion_mnist_demo.json] [--with-dnn] [--seed 0] [key=value ...]
+    python -m ops.demo --evaluate resources/models_checkpoints    # score the shipped models: the README's table
 """
 import argparse
 import json
@@ -45,6 +46,9 @@ def main(argv=None):
     parser.add_argument("--config", default="configs/fashion_mnist_demo.json")
     parser.add_argument("--with-dnn", action="store_true", help="also train the deterministic pair")
     parser.add_argument("--out-dir", default="runs/classification")
+    parser.add_argument("--evaluate", default=None, metavar="FOLDER",
+                        help="score the checkpoints in FOLDER (with cards) instead of training them")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation's MC-dropout masks")
     parser.add_argument("overrides", nargs="*", help="section.key=value changes of the recipe")
     args = parser.parse_args(argv)
 
@@ -55,10 +59,11 @@ def main(argv=None):
                                                               if args.with_dnn else [])
     out = Path(args.out_dir) / uid
     out.mkdir(parents=True, exist_ok=True)
-    print(f"Training {', '.join(names)} on Fashion-MNIST with {args.config}, then MC ensemble sizes 1..50; "
-          f"outputs in {out}", flush=True)
+    what = f"Scoring the checkpoints in {args.evaluate}" if args.evaluate else "Training"
+    print(f"{what}: {', '.join(names)} on Fashion-MNIST with {args.config}, then MC ensemble sizes 1..50 (MC seed "
+          f"{args.seed}); outputs in {out}", flush=True)
     params = dict(config_path=args.config, model_names=names, overrides=args.overrides, out_dir=args.out_dir,
-                  uid=uid)
+                  uid=uid, seed=args.seed, evaluate_checkpoints=args.evaluate)
     cmd = [sys.executable, "-m", "papermill", str(ROOT / "classification.ipynb"), str(out / "classification.ipynb"),
            "--log-output", "--cwd", str(Path.cwd())]
     for key, value in params.items():

@@ -14,10 +14,14 @@
         evaluates any checkpoint in the original layout (the original implementation's too)
 
 Overrides are section.key=value. Results go to {env.leaderboard_root}/{dataset}/{model}/ as CSV (the original's
-columns) and JSON; their paths are printed. Errors print one line per problem and exit with status 2 (`--debug`
+columns) and JSON (with the seed, the overrides and the machine); their paths are printed, and no evaluation
+replaces another's files. Where results go is decided by this command line (default leaderboard/logs), never
+by a stored config or card. `test` seeds the MC-dropout masks (--seed, default 0): the same command gives the
+same numbers. Errors print one line per problem and exit with status 2 (`--debug`
 shows the traceback); Ctrl-C exits with 130 after saying how to resume.
 """
 import argparse
+import copy
 import sys
 import traceback
 from pathlib import Path
@@ -37,6 +41,7 @@ def main(argv=None):
     parser.add_argument("--uid", default=None, help="run id (train: resume it; test: the run to evaluate)")
     parser.add_argument("--checkpoint", default=None, help="test: a .pth.tar file to evaluate instead of a run")
     parser.add_argument("--sizes", default="1,2,3,4,5,10,20,50", help="test: MC ensemble sizes")
+    parser.add_argument("--seed", type=int, default=0, help="test: seed of the MC-dropout masks (recorded)")
     parser.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"],
                         help="train-set: here one after the other, or a SLURM job array through submitit")
     parser.add_argument("--partition", default=None, help="train-set --executor slurm: the SLURM partition")
@@ -107,7 +112,8 @@ def _train_set(args):
 
     gpus = args.gpus if args.gpus is not None else (1 if args.executor == "slurm" else 0)
     cluster.submit(networks, spec["export"], executor=args.executor, folder=args.logs, partition=args.partition,
-                   gpus=gpus, cpus=args.cpus, time_min=args.time, parallel=args.parallel, wait=args.wait)
+                   gpus=gpus, cpus=args.cpus, time_min=args.time, parallel=args.parallel, wait=args.wait,
+                   name=f"train-set-{spec['name']}")
 
 
 def parse_sizes(text):
@@ -117,14 +123,55 @@ def parse_sizes(text):
         raise ValueError(f"--sizes must be comma-separated positive integers such as 1,2,5,10, got {text!r}") from None
 
 
+# Where things are and where results go: from this command line (or the defaults), never from a stored config.
+LOCATION_KEYS = (("env", "out_dir"), ("env", "checkpoint_root"), ("env", "leaderboard_root"), ("env", "device"),
+                 ("env", "workers"), ("env", "progress"), ("dataset", "root"))
+
+
+def evaluation_config(stored, overrides):
+    """A stored config (a card's or a run's) made fit to evaluate here: its recipe (model, data, subset), with
+    the locations and devices of LOCATION_KEYS from `overrides` or the defaults."""
+    from ops.train import configs
+
+    stored = copy.deepcopy(stored)
+    for section, key in LOCATION_KEYS:
+        stored.get(section, {}).pop(key, None)
+    return configs.make_config(stored, list(overrides))
+
+
+def _model_to_test(args):
+    """(model, config, weights path, name, uid label) of the run or checkpoint that `test` was given."""
+    import models
+
+    from ops.train import configs, pretrained, runs
+
+    if args.uid is not None:  # the recipe from the run's stored config; overrides say where things are
+        out_dir = configs.make_config({}, [o for o in args.overrides if o.startswith("env.out_dir=")])["env"]["out_dir"]
+        model, stored, path = runs.load_run(args.uid, out_dir, args.model, overrides=args.overrides)
+        cfg, label = evaluation_config(stored, args.overrides), args.uid
+        if path.name == "checkpoint.pth.tar":  # the run has not finished: say which epoch is scored, file it apart
+            epoch = models.read_checkpoint(path).get("epoch")
+            label = f"{args.uid}-epoch{epoch}"
+            print(f"Run {args.uid} has not finished: scoring its checkpoint after epoch {epoch} (filed as {label})")
+        return model, cfg, path, cfg["model"]["name"], label
+    path = Path(args.checkpoint)
+    if args.config is None and pretrained.card_path(path).exists():
+        # a checkpoint of ours: its card holds the config it was trained with (width, classes, test subset)
+        cfg = evaluation_config(pretrained.read_card(path)["config"], args.overrides)
+    else:
+        cfg = configs.load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
+    name = args.model or cfg["model"]["name"] or models.read_checkpoint(path).get("name")
+    if name is None:
+        raise ValueError(f"{path} does not say which model it holds: pass --model NAME")
+    return None, cfg, path, name, path.name.removesuffix(".pth.tar").rsplit("_", 1)[-1]
+
+
 def _test(args):
     import models
 
-    from ops.train import configs
+    from ops.common.runtime import machine_info
     from ops.data import loaders
-    from ops.train import pretrained
-    from ops.evaluate import reports
-    from ops.train import runs
+    from ops.evaluate import intervals, reports
     from ops.evaluate.engine import sweep
     from ops.train.distributed import init_distributed
     from ops.train.trainer import load_data
@@ -132,43 +179,33 @@ def _test(args):
     if (args.uid is None) == (args.checkpoint is None):
         raise ValueError("test needs --uid UID (a run of ours) or --checkpoint PATH (a .pth.tar), one of the two")
     sizes = parse_sizes(args.sizes)
-    if args.uid is not None:  # everything from the run's stored config; overrides only say where things are
-        out_dir = configs.make_config({}, [o for o in args.overrides if o.startswith("env.out_dir=")])["env"]["out_dir"]
-        model, cfg, path = runs.load_run(args.uid, out_dir, args.model, overrides=args.overrides)
-        name, uid = cfg["model"]["name"], args.uid
-        rank, world_size, device = init_distributed(cfg["env"]["device"])
-        dataset_name, _, test_set = load_data(cfg)
-    else:
-        path = Path(args.checkpoint)
-        if args.config is None and pretrained.card_path(path).exists():
-            # a checkpoint of ours: its card holds the config it was trained with (width, classes, test subset)
-            cfg = configs.make_config(pretrained.read_card(path)["config"], list(args.overrides))
-        else:
-            cfg = configs.load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
-        name = args.model or cfg["model"]["name"] or models.read_checkpoint(path).get("name")
-        if name is None:
-            raise ValueError(f"{path} does not say which model it holds: pass --model NAME")
-        uid = path.name.removesuffix(".pth.tar").rsplit("_", 1)[-1]
-        rank, world_size, device = init_distributed(cfg["env"]["device"])
-        dataset_name, _, test_set = load_data(cfg)
+    model, cfg, path, name, label = _model_to_test(args)
+    rank, world_size, device = init_distributed(cfg["env"]["device"])
+    dataset_name, _, test_set = load_data(cfg)
+    if model is None:
         model = models.get_model(name, num_classes=len(test_set.classes), stem=cfg["model"]["stem"],
                                  **cfg["model"]["block"])
         models.load_checkpoint(path, model)  # checks the name, build arguments and tensors
     loader = loaders.make_loader(test_set, cfg["val"]["batch_size"], device=device, rank=rank,
                                  world_size=world_size, workers=cfg["env"]["workers"])
+    kept = {}
     results = sweep(model, loader, sizes=sizes, device=device, precision=cfg["val"]["precision"],
-                    progress=rank == 0 and cfg["env"]["progress"])
-    if rank == 0:
-        # A new file for every evaluation: an earlier one of the same checkpoint (other sizes, other subset) stays.
-        target = reports.leaderboard_path(dataset_name, name, uid, root=cfg["env"]["leaderboard_root"])
-        for k in range(2, 1000):
-            if not target.exists() and not target.with_suffix(".json").exists():
-                break
-            target = reports.leaderboard_path(dataset_name, name, f"{uid}-{k}", root=cfg["env"]["leaderboard_root"])
-        out = reports.write_leaderboard(results, target)
-        print(f"{name} ({path}) on {len(test_set)} {dataset_name} test images, {cfg['val']['precision']}:")
+                    progress=rank == 0 and cfg["env"]["progress"], seed=args.seed, keep_predictions=kept)
+    if rank != 0:
+        return results
+    about = {"checkpoint": str(path), "seed": args.seed, "overrides": list(args.overrides), "sizes": sizes,
+             "test_images": len(test_set), "precision": cfg["val"]["precision"], "machine": machine_info(device)}
+    out = reports.write_leaderboard(results, reports.new_leaderboard_path(
+        dataset_name, name, label, root=cfg["env"]["leaderboard_root"]), about=about)
+    print(f"{name} ({path}) on {len(test_set)} {dataset_name} test images, {cfg['val']['precision']}, "
+          f"MC seed {args.seed}:")
+    if world_size == 1:  # the intervals need every image's prediction, which only one process holds here
+        cis = {n: intervals.bootstrap({name: kept[n]}, kept["targets"], pairs=None) for n in sizes}
+        print(reports.format_interval_table(cis))
+        print("(95% bootstrap intervals over the test images)")
+    else:
         print(reports.format_table({name: results}))
-        print(f"Leaderboard: {out} (and {out.with_suffix('.json')})")
+    print(f"Leaderboard: {out} (and {out.with_suffix('.json')})")
     return results
 
 

@@ -22,18 +22,23 @@ shifted so that frequency 0 is at the centre (a roll by (H//2, W//2), i.e. fftsh
 channels (and here over MC samples and batches as well: the mean is linear, so this is the same number as one
 big batch); then the diagonal from the centre outwards, f[H//2 + j, W//2 + j], minus its value at j = 0. Point
 j is the frequency 2*pi*j/H along both axes, from 0 to just under pi (the successor draws the same values at
-evenly spaced x from 0 to pi). The last point, the highest frequency, is the "high-frequency" value plotted
-against normalised depth (point index / (number of points - 1)). Negative values: less high-frequency content
+evenly spaced x from 0 to pi). The "high-frequency" value plotted against normalised depth (point index / (number
+of points - 1)) is the profile at the highest frequency that every compared map reaches (`common_frequency`,
+linear interpolation): a smoothing block grows its map by one pixel (33 against 32), and the last points of
+maps of different sizes are different frequencies. Negative values: less high-frequency content
 than the mean level, i.e. a low-pass map. Maps must be square and at least 3x3.
 
 Their figures are ops.plots.featuremaps.
 """
+import contextlib
 import difflib
 import math
 
+import numpy as np
 import torch
 
 import models
+from ops.common.runtime import seeded
 from ops.evaluate.engine import model_device
 
 
@@ -90,30 +95,37 @@ class _Eval:
         return self.grad.__exit__(*exc)
 
 
+def _maybe_seeded(seed, model):
+    """seeded(seed) on the model's device; seed=None draws from the caller's generator as it is."""
+    return contextlib.nullcontext() if seed is None else seeded(seed, model_device(model))
+
+
 def capture(model, x, points):
     """{point: (B, C, H, W) output} of one forward pass of `x` (B, 3, H, W) through `model` (in eval())."""
     with _Eval(model), _Capture(model, points) as cap:
         return cap.run(x.to(model_device(model)))
 
 
-def mc_samples(model, x, points, samples):
-    """{point: (S, B, C, H, W)}: the maps of `samples` MC passes of `x`. Memory grows with S: use few images."""
-    with _Eval(model), _Capture(model, points) as cap:
+def mc_samples(model, x, points, samples, seed=0):
+    """{point: (S, B, C, H, W)}: the maps of `samples` MC passes of `x` (masks from `seed`). Memory grows with S:
+    use few images; seed=None: the caller's generator)."""
+    with _Eval(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
         runs = [cap.run(x.to(model_device(model))) for _ in range(samples)]
     return {p: torch.stack([r[p] for r in runs]) for p in points}
 
 
-def mc_variance(model, images, points, samples=10, batch_size=64):
+def mc_variance(model, images, points, samples=10, batch_size=64, seed=0):
     """{point: {"variance", "power", "relative"}} over `samples` MC passes of `images` (N, 3, H, W).
 
     variance: per element over the S passes (unbiased), averaged over images, channels and positions; power: the
     mean square of the maps; relative: variance / power. Streams over batches of `batch_size` images, keeping
-    two float64 sums per element of one batch. Raises if the passes do not differ (no active MC dropout).
+    two float64 sums per element of one batch. Raises if the passes do not differ (no active MC dropout). The
+    masks are drawn from `seed`: the same call gives the same numbers.
     """
     if samples < 2:
         raise ValueError(f"the variance over MC samples needs samples >= 2, got {samples}")
     totals = {p: torch.zeros(3, dtype=torch.float64) for p in points}  # variance sum, power sum, element count
-    with _Eval(model), _Capture(model, points) as cap:
+    with _Eval(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
         for batch in images.split(batch_size):
             batch = batch.to(model_device(model))
             s1, s2 = {}, {}
@@ -161,11 +173,11 @@ def frequencies(size):
     return 2 * math.pi * torch.arange(size - size // 2) / size
 
 
-def fourier_profiles(model, images, points, samples=1, batch_size=64):
+def fourier_profiles(model, images, points, samples=1, batch_size=64, seed=0):
     """{point: (frequencies (K,), profile (K,))}: the log amplitude averaged over all `images` and `samples`
-    passes (MC dropout on, as the model predicts), then its diagonal profile."""
+    passes (MC dropout on, as the model predicts; masks from `seed`), then its diagonal profile."""
     sums, count = {}, 0
-    with _Eval(model), _Capture(model, points) as cap:
+    with _Eval(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
         for batch in images.split(batch_size):
             batch = batch.to(model_device(model))
             for _ in range(samples):
@@ -176,9 +188,23 @@ def fourier_profiles(model, images, points, samples=1, batch_size=64):
     return {p: (frequencies(s.shape[0]), diagonal_profile(s / count).float()) for p, s in sums.items()}
 
 
-def high_frequency(profiles):
-    """(normalised depths (P,), high-frequency values (P,)) of {point: (freqs, profile)} in point order."""
-    values = torch.stack([profile[-1] for _, profile in profiles.values()])
+def common_frequency(*profile_sets) -> float:
+    """The highest frequency that every profile of every {point: (freqs, profile)} set reaches: where maps of
+    different sizes (a blur grows a map by one pixel: 33 against 32) can be compared."""
+    return min(float(freqs[-1]) for profiles in profile_sets for freqs, _ in profiles.values())
+
+
+def profile_at(freqs, profile, at) -> float:
+    """The profile's value at frequency `at` (linear interpolation between its points)."""
+    return float(np.interp(float(at), np.asarray(freqs, dtype=np.float64), np.asarray(profile, dtype=np.float64)))
+
+
+def high_frequency(profiles, at=None):
+    """(normalised depths (P,), high-frequency values (P,)) of {point: (freqs, profile)} in point order: each
+    profile's value at the frequency `at` (default: common_frequency(profiles)), so that maps of different
+    sizes are compared at the same frequency. Compare models with at=common_frequency(a, b)."""
+    at = common_frequency(profiles) if at is None else at
+    values = torch.tensor([profile_at(freqs, profile, at) for freqs, profile in profiles.values()])
     return torch.linspace(0, 1, len(values)), values
 
 

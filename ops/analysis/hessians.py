@@ -36,13 +36,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ops.common.runtime import progress_bar, resolve_device
 
 import models
 
 from ops.analysis.fixed import FixedMasks, prepare_batches
 from ops.evaluate.engine import require_parameters
-from ops.common.runtime import resolve_device
 
 DROPOUT_MODES = ("fixed", "off")
 
@@ -79,6 +78,7 @@ class HessianOperator:
         if not self.params:
             raise ValueError("no parameter to differentiate: every parameter has requires_grad=False")
         self.dim = sum(p.numel() for p in self.params)
+        self.weight_norm_sq = float(sum(p.detach().double().pow(2).sum() for p in self.params))
         self.weight_decay = float(weight_decay)
         self.products = 0
         n = sum(len(y) for _, y in batches)
@@ -247,22 +247,31 @@ def max_eigenvalue_spectrum(model, data, *, n_batches=32, batch_size=64, augment
     """The top Hessian eigenvalue of each of `n_batches` mini-batches of `data` (the paper's spectrum).
 
     data: an ImageTensorDataset (n_batches * batch_size images of a `seed` permutation; `augment` crops and flips
-    them, seeded) or an iterable of (x, y) batches. Returns {"eigenvalues", "iterations", "converged", "losses"},
-    lists with one entry per mini-batch."""
+    them, seeded) or an iterable of (x, y) batches. Returns {"eigenvalues", "iterations", "converged", "losses",
+    "normalised"}, lists with one entry per mini-batch, and "weight_norm_sq".
+
+    "normalised" is the eigenvalue times the squared norm of the differentiated weights, lambda * ||w||^2. The raw
+    eigenvalue is not scale-invariant: a weight followed by BatchNorm can be multiplied by a > 0 without changing
+    the function, which divides its curvature by a^2, so two networks (or two trainings) can differ in raw
+    eigenvalue by their weight scale alone. lambda * ||w||^2 is unchanged when all weights are rescaled together;
+    it is not invariant to rescaling layers by different factors (the filter-normalised landscape curvature of
+    ops.analysis.landscapes is). Report both and read neither alone."""
     weights = require_parameters(model, "a Hessian")
     device = resolve_device(device) if device is not None else weights.device
     model = model.to(device)
     if n_batches < 1 or batch_size < 1:
         raise ValueError(f"n_batches and batch_size must be >= 1, got {n_batches} and {batch_size}")
     batches = prepare_batches(data, n_batches * batch_size, batch_size, seed=seed, device=device, augment=augment)
-    out = {"eigenvalues": [], "iterations": [], "converged": [], "losses": []}
+    out = {"eigenvalues": [], "iterations": [], "converged": [], "losses": [], "normalised": []}
     name = getattr(model, "name", type(model).__name__)
-    for b, batch in enumerate(tqdm(batches, desc=f"hessian {name}", leave=False, disable=not progress)):
+    for b, batch in enumerate(progress_bar(batches, desc=f"hessian {name}", leave=False, disable=not progress)):
         op = HessianOperator(model, [batch], weight_decay=weight_decay, dropout=dropout, seed=seed, mask=b)
         res = top_eigenvalues(op, k=1, max_iter=max_iter, tol=tol, seed=seed * 10_007 + b)
         out["eigenvalues"].append(res["eigenvalues"][0])
         out["iterations"].append(res["iterations"][0])
         out["converged"].append(res["converged"][0])
         out["losses"].append(op.loss)
+        out["normalised"].append(res["eigenvalues"][0] * op.weight_norm_sq)
         del op  # frees the kept gradient graph before the next batch
+    out["weight_norm_sq"] = float(sum(p.detach().double().pow(2).sum() for p in model.parameters() if p.requires_grad))
     return out

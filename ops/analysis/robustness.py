@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ops.common.runtime import progress_bar, resolve_device, seeded
 
 from ops.data.corruptions import CORRUPTIONS, is_noise_perturbation
 from ops.data.corrupted_sets import take
@@ -41,7 +41,6 @@ from ops.data.loaders import DeviceLoader
 from ops.evaluate.metrics import cutoff_key
 from ops.evaluate.engine import behaves_stochastically as is_stochastic, log_mean_exp, model_device, predict_log_probs
 from ops.evaluate.reports import leaderboard_columns
-from ops.common.runtime import resolve_device
 from ops.evaluate.engine import prepare_for_inference, sweep
 
 # AlexNet's ImageNet-C errors per severity 1..5 (Hendrycks' published table; their means are the usual
@@ -86,8 +85,8 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     mean, std: the normalisation of the clean data (the model's). n: n images of each cell (ops.corruptions.take:
     the first n of a -C file, a fixed random n of an ImageFolder). clean: the clean test set, in the order the
     corrupted set was made from, scored on the same n images, for relative CE. workers: DataLoader processes
-    for ImageFolders (in-memory sets need none). Other keyword arguments go to ops.tests.sweep (precision,
-    max_batch, bins, cutoffs)."""
+    for ImageFolders (in-memory sets need none). Other keyword arguments go to ops.evaluate.sweep (precision,
+    max_batch, bins, cutoffs, seed: every cell's MC masks from the same seed, recorded in the results)."""
     corruptions = list(corruptions or cset.corruptions)
     severities = tuple(severities or cset.severities)
     missing = [c for c in corruptions if c not in cset.corruptions]
@@ -110,8 +109,9 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     model, stochastic = prepare(model, example, channels_last, sweep_kwargs.get("precision", "fp32"))
     kw = dict(sizes=sizes, device=device, channels_last=channels_last, fuse_bn=False, mc=stochastic, **sweep_kwargs)
 
-    results = {"sizes": sorted(set(int(s) for s in sizes)), "clean": None, "corrupted": {}}
-    bar = tqdm(total=len(cells) + (clean is not None), desc=getattr(model, "name", None) or "corrupted",
+    results = {"sizes": sorted(set(int(s) for s in sizes)), "clean": None, "corrupted": {},
+               "seed": int(sweep_kwargs.get("seed", 0))}
+    bar = progress_bar(total=len(cells) + (clean is not None), desc=getattr(model, "name", None) or "corrupted",
                disable=not progress)
     if clean is not None:  # the same n images as in every corrupted cell
         results["clean"] = sweep(model, loader(take(clean, n)), **kw)
@@ -177,22 +177,57 @@ def mean_over_cells(results, size, key, corruptions=None):
     return float(np.mean(values))
 
 
-def corruption_summary(results_by_model, sizes=None, reference=None, corruptions=None):
+NEAR_CHANCE = 0.9  # a cell is "at or near chance" when its error is at least 0.9 x the error of guessing
+
+
+def chance_error(num_classes: int) -> float:
+    """The error of guessing uniformly among num_classes classes."""
+    return 1 - 1 / num_classes
+
+
+def near_chance_cells(results_by_model, num_classes, sizes=None, corruptions=None, near=NEAR_CHANCE) -> set:
+    """{(corruption, severity)} where some model at some size errs at >= near * chance_error: cells where the
+    models have stopped telling the classes apart, whose differences say nothing about robustness."""
+    limit = near * chance_error(num_classes)
+    cells = set()
+    for results in results_by_model.values():
+        for n in sizes or results["sizes"]:
+            for c, by in errors(results, n, corruptions).items():
+                cells |= {(c, sev) for sev, e in by.items() if e >= limit}
+    return cells
+
+
+def _without(errs, cells):
+    out = {c: {s: e for s, e in by.items() if (c, s) not in cells} for c, by in errs.items()}
+    return {c: by for c, by in out.items() if by}
+
+
+def corruption_summary(results_by_model, sizes=None, reference=None, corruptions=None, num_classes=None):
     """One row per (model, ensemble size): clean error, mCE, relative mCE, corrupted NLL / ECE / accuracy.
 
     corruptions: None takes the 15 standard ones present (mCE is defined over those); the extra ones count
-    when named explicitly."""
+    when named explicitly. num_classes: if given, the rows also hold `mce_above_chance` (mCE over the cells
+    that no model has at or near chance, near_chance_cells, the same cells for every model) and
+    `near_chance`, the number of cells left out."""
     rows = []
+    first = next(iter(results_by_model.values()))
+    chosen = corruptions or [c for c in CORRUPTIONS if c in first["corrupted"]] or list(first["corrupted"])
+    dropped = near_chance_cells(results_by_model, num_classes, sizes, chosen) if num_classes else set()
     for label, results in results_by_model.items():
-        chosen = corruptions or [c for c in CORRUPTIONS if c in results["corrupted"]] or list(results["corrupted"])
         for n in sizes or results["sizes"]:
             clean = 1 - results["clean"][n]["acc"] if results.get("clean") else None
-            m = mce(errors(results, n, chosen), clean, reference)
-            rows.append({"model": label, "size": n, "clean_error": clean if clean is not None else math.nan,
-                         "mce": m["mce"], "relative_mce": m["relative_mce"],
-                         "nll_c": mean_over_cells(results, n, "nll", chosen),
-                         "ece_c": mean_over_cells(results, n, "ece", chosen),
-                         "acc_c": mean_over_cells(results, n, "acc", chosen), "ce": m["ce"]})
+            errs = errors(results, n, chosen)
+            m = mce(errs, clean, reference)
+            row = {"model": label, "size": n, "clean_error": clean if clean is not None else math.nan,
+                   "mce": m["mce"], "relative_mce": m["relative_mce"],
+                   "nll_c": mean_over_cells(results, n, "nll", chosen),
+                   "ece_c": mean_over_cells(results, n, "ece", chosen),
+                   "acc_c": mean_over_cells(results, n, "acc", chosen), "ce": m["ce"]}
+            if num_classes:
+                kept = _without(errs, dropped)
+                row.update(near_chance=len(dropped), mce_above_chance=mce(kept, clean, reference)["mce"] if kept
+                           else math.nan)
+            rows.append(row)
     return rows
 
 
@@ -200,6 +235,9 @@ def format_summary(rows, percent=("clean_error", "mce", "relative_mce", "ece_c",
     """Markdown table of `summary` rows (errors, mCE, ECE and accuracy in %)."""
     cols = [("clean_error", "Clean err"), ("mce", "mCE"), ("relative_mce", "rel. mCE"), ("nll_c", "NLL-C"),
             ("ece_c", "ECE-C"), ("acc_c", "Acc-C")]
+    if rows and "mce_above_chance" in rows[0]:
+        cols.insert(2, ("mce_above_chance", f"mCE w/o {rows[0]['near_chance']} near-chance cells"))
+        percent = tuple(percent) + ("mce_above_chance",)
     lines = ["| model | size | " + " | ".join(h for _, h in cols) + " |", "|" + " --- |" * (len(cols) + 2)]
     for r in rows:
         cells = []
@@ -238,9 +276,9 @@ def to_json(results):
     def sizes(d):
         return {str(n): m for n, m in d.items()}
 
-    return {"sizes": results["sizes"], "clean": sizes(results["clean"]) if results.get("clean") else None,
-            "corrupted": {c: {str(s): sizes(cell) for s, cell in by.items()}
-                          for c, by in results["corrupted"].items()}}
+    out = {"sizes": results["sizes"], "clean": sizes(results["clean"]) if results.get("clean") else None,
+           "corrupted": {c: {str(s): sizes(cell) for s, cell in by.items()} for c, by in results["corrupted"].items()}}
+    return out | ({"seed": results["seed"]} if "seed" in results else {})
 
 
 def from_json(obj):
@@ -249,7 +287,8 @@ def from_json(obj):
         return {int(n): m for n, m in d.items()}
 
     return {"sizes": obj["sizes"], "clean": sizes(obj["clean"]) if obj.get("clean") else None,
-            "corrupted": {c: {int(s): sizes(cell) for s, cell in by.items()} for c, by in obj["corrupted"].items()}}
+            "corrupted": {c: {int(s): sizes(cell) for s, cell in by.items()} for c, by in obj["corrupted"].items()},
+            **({"seed": obj["seed"]} if "seed" in obj else {})}
 
 
 # --- Perturbation sequences --------------------------------------------------------------------------------------
@@ -283,13 +322,14 @@ def cross_entropy_consistency(log_probs):
 
 @torch.no_grad()
 def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=None, batch_size=32, device=None,
-                       channels_last=True, progress=False, precision="fp32", max_batch=None, stochastic=None):
+                       channels_last=True, progress=False, precision="fp32", max_batch=None, stochastic=None, seed=0):
     """flip_prob, consistency and cec at every ensemble size (prefixes of one set of max(sizes) MC samples).
 
     frames: (N, T, H, W, C) uint8 (the -P layout, numpy or tensor); noise: compare with frame 0 (pass
     ops.corruptions.is_noise_perturbation(ptype)); batch_size: videos per step; n: the first n videos;
     max_batch: images per forward pass when MC copies are stacked (ops.predict.predict_log_probs);
-    stochastic: None prepares the model here (see `prepare`); True/False says the model is already prepared."""
+    stochastic: None prepares the model here (see `prepare`); True/False says the model is already prepared.
+    seed: of the MC-dropout masks (the same call gives the same numbers)."""
     sizes = sorted(set(int(s) for s in sizes))
     device = resolve_device(device) if device is not None else model_device(model)
     model = model.to(device)
@@ -306,10 +346,11 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
     if stochastic is None:
         model, stochastic = prepare(model, batch(0)[0], channels_last, precision)
     sums = {k: torch.zeros(4, dtype=torch.float64, device=device) for k in sizes}  # flips, same, cec, pairs
-    for start in tqdm(range(0, N, batch_size), desc="perturbed", disable=not progress, leave=False):
+    for start in progress_bar(range(0, N, batch_size), desc="perturbed", disable=not progress, leave=False):
         x, (B, T) = batch(start)
-        lp = predict_log_probs(model, x, sizes[-1], max_batch=max_batch, precision=precision,
-                               channels_last=channels_last, stochastic=stochastic)  # (S, B T, K)
+        with seeded(seed * 1_000_003 + start, device):
+            lp = predict_log_probs(model, x, sizes[-1], max_batch=max_batch, precision=precision,
+                                   channels_last=channels_last, stochastic=stochastic)  # (S, B T, K)
         for k in sizes:
             lpk = log_mean_exp(lp, k).view(B, T, -1)  # (B, T, K)
             preds = lpk.argmax(-1)
@@ -318,7 +359,7 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
                                     terms.sum(), torch.tensor(B * (T - 1), device=device)]).double()
     out = {}
     for k, (f, same, c, pairs) in ((k, v.tolist()) for k, v in sums.items()):
-        out[k] = {"flip_prob": f / pairs, "consistency": same / pairs, "cec": c / pairs, "n": N}
+        out[k] = {"flip_prob": f / pairs, "consistency": same / pairs, "cec": c / pairs, "n": N, "seed": seed}
     return out
 
 

@@ -107,6 +107,16 @@ def to_device(x, device, channels_last=False, non_blocking=True):
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
+@contextlib.contextmanager
+def seeded(seed, device="cpu"):
+    """torch's generators (the CPU's, and the device's on CUDA) seeded with `seed` inside the block and restored
+    afterwards: MC-dropout masks drawn inside repeat exactly, and the caller's random stream is untouched."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        yield
+
+
 def _text_only():
     """True where a bar can only be appended as text: output to a file or pipe (nohup, SLURM logs), no notebook."""
     return "ipykernel" not in sys.modules and not sys.stderr.isatty()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ops.common.runtime import progress_bar
 
 from models.atomic import save_array, write_json
 from ops.data.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, IMAGENET_C_SOURCE, OFFICIAL_C, OFFICIAL_P,
@@ -291,7 +291,7 @@ def generate_corrupted(dataset, root="./data", name=None, corruptions=CORRUPTION
         meta["params"][c] = {str(s): parameters(c, s, profile) for s in severities}
     todo = [c for c in corruptions if not (c in meta["done"] and (folder / f"{c}.npy").exists())]
     write_json(meta_path, meta)
-    bar = tqdm(total=len(corruptions), initial=len(corruptions) - len(todo), desc=f"{folder.name} ({profile})",
+    bar = progress_bar(total=len(corruptions), initial=len(corruptions) - len(todo), desc=f"{folder.name} ({profile})",
                disable=not progress)
 
     def finished(corruption, seconds):
@@ -425,7 +425,7 @@ def generate_perturbed(dataset, root="./data", name=None, ptypes=("translate", "
             stale.unlink()
         meta = {**settings, "frames": {}}
     save_array(folder / "labels.npy", dataset.labels.numpy())
-    for ptype in tqdm(list(ptypes), desc=folder.name, disable=not progress):
+    for ptype in progress_bar(list(ptypes), desc=folder.name, disable=not progress):
         if ptype in meta["frames"] and (folder / f"{ptype}.npy").exists():
             continue
         seq = perturb(dataset.images, ptype, seed, device)  # (N, T, C, H, W)

@@ -142,8 +142,16 @@ def _cifar(key, root, download, mean, std):
         if download:
             import torchvision
 
-            for train in (True, False):  # downloads and verifies the archive
-                getattr(torchvision.datasets, spec["tv"])(root=str(root), train=train, download=True)
+            try:
+                for train in (True, False):  # downloads and verifies the archive
+                    getattr(torchvision.datasets, spec["tv"])(root=str(root), train=train, download=True)
+            except OSError as exc:  # URLError and socket errors: no network here
+                url = getattr(torchvision.datasets, spec["tv"]).url
+                raise DatasetNotFoundError(
+                    f"{key} is not in {folder} and could not be downloaded ({type(exc).__name__}: {exc}). On a "
+                    f"machine with internet: `python -c \"import torchvision; torchvision.datasets."
+                    f"{spec['tv']}(root='data', download=True)\"` (or fetch {url}), then copy its {spec['folder']} "
+                    f"folder to {folder}.") from None
         else:
             missing = [str(p) for p in needed if not p.exists()]
             raise DatasetNotFoundError(

@@ -31,6 +31,7 @@ What is evaluated is the model as the user has it:
   effects a traced copy would not repeat), the eager model is used, with a warning.
 """
 import copy
+import itertools
 import math
 import numbers
 import warnings
@@ -41,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from ops.common.runtime import autocast, check_precision, progress_bar, resolve_device, to_device
+from ops.common.runtime import autocast, check_precision, progress_bar, resolve_device, seeded, to_device
 from ops.evaluate.metrics import Metrics
 
 # Images per forward pass when stacking MC copies. On a CPU, convolutions are cache-bound and run fastest at
@@ -257,39 +258,69 @@ FAST_DEFAULTS = {"cpu": True, "cuda": False}
 
 def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", channels_last=None,
           fuse_bn=None, max_batch=None, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None, mc=None,
-          keep_predictions=None):
-    """Metrics for every ensemble size in `sizes` from one set of max(sizes) MC samples: {n: dict}.
+          keep_predictions=None, seed: int = 0) -> dict:
+    """Metrics for every ensemble size in `sizes` from one set of max(sizes) predictions per image: {n: dict}.
 
-    dataset: iterable of (x, y) batches (a DataLoader or ops.loaders' in-memory loader). mc: None decides by
-    the model's behaviour whether it is stochastic (see the module docstring); True/False overrides. A
-    deterministic model gets one pass per image and the same figures at every size. precision: "fp32"
-    (default) or "bf16"/"fp16" autocast; channels_last and fuse_bn change the speed, not the figures (None:
-    FAST_DEFAULTS for the device; see benchmarks/eval_speed.py). max_batch: images per forward pass when MC
-    copies of a batch are stacked (None: DEFAULT_MAX_BATCH for the device). keep_predictions: a dict
-    that receives {n: (N, C) float32 log-probabilities on the CPU, "targets": (N,)} of this process's images (for
-    ops.stats.bootstrap).
+    model: one model (size n = the mean of its first n MC samples), or a list of models, a deep ensemble (size
+    n = the mean of its first n members, one pass each; an MC-dropout member draws one mask). dataset: iterable
+    of (x, y) batches (a DataLoader or ops.data.loaders' in-memory loader). mc: None decides by the model's
+    behaviour whether it is stochastic (see the module docstring); True/False overrides. A deterministic model
+    gets one pass per image and the same figures at every size. seed: the MC-dropout masks are drawn from
+    torch's generator seeded with it (restored afterwards), so the same call gives the same numbers. precision:
+    "fp32" (default) or "bf16"/"fp16" autocast; channels_last and fuse_bn change the speed, not the figures
+    (None: FAST_DEFAULTS for the device; see benchmarks/eval_speed.py). max_batch: images per forward pass when
+    MC copies of a batch are stacked (None: DEFAULT_MAX_BATCH for the device). keep_predictions: a dict that
+    receives {n: (N, C) float32 log-probabilities on the CPU, "targets": (N,)} of this process's images (for
+    ops.evaluate.intervals.bootstrap). Each result also says `stochastic`, `passes` and `seed`.
     """
     sizes = check_sizes(sizes)
     check_precision(precision)
-    device = resolve_device(device) if device is not None else model_device(model)
+    members = list(model) if isinstance(model, (list, tuple)) else None
+    if members is not None and (not members or sizes[-1] > len(members)):
+        raise ValueError(f"sizes go up to {sizes[-1]} but the deep ensemble has {len(members or [])} members: "
+                         f"ask for sizes up to {len(members or [])}")
+    nets = members[:sizes[-1]] if members is not None else [model]
+    device = resolve_device(device) if device is not None else model_device(nets[0])
     fast = FAST_DEFAULTS.get(device.type, False)
-    channels_last = fast if channels_last is None else channels_last
-    fuse_bn = fast if fuse_bn is None else fuse_bn
-    model = eval_keeping_dropout(model.to(device))
-    batches = _batches(progress_bar(dataset, desc=f"test ({sizes[-1]} samples)", unit="batch", leave=False)
-                       if progress else dataset, max_batches)
-    first = next(batches, None)
-    stochastic, num_classes = bool(mc), 0
+    options = dict(precision=precision, max_batch=max_batch, mc=mc,
+                   channels_last=fast if channels_last is None else channels_last,
+                   fuse_bn=fast if fuse_bn is None else fuse_bn)
+    batches = _batches(progress_bar(dataset, desc=f"test ({sizes[-1]} {'members' if members else 'samples'})",
+                                    unit="batch", leave=False) if progress else dataset, max_batches)
+    with seeded(seed, device):
+        first = next(batches, None)
+        draw, stochastic = _sampler(nets, members is not None, first, sizes[-1], device, options)
+        meters, kept = _score_batches(draw, first, batches, sizes, device, bins, cutoffs, keep_predictions)
+    if keep_predictions is not None and kept:
+        keep_predictions.update({k: torch.cat(v) for k, v in kept.items()})
+    passes = sizes[-1] if stochastic or members is not None else 1
+    return {n: {**meters[n].sync().compute(), "stochastic": stochastic, "passes": passes, "seed": int(seed)}
+            for n in sizes}
+
+
+def _sampler(nets, ensemble, first, n, device, options) -> tuple:
+    """(draw, stochastic): draw(x) gives the (n, B, C) log-probabilities of n MC samples of one model, or one
+    pass of each of n deep-ensemble members. Models are prepared (eval, layout, BatchNorm folding) once."""
+    nets = [eval_keeping_dropout(net.to(device)) for net in nets]
+    flags = [bool(options["mc"])] * len(nets)
     if first is not None:
         x0 = first[0].to(device)
-        stochastic = behaves_stochastically(model, x0, precision) if mc is None else bool(mc)
-        model = prepare_for_inference(model, channels_last, fuse_bn, example=x0)
-    meters, kept = None, {}
+        mc = options["mc"]
+        flags = [behaves_stochastically(net, x0, options["precision"]) if mc is None else bool(mc) for net in nets]
+        nets = [prepare_for_inference(net, options["channels_last"], options["fuse_bn"], example=x0) for net in nets]
+    common = dict(max_batch=options["max_batch"], precision=options["precision"],
+                  channels_last=options["channels_last"])
+    if ensemble:
+        return (lambda x: torch.cat([predict_log_probs(net, x, 1, stochastic=flag, **common)
+                                     for net, flag in zip(nets, flags)])), any(flags)
+    return (lambda x: predict_log_probs(nets[0], x, n, stochastic=flags[0], **common)), flags[0]
 
-    def score(x, y):
-        nonlocal meters
-        log_probs = predict_log_probs(model, x, sizes[-1], max_batch=max_batch, precision=precision,
-                                      channels_last=channels_last, stochastic=stochastic)  # (S, B, C)
+
+def _score_batches(draw, first, batches, sizes, device, bins, cutoffs, keep_predictions) -> tuple:
+    """({n: Metrics} over every batch, {n: [log-prob chunks]} if kept) of the predictions `draw` makes."""
+    meters, kept = None, {}
+    for x, y in itertools.chain([first], batches) if first is not None else ():
+        log_probs = draw(x)  # (S, B, C)
         y = y.to(log_probs.device, non_blocking=True)
         if meters is None:
             meters = {n: Metrics(log_probs.shape[-1], bins=bins, cutoffs=cutoffs, device=device) for n in sizes}
@@ -300,21 +331,12 @@ def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", c
                 kept.setdefault(n, []).append(lp.cpu())
         if keep_predictions is not None:
             kept.setdefault("targets", []).append(y.cpu())
-
-    if first is not None:
-        score(*first)
-        for x, y in batches:
-            score(x, y)
-        num_classes = next(iter(meters.values())).num_classes
-    num_classes = _agree_on_classes(num_classes, device)
+    num_classes = _agree_on_classes(next(iter(meters.values())).num_classes if meters else 0, device)
     if num_classes == 0:
         raise ValueError("the dataset yielded no (non-empty) batches: nothing to evaluate")
     if meters is None:  # this rank's shard was empty: it still takes part in the all-reduce
         meters = {n: Metrics(num_classes, bins=bins, cutoffs=cutoffs, device=device) for n in sizes}
-    if keep_predictions is not None and kept:
-        keep_predictions.update({k: torch.cat(v) for k, v in kept.items()})
-    passes = sizes[-1] if stochastic else 1
-    return {n: {**meters[n].sync().compute(), "stochastic": stochastic, "passes": passes} for n in sizes}
+    return meters, kept
 
 
 def test(model, n_ff, dataset, **kwargs):

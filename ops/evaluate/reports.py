@@ -6,10 +6,11 @@ Leaderboard CSV (one row per ensemble size, the original column order, with a he
 at `leaderboard/logs/{dataset}/{model}/{dataset}_{model}_{uid}.csv`; the full metric dicts go beside it as JSON.
 """
 import csv
-import json
+import itertools
 import math
 from pathlib import Path
 
+from models.atomic import atomic_file, write_json
 from ops.evaluate.metrics import cutoff_key
 
 
@@ -24,19 +25,36 @@ def leaderboard_columns(cutoffs=(0.0, 0.9)):
             + ["top5", "brier", "ece", "ece_signed"])
 
 
-def write_leaderboard(results, path, cutoffs=(0.0, 0.9)):
-    """results: {ensemble size: metrics dict}. Writes `path` (CSV) and `path` with .json; returns the CSV path."""
+def new_leaderboard_path(dataset_name, model_name, uid, root="leaderboard/logs") -> Path:
+    """A leaderboard CSV path no evaluation has used: `..._{uid}.csv`, else `..._{uid}-2.csv`, `-3`, ...
+    The name is claimed by creating the file exclusively, so two evaluations running at once get two names."""
+    for k in itertools.count(1):
+        path = leaderboard_path(dataset_name, model_name, uid if k == 1 else f"{uid}-{k}", root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.with_suffix(".json").exists():
+            continue
+        try:
+            with open(path, "x"):
+                return path
+        except FileExistsError:
+            continue
+
+
+def write_leaderboard(results, path, cutoffs=(0.0, 0.9), about=None) -> Path:
+    """results: {ensemble size: metrics dict}. Writes `path` (CSV) and `path` with .json (the metrics per size,
+    and `about`: what was evaluated and how, under the key "evaluation"), atomically; returns the CSV path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = leaderboard_columns(cutoffs)
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for n, metrics in sorted(results.items()):
             row = {"size": n, **{f"cutoff_{cutoff_key(c)}": c for c in cutoffs}, **metrics}
             writer.writerow([row[c] for c in columns])
-    with open(path.with_suffix(".json"), "w") as f:  # strict JSON: an undefined metric (NaN) is null
-        json.dump(_finite({str(n): m for n, m in sorted(results.items())}), f, indent=1, allow_nan=False)
+    obj = {str(n): m for n, m in sorted(results.items())}
+    if about is not None:
+        obj["evaluation"] = about
+    write_json(path.with_suffix(".json"), _finite(obj), indent=1, allow_nan=False)  # strict: undefined -> null
     return path
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg by itself
 
+from ops.plots.colors import model_color
+
 LABELS = {"nll": "NLL (lower is better)", "acc": "Accuracy (%)", "ece": "ECE (%)", "brier": "Brier",
           "acc_90": "Acc-90 (%)", "unc_90": "Unc-90 (%)", "iou": "IoU (%)", "top5": "Top-5 (%)"}
 PERCENT = {"acc", "ece", "acc_90", "unc_90", "iou", "iou_90", "freq_90", "top5"}
@@ -38,14 +40,23 @@ def reliability_diagram(metrics, title=None):
     return fig
 
 
-def ensemble_size_figure(sweeps, keys=("nll", "acc", "ece"), title=None):
-    """One panel per metric, x = ensemble size (log scale), one line per model. sweeps: {label: {n: metrics}}."""
+def ensemble_size_figure(sweeps, keys=("nll", "acc", "ece"), title=None, intervals=None):
+    """One panel per metric, x = ensemble size (log scale), one line per model. sweeps: {label: {n: metrics}}.
+
+    intervals: {label: {n: {key: (estimate, low, high)}}} (e.g. ops.evaluate.intervals.bootstrap per size) draws
+    each model's 95% interval as a band. Colours: one per model across the library (ops.plots.colors)."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
+        scale = 100 if key in PERCENT else 1
         for label, results in sweeps.items():
             ns = sorted(results)
-            scale = 100 if key in PERCENT else 1
-            ax.plot(ns, [scale * results[n][key] for n in ns], marker="o", label=label)
+            color = model_color(label)
+            ax.plot(ns, [scale * results[n][key] for n in ns], marker="o", label=label, color=color)
+            band = (intervals or {}).get(label)
+            if band:
+                have = [n for n in ns if n in band]
+                ax.fill_between(have, [scale * band[n][key][1] for n in have], [scale * band[n][key][2] for n in have],
+                                color=color, alpha=0.18, linewidth=0)
         ax.set_xscale("log")
         ax.set_xticks(sorted({n for r in sweeps.values() for n in r}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -53,6 +64,8 @@ def ensemble_size_figure(sweeps, keys=("nll", "acc", "ece"), title=None):
         ax.set(xlabel="Ensemble size", ylabel=LABELS.get(key, key))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
+    if intervals:
+        axes[0][0].annotate("bands: 95% bootstrap intervals", (0.02, 0.02), xycoords="axes fraction", fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

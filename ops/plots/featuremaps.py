@@ -3,35 +3,41 @@ import math
 
 import matplotlib.pyplot as plt
 
-from ops.analysis.featuremaps import high_frequency
+from ops.analysis.featuremaps import common_frequency, high_frequency
+from ops.plots.colors import model_color
 
 
 def feature_map_figure(maps, shown=3, title=None):
     """Maps of `shown` MC samples side by side, and their standard deviation over all samples.
 
     maps: {model label: {point label: (S, H, W)}} (one image, one channel). One column per point; per model,
-    `shown` rows of samples (one colour scale per model and point) and a last row with the std over S.
+    `shown` rows of samples and a last row with the std over S. Panels that are compared share a scale: the
+    samples of a point share one colour scale across models, and every std panel of a point shares one, each with
+    its colourbar, so a lower MC variance shows as a darker std panel.
     """
     labels = list(maps)
     points = list(maps[labels[0]])
     rows = len(labels) * (shown + 1)
-    fig, axes = plt.subplots(rows, len(points), figsize=(1.7 * len(points) + 1.2, 1.6 * rows), squeeze=False)
-    for i, label in enumerate(labels):
-        for j, point in enumerate(points):
-            m = maps[label][point].float().cpu()  # (S, H, W)
-            lo, hi = float(m[:shown].min()), float(m[:shown].max())
+    fig, axes = plt.subplots(rows, len(points), figsize=(1.9 * len(points) + 1.4, 1.6 * rows), squeeze=False)
+    for j, point in enumerate(points):
+        samples = {label: maps[label][point].float().cpu() for label in labels}  # (S, H, W) each
+        lo = min(float(m[:shown].min()) for m in samples.values())
+        hi = max(float(m[:shown].max()) for m in samples.values())
+        std_hi = max(float(m.std(dim=0).max()) for m in samples.values()) or 1.0
+        for i, label in enumerate(labels):
+            m = samples[label]
             for r in range(shown + 1):
                 ax = axes[i * (shown + 1) + r][j]
-                if r < shown:
-                    ax.imshow(m[r], cmap="viridis", vmin=lo, vmax=hi)
-                else:
-                    ax.imshow(m.std(dim=0), cmap="magma")
+                art = ax.imshow(m[r], cmap="viridis", vmin=lo, vmax=hi) if r < shown else \
+                    ax.imshow(m.std(dim=0), cmap="magma", vmin=0, vmax=std_hi)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0 and r == 0:
                     ax.set_title(point, fontsize=9)
                 if j == 0:
                     ax.set_ylabel(f"{label}\n" + (f"sample {r + 1}" if r < shown else f"std ({len(m)})"), fontsize=8)
+                if r == shown or (r == 0 and i == 0):
+                    fig.colorbar(art, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -44,7 +50,8 @@ def variance_figure(variances, keys=("variance", "relative"), title=None):
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, per_point in variances.items():
-            ax.plot(range(len(per_point)), [v[key] for v in per_point.values()], marker="o", label=label)
+            ax.plot(range(len(per_point)), [v[key] for v in per_point.values()], marker="o", label=label,
+                    color=model_color(label))
         ticks = list(next(iter(variances.values())))
         ax.set_xticks(range(len(ticks)), ticks, rotation=30, fontsize=8)
         ax.set(yscale="log", ylabel=names.get(key, key), xlabel="Stage output")
@@ -72,13 +79,15 @@ def fourier_figure(profiles, marks=None, title=None):
     sm = plt.cm.ScalarMappable(cmap="plasma_r", norm=plt.Normalize(0, 1))
     fig.colorbar(sm, ax=axes[len(labels) - 1], label="Normalised depth")
     ax = axes[-1]
+    at = common_frequency(*profiles.values())  # maps of different sizes compared at one frequency
     for label in labels:
-        depths, values = high_frequency(profiles[label])
-        line, = ax.plot(depths, values, marker=".", label=label)
+        depths, values = high_frequency(profiles[label], at=at)
+        line, = ax.plot(depths, values, marker=".", label=label, color=model_color(label))
         names = list(profiles[label])
         for point in (marks or {}).get(label, []):
             i = names.index(point)
             ax.plot(depths[i], values[i], marker="D", color=line.get_color(), markersize=6, linestyle="none")
+    ax.set_title(f"at frequency {at / math.pi:.2f} pi (reached by every map)", fontsize=9)
     ax.set(xlim=(0, 1), xlabel="Normalised depth", ylabel="High-frequency log amplitude")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -20,7 +20,7 @@ class TrainTask(submitit.helpers.Checkpointable):
 
 
 def submit(networks, export, executor="slurm", folder="runs/submitit", partition=None, gpus=1, cpus=None,
-           time_min=720, parallel=None, wait=False) -> list:
+           time_min=720, parallel=None, wait=False, name="train-set") -> list:
     """Submit the unfinished `networks` as one job array; returns the submitit jobs (their results if `wait`)."""
     if executor not in ("slurm", "submitit-local"):
         raise sets.SetError(f"executor must be slurm or submitit-local here, got {executor!r}")
@@ -30,7 +30,7 @@ def submit(networks, export, executor="slurm", folder="runs/submitit", partition
     if not todo:
         return []
     ex = submitit.AutoExecutor(folder=str(Path(folder) / "%j"), cluster="slurm" if executor == "slurm" else "local")
-    params = {"name": f"train-set-{todo[0].uid.split('-')[0]}", "timeout_min": int(time_min), "nodes": 1,
+    params = {"name": name, "timeout_min": int(time_min), "nodes": 1,
               "tasks_per_node": 1, "gpus_per_node": int(gpus)}
     if cpus:
         params["cpus_per_task"] = int(cpus)

@@ -19,7 +19,7 @@ import models
 
 from models.atomic import write_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "resources" / "models_checkpoints"
 DEMO_MODELS = ("resnet_mcdo_18", "resnet_mcdo_smoothing_18")
 DEMO_UID = "demo"
@@ -100,3 +100,32 @@ def load_models(names=DEMO_MODELS, dataset="fashion_mnist", device="cpu", runs_d
         if verbose:
             print(f"{name}: {path}")
     return out
+
+
+REFERENCE_VARIANTS = ("dnn", "dnn_smoothing", "mcdo", "mcdo_smoothing", "mcdo_mlp")
+
+
+def reference_path(variant, seed, dataset="fashion_mnist", set_name="reference", resources=RESOURCES) -> Path:
+    """The exported checkpoint of network (variant, seed) of a training set (ops.train.sets); raises naming
+    what is there if it is missing."""
+    uid = f"{set_name}-{variant}-s{seed}"
+    found = sorted(Path(resources).glob(f"{dataset}/*/{dataset}_*_{uid}.pth.tar"))
+    if len(found) != 1:
+        have = sorted(p.name.removesuffix(".pth.tar").rsplit("_", 1)[-1]
+                      for p in Path(resources).glob(f"{dataset}/*/{dataset}_*_{set_name}-*.pth.tar"))
+        raise FileNotFoundError(f"No {set_name} network {variant!r} with seed {seed} for {dataset} in {resources} "
+                                f"(found: {have or 'none'}). Train the set: python -m ops.run train-set "
+                                f"configs/{dataset}_reference.json")
+    return found[0]
+
+
+def load_reference(variant, seeds=(0, 1, 2), dataset="fashion_mnist", set_name="reference", resources=RESOURCES,
+                   device="cpu") -> list:
+    """The trained networks of one variant of a training set, one per seed, in eval() (see load_trained)."""
+    return [load_trained(reference_path(variant, seed, dataset, set_name, resources), device) for seed in seeds]
+
+
+def reference_ensemble(variant, seeds=(0, 1, 2), **kwargs) -> "models.ensemble.Ensemble":
+    """A deep ensemble (models.ensemble.Ensemble) of the variant's networks over `seeds`."""
+    return models.ensemble.Ensemble(load_reference(variant, seeds, **kwargs))
+

@@ -61,7 +61,7 @@ def _check_set_section(spec, path) -> list:
         return [f"{path}: `set` must be an object with name, seeds and networks"]
     unknown = set(spec) - {"name", "seeds", "networks", "export"}
     problems += [f"{path}: set.{k} is not a set key (name, seeds, networks, export)" for k in sorted(unknown)]
-    if configs.uid(spec.get("name")) or spec.get("name") is None:
+    if spec.get("name") is None or configs.uid(spec.get("name")) or "." in spec.get("name"):
         problems.append(f"{path}: set.name must be a plain name (letters, digits, '_', '-'), got {spec.get('name')!r}")
     seeds = spec.get("seeds")
     if not (isinstance(seeds, list) and seeds and all(type(s) is int and 0 <= s < 2 ** 31 for s in seeds)
@@ -72,7 +72,7 @@ def _check_set_section(spec, path) -> list:
     if not (isinstance(nets, dict) and nets):
         return problems + [f"{path}: set.networks must map variant names to {{'model': NAME, 'block': {{...}}}}"]
     for variant, entry in nets.items():
-        if configs.uid(variant) or "-" in variant:
+        if configs.uid(variant) or "-" in variant or "." in variant:
             problems.append(f"{path}: set.networks: variant {variant!r} must be letters, digits or '_'")
         if not isinstance(entry, dict) or not isinstance(entry.get("model"), str) \
                 or set(entry) - {"model", "block"} or not isinstance(entry.get("block", {}), dict):

@@ -11,6 +11,7 @@ import torchvision
 
 import models
 from ops.analysis import featuremaps as fm
+from ops.common.runtime import seeded
 from ops.plots import featuremaps as fmplots
 
 
@@ -57,10 +58,9 @@ def _mcdo_net():
 
 def test_mc_variance_equals_torch_var_over_the_same_samples():
     model, images = _mcdo_net(), torch.randn(10, 3, 8, 8)
-    torch.manual_seed(5)
-    result = fm.mc_variance(model, images, ["2", "6"], samples=4, batch_size=4)
-    torch.manual_seed(5)  # the same passes in the same order: per batch of 4 images, 4 samples
-    samples = [fm.mc_samples(model, batch, ["2", "6"], 4) for batch in images.split(4)]
+    result = fm.mc_variance(model, images, ["2", "6"], samples=4, batch_size=4, seed=5)
+    with seeded(5):  # the same passes in the same order: per batch of 4 images, 4 samples
+        samples = [fm.mc_samples(model, batch, ["2", "6"], 4, seed=None) for batch in images.split(4)]
     for p in ("2", "6"):
         maps = torch.cat([s[p] for s in samples], dim=1).double()  # (S, N, C, H, W)
         expected = maps.var(dim=0, unbiased=True).mean()
@@ -92,7 +92,12 @@ def test_fourier_profiles_average_exactly_over_batches_and_keep_the_model_state(
         assert len(freqs) == len(profile)
     assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     depths, values = fm.high_frequency(streamed)
-    assert depths.tolist() == [0.0, 0.5, 1.0] and values[0] == streamed["layer0"][1][-1]
+    at = fm.common_frequency(streamed)  # the highest frequency every map reaches: the smallest map's last point
+    assert at == min(float(f[-1]) for f, _ in streamed.values())
+    assert depths.tolist() == [0.0, 0.5, 1.0]
+    assert values[0] == pytest.approx(fm.profile_at(*streamed["layer0"], at), rel=1e-6)
+    smallest = min(streamed, key=lambda p: len(streamed[p][0]))
+    assert values[points.index(smallest)] == pytest.approx(float(streamed[smallest][1][-1]), rel=1e-6)
 
 
 def test_capture_errors_name_the_problem():
@@ -118,7 +123,12 @@ def test_figures_draw_every_model_and_point():
     maps = {"a": {"p1": torch.randn(5, 6, 6), "p2": torch.randn(5, 3, 3)}, "b": {"p1": torch.randn(5, 7, 7),
                                                                               "p2": torch.randn(5, 4, 4)}}
     fig = fmplots.feature_map_figure(maps, shown=2)
-    assert len(fig.axes) == 2 * 3 * 2
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 * 3 * 2
+    # the std panels of one point share one colour scale across models, with a colourbar each
+    std_limits = {ax.get_ylabel().split("\n")[0]: ax.images[0].get_clim() for ax in panels if "std" in ax.get_ylabel()}
+    assert len(std_limits) == 2 and len(set(std_limits.values())) == 1
+    assert len(fig.axes) > len(panels)  # colourbars
     assert fm.strongest_channel(torch.stack([torch.zeros(4, 4), torch.ones(4, 4)])[None]) == 1
     variances = {"a": {"p1": dict(variance=0.1, relative=0.01), "p2": dict(variance=0.2, relative=0.02)}}
     assert len(fmplots.variance_figure(variances).axes) == 2

@@ -182,8 +182,9 @@ def test_test_command_rebuilds_the_run_from_its_stored_config(tmp_path, monkeypa
     # Only the uid (and where runs live): width 8, the dataset and its subset come from the run's config.json.
     assert cli.main(["test", "--uid", "w8", "--sizes", "1,2", f"env.out_dir={elsewhere}"]) == 0
     out = capsys.readouterr().out
-    csv = tmp_path / "lb" / "synthetic" / "resnet_mcdo_18" / "synthetic_resnet_mcdo_18_w8.csv"
-    assert csv.exists() and str(csv) in out
+    # where results go is this command line's (here: the default leaderboard/logs), never the run's stored config
+    csv = Path("leaderboard") / "logs" / "synthetic" / "resnet_mcdo_18" / "synthetic_resnet_mcdo_18_w8.csv"
+    assert csv.exists() and str(csv) in out and not (tmp_path / "lb").exists()
     assert [r.split(",")[0] for r in csv.read_text().strip().splitlines()] == ["size", "1", "2"]
     # Our own checkpoint by path needs no --config either (its card holds it); a second evaluation of the same
     # checkpoint gets a file of its own instead of replacing the first one's results.
