@@ -32,22 +32,53 @@ def _shortcut(in_channels, out_channels, stride, bn=True):
     return nn.Sequential(conv1x1(in_channels, out_channels, stride), *([nn.BatchNorm2d(out_channels)] * bn))
 
 
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-[dropout]-conv3x3-BN, added to the shortcut, then ReLU."""
+def _bottleneck_layers(block, in_channels, channels, stride, groups, width_per_group, shortcut_bn):
+    """The shortcut and the three conv + BN pairs of a bottleneck block, registered in its state_dict order:
+    conv then BN over the conv's output (post-activation), or BN over the conv's input then conv (pre-activation)."""
+    width = _bottleneck_width(channels, groups, width_per_group)
+    out_channels = channels * block.expansion
+    block.shortcut = _shortcut(in_channels, out_channels, stride, shortcut_bn)
+    _conv_bn_pairs(block, [conv1x1(in_channels, width), conv3x3(width, width, stride, groups),
+                           conv1x1(width, out_channels)])
+
+
+def _basic_layers(block, in_channels, channels, stride, groups, width_per_group, shortcut_bn):
+    """The shortcut and the two conv + BN pairs of a basic block (state_dict order as _conv_bn_pairs)."""
+    if groups != 1 or width_per_group != 64:
+        raise ValueError(f"{type(block).__name__} supports only groups=1 and width_per_group=64")
+    block.shortcut = _shortcut(in_channels, channels, stride, shortcut_bn)
+    _conv_bn_pairs(block, [conv3x3(in_channels, channels, stride), conv3x3(channels, channels)])
+
+
+def _conv_bn_pairs(block, convs):
+    """conv{i} and bn{i} for each conv, registered in the block's state_dict order: conv then BN over its output
+    (post-activation), or BN over the conv's input then conv (pre-activation)."""
+    for i, c in enumerate(convs, 1):
+        bn = nn.BatchNorm2d(c.in_channels if block.preact else c.out_channels)
+        for kind, module in ([("bn", bn), ("conv", c)] if block.preact else [("conv", c), ("bn", bn)]):
+            setattr(block, f"{kind}{i}", module)
+
+
+class _Block(nn.Module):
+    """What the four blocks share: the shortcut and conv + BN pairs (basic: two 3x3, bottleneck: 1x1-3x3-1x1),
+    then `relu` and `dropout` (MC dropout at `rate`, none at 0). shortcut_bn: BN after a projection shortcut
+    (None: yes for post-activation blocks, no for pre-activation ones, as the original)."""
     expansion = 1
     preact = False
 
-    def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=True):
+    def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=None):
         super().__init__()
-        if groups != 1 or width_per_group != 64:
-            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
-        self.shortcut = _shortcut(in_channels, channels, stride, shortcut_bn)
-        self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = conv3x3(channels, channels)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
+        shortcut_bn = not self.preact if shortcut_bn is None else shortcut_bn
+        layers = _bottleneck_layers if self.expansion == 4 else _basic_layers
+        layers(self, in_channels, channels, stride, groups, width_per_group, shortcut_bn)
+        self.relu = nn.ReLU(inplace=not self.preact)
         self.dropout = dropout(rate)
+
+
+class BasicBlock(_Block):
+    """conv3x3-BN-ReLU-[dropout]-conv3x3-BN, added to the shortcut, then ReLU."""
+    expansion = 1
+    preact = False
 
     def forward(self, x):
         skip = self.shortcut(x)
@@ -56,24 +87,10 @@ class BasicBlock(nn.Module):
         return self.relu(x + skip)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """conv1x1-BN-ReLU-conv3x3(groups)-BN-ReLU-[dropout]-conv1x1-BN, added to the shortcut, then ReLU."""
     expansion = 4
     preact = False
-
-    def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=True):
-        super().__init__()
-        width = _bottleneck_width(channels, groups, width_per_group)
-        out_channels = channels * self.expansion
-        self.shortcut = _shortcut(in_channels, out_channels, stride, shortcut_bn)
-        self.conv1 = conv1x1(in_channels, width)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride, groups)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = conv1x1(width, out_channels)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.dropout = dropout(rate)
 
     def forward(self, x):
         skip = self.shortcut(x)
@@ -83,25 +100,13 @@ class Bottleneck(nn.Module):
         return self.relu(x + skip)
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(_Block):
     """BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3, added to the shortcut (He et al., 2016b).
 
     A projection shortcut reads the pre-activated input, an identity shortcut the raw input.
     """
     expansion = 1
     preact = True
-
-    def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=False):
-        super().__init__()
-        if groups != 1 or width_per_group != 64:
-            raise ValueError("PreActBasicBlock supports only groups=1 and width_per_group=64")
-        self.shortcut = _shortcut(in_channels, channels, stride, shortcut_bn)
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv2 = conv3x3(channels, channels)
-        self.relu = nn.ReLU()
-        self.dropout = dropout(rate)
 
     def forward(self, x):
         h = self.relu(self.bn1(x))
@@ -111,24 +116,10 @@ class PreActBasicBlock(nn.Module):
         return h + skip
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(_Block):
     """BN-ReLU-conv1x1-BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv1x1, added to the shortcut."""
     expansion = 4
     preact = True
-
-    def __init__(self, in_channels, channels, stride=1, groups=1, width_per_group=64, rate=0.0, shortcut_bn=False):
-        super().__init__()
-        width = _bottleneck_width(channels, groups, width_per_group)
-        out_channels = channels * self.expansion
-        self.shortcut = _shortcut(in_channels, out_channels, stride, shortcut_bn)
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = conv1x1(in_channels, width)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride, groups)
-        self.bn3 = nn.BatchNorm2d(width)
-        self.conv3 = conv1x1(width, out_channels)
-        self.relu = nn.ReLU()
-        self.dropout = dropout(rate)
 
     def forward(self, x):
         h = self.relu(self.bn1(x))
