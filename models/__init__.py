@@ -14,7 +14,7 @@ from . import alexnet, resnet, vgg  # noqa: F401  (importing registers the famil
 from .checkpoints import (CheckpointError, atomic_save, canonical_dataset, check_identity, check_state_dict,
                           checkpoint_path, find_checkpoint, load, load_checkpoint, read_checkpoint, save,
                           save_checkpoint, unwrap)
-from .layers import MCDropout, is_stochastic, mc_dropout
+from .layers import MCDropout, evaluating, is_stochastic, mc_dropout
 from .registry import get_model, list_models, register, smoothing_variant
 from .smoothing import SMOOTHING_BLOCKS, SmoothingBlock, TanhBlurBlock, make_smoothing
 from .surgery import add_mc_dropout, add_smoothing, plan_smoothing
@@ -27,7 +27,7 @@ __all__ = [
     "TanhBlurBlock", "SmoothingBlock", "SMOOTHING_BLOCKS", "make_smoothing", "count_parameters", "summary",
     "ensemble",
 ]
-__all__ += ["add_smoothing", "add_mc_dropout", "plan_smoothing"]
+__all__ += ["add_smoothing", "add_mc_dropout", "plan_smoothing", "evaluating"]
 
 
 def count_parameters(model, trainable_only=False):
@@ -35,17 +35,12 @@ def count_parameters(model, trainable_only=False):
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-@torch.no_grad()
-def summary(model, input_size=(1, 3, 32, 32)):
+def summary(model, input_size=(1, 3, 32, 32)) -> str:
     """One line: name, parameter count, input and output shape (one eval forward pass on the model's device)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         p = next(iter([*model.parameters(), *model.buffers()]), None)  # a model may have neither
         out = model(torch.zeros(input_size, device=p.device if p is not None else "cpu",
                                 dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32))
-    finally:
-        model.train(was_training)
     name = getattr(unwrap(model), "name", type(model).__name__)
     return (f"{name}: {count_parameters(model):,} parameters, input {tuple(input_size)} "
             f"-> output {tuple(out.shape)}")

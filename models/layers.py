@@ -128,3 +128,16 @@ class mc_dropout:
 def is_stochastic(model):
     """True if `model` has an active MC dropout layer, i.e. two eval() passes can differ."""
     return any(isinstance(m, MCDropout) and m.mc for m in model.modules())
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """eval() and no_grad for the block, the model's previous mode restored afterwards (MC dropout layers stay
+    on: they are stochastic in eval() by design)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

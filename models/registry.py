@@ -47,7 +47,7 @@ def list_models(pattern="*"):
     return sorted(fnmatch.filter(_MODELS, pattern), key=_natural_key)
 
 
-def get_model(name, num_classes=10, stem=False, **kwargs):
+def get_model(name: str, num_classes: int = 10, stem: bool = False, **kwargs) -> "torch.nn.Module":  # noqa: F821 (annotation)
     """Build the model `name` for `num_classes` classes.
 
     stem=False is the CIFAR stem (32x32 inputs), stem=True the ImageNet stem (224x224) where the family has

@@ -53,6 +53,7 @@ where our `mcdo` ResNets have it; in a network without residual blocks, after ea
 BatchNorm/activation (our `mcdo` VGG and AlexNet). `where="dropout"` turns the model's own `nn.Dropout`
 layers into MC dropout instead; a list of names puts it after those modules.
 """
+import contextlib
 import difflib
 import inspect
 import operator
@@ -64,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .layers import MCDropout
+from .layers import MCDropout, evaluating
 from .smoothing import SmoothingBlock, make_smoothing
 
 __all__ = ["add_smoothing", "add_mc_dropout", "plan_smoothing", "Insertion"]
@@ -267,24 +268,12 @@ def _concrete_args(model):
             if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD} or None
 
 
-class _quiet_forward:
-    """eval(), no_grad and a forked RNG around analysis passes: no BatchNorm update, no change to random draws."""
-
-    def __init__(self, model):
-        self.model, self.training = model, model.training
-        self.devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-
-    def __enter__(self):
-        self.rng = torch.random.fork_rng(devices=self.devices)
-        self.rng.__enter__()
-        self.grad = torch.no_grad()
-        self.grad.__enter__()
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.training)
-        self.grad.__exit__(*exc)
-        return self.rng.__exit__(*exc)
+@contextlib.contextmanager
+def _quiet_forward(model):
+    """evaluating(model) and a forked RNG around analysis passes: no BatchNorm update, no change to random draws."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), evaluating(model):
+        yield
 
 
 def _example(model, example_input):
@@ -314,7 +303,7 @@ def _names(nodes, g):
 
 # --- smoothing -------------------------------------------------------------------------------------------------
 
-def plan_smoothing(model, stem=False, head=True, example_input=None):
+def plan_smoothing(model: nn.Module, stem: bool = False, head: bool = True, example_input: torch.Tensor = None) -> list:
     """Where `add_smoothing(where="subsampling")` would put blocks, without changing `model`: [Insertion]."""
     example_input = _example(model, example_input)
     g = _Graph(model, example_input)
@@ -377,8 +366,8 @@ def _kernel(g, n):
     return max(shape[2:]) if shape else 3
 
 
-def add_smoothing(model, block="tanh", where="subsampling", *, stem=False, head=True, example_input=None,
-                  **block_kwargs):
+def add_smoothing(model: nn.Module, block="tanh", where="subsampling", *, stem: bool = False, head: bool = True,
+                  example_input: torch.Tensor = None, **block_kwargs) -> tuple:
     """Insert smoothing blocks into `model` (in place); returns (model, [Insertion]).
 
     block: a name of models.SMOOTHING_BLOCKS ("tanh": the paper's), a class or a callable `in_filters ->
@@ -404,7 +393,7 @@ def add_smoothing(model, block="tanh", where="subsampling", *, stem=False, head=
 
 # --- MC dropout ------------------------------------------------------------------------------------------------
 
-def add_mc_dropout(model, rate, where="auto", *, example_input=None):
+def add_mc_dropout(model: nn.Module, rate: float, where="auto", *, example_input: torch.Tensor = None) -> tuple:
     """Insert MC dropout (models.MCDropout: stays on in eval()) into `model` (in place); returns (model, [Insertion]).
 
     where: "auto" (residual networks: on the input of the last convolution of each residual branch; others:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 import models
+from models.layers import evaluating
 from ops.common.runtime import seeded
 from ops.evaluate.engine import model_device
 
@@ -79,22 +80,6 @@ class _Capture:
         return False
 
 
-class _Eval:
-    """eval() and no_grad for the duration, the previous mode restored afterwards."""
-
-    def __init__(self, model):
-        self.model, self.training = model, model.training
-
-    def __enter__(self):
-        self.grad = torch.no_grad()
-        self.grad.__enter__()
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.training)
-        return self.grad.__exit__(*exc)
-
-
 def _maybe_seeded(seed, model):
     """seeded(seed) on the model's device; seed=None draws from the caller's generator as it is."""
     return contextlib.nullcontext() if seed is None else seeded(seed, model_device(model))
@@ -102,14 +87,14 @@ def _maybe_seeded(seed, model):
 
 def capture(model, x, points):
     """{point: (B, C, H, W) output} of one forward pass of `x` (B, 3, H, W) through `model` (in eval())."""
-    with _Eval(model), _Capture(model, points) as cap:
+    with evaluating(model), _Capture(model, points) as cap:
         return cap.run(x.to(model_device(model)))
 
 
 def mc_samples(model, x, points, samples, seed=0):
     """{point: (S, B, C, H, W)}: the maps of `samples` MC passes of `x` (masks from `seed`). Memory grows with S:
     use few images; seed=None: the caller's generator)."""
-    with _Eval(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
+    with evaluating(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
         runs = [cap.run(x.to(model_device(model))) for _ in range(samples)]
     return {p: torch.stack([r[p] for r in runs]) for p in points}
 
@@ -125,7 +110,7 @@ def mc_variance(model, images, points, samples=10, batch_size=64, seed=0):
     if samples < 2:
         raise ValueError(f"the variance over MC samples needs samples >= 2, got {samples}")
     totals = {p: torch.zeros(3, dtype=torch.float64) for p in points}  # variance sum, power sum, element count
-    with _Eval(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
+    with evaluating(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
         for batch in images.split(batch_size):
             batch = batch.to(model_device(model))
             s1, s2 = {}, {}
@@ -177,7 +162,7 @@ def fourier_profiles(model, images, points, samples=1, batch_size=64, seed=0):
     """{point: (frequencies (K,), profile (K,))}: the log amplitude averaged over all `images` and `samples`
     passes (MC dropout on, as the model predicts; masks from `seed`), then its diagonal profile."""
     sums, count = {}, 0
-    with _Eval(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
+    with evaluating(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
         for batch in images.split(batch_size):
             batch = batch.to(model_device(model))
             for _ in range(samples):

@@ -123,7 +123,7 @@ def prepare_batches(data, n_images=None, batch_size=128, seed=0, device="cpu", a
     """A list of (x, y) batches on `device`: the fixed evaluation data of a landscape or a Hessian.
 
     data: an ImageTensorDataset (the first `n_images` of a `seed` permutation; `augment` crops and flips them
-    with ops.loaders, seeded) or an iterable of (x, y) batches (cut after `n_images` images)."""
+    with ops.data.loaders, seeded) or an iterable of (x, y) batches (cut after `n_images` images)."""
 
     if n_images is not None and n_images < 1:
         raise ValueError(f"n_images must be >= 1 or None (all), got {n_images}")

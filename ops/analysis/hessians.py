@@ -1,16 +1,16 @@
 """The Hessian of the loss at trained weights: products, top eigenvalues, trace, density, max-eigenvalue spectra.
 
-    op = ops.hessians.HessianOperator(model, [(x, y)], weight_decay=5e-4)   # v -> H v on flat vectors (dim,)
-    ops.hessians.top_eigenvalues(op, k=3, seed=0)    # power iteration + deflation: {"eigenvalues": [...], ...}
-    ops.hessians.trace(op, seed=0)                   # Hutchinson: {"trace", "std_error", "samples"}
-    res = ops.hessians.slq(op, n_steps=40, n_vectors=4, seed=0)   # stochastic Lanczos quadrature
-    ops.hessians.density(res, grid, sigma=0.05)      # the spectral density on a grid of eigenvalues
-    ops.hessians.max_eigenvalue_spectrum(model, train_set, n_batches=32, batch_size=64, augment=True)
+    op = ops.analysis.hessians.HessianOperator(model, [(x, y)], weight_decay=5e-4)   # v -> H v on flat vectors (dim,)
+    ops.analysis.hessians.top_eigenvalues(op, k=3, seed=0)    # power iteration + deflation: {"eigenvalues": [...], ...}
+    ops.analysis.hessians.trace(op, seed=0)                   # Hutchinson: {"trace", "std_error", "samples"}
+    res = ops.analysis.hessians.slq(op, n_steps=40, n_vectors=4, seed=0)   # stochastic Lanczos quadrature
+    ops.analysis.hessians.density(res, grid, sigma=0.05)      # the spectral density on a grid of eigenvalues
+    ops.analysis.hessians.max_eigenvalue_spectrum(model, train_set, n_batches=32, batch_size=64, augment=True)
 
 Loss. L(w) = mean over the images of the cross-entropy (NLL) + weight_decay / 2 * ||w||^2, w = the trainable
 parameters (all of them, BatchNorm's included). The model is in eval(): BatchNorm uses the checkpoint's running
 statistics. MC dropout must not change between products, so by default (dropout="fixed") it uses the seeded masks
-of ops.landscapes.FixedMasks (mask `mask`, batch b for the operator's b-th batch; in the spectrum, mini-batch i
+of ops.analysis.fixed.FixedMasks (mask `mask`, batch b for the operator's b-th batch; in the spectrum, mini-batch i
 gets mask i); dropout="off" switches MC dropout off instead.
 
 Hessian-vector products by double backward: the gradient graph of the loss is built once per operator and kept,
@@ -64,7 +64,8 @@ class HessianOperator:
     params: the parameters to differentiate (default: all with requires_grad). The graph of the gradient is kept
     in memory until the operator is deleted."""
 
-    def __init__(self, model, batches, weight_decay=0.0, params=None, dropout="fixed", seed=0, mask=0):
+    def __init__(self, model: torch.nn.Module, batches, weight_decay: float = 0.0, params=None, dropout: str = "fixed",
+                 seed: int = 0, mask: int = 0):
         if dropout not in DROPOUT_MODES:
             raise ValueError(f"dropout must be one of {DROPOUT_MODES}, got {dropout!r}")
         if weight_decay < 0:
@@ -141,7 +142,7 @@ def _check_iter(max_iter, tol):
         raise ValueError(f"tol must be > 0, got {tol}")
 
 
-def top_eigenvalues(op, k=1, max_iter=100, tol=1e-3, seed=0):
+def top_eigenvalues(op: "HessianOperator", k: int = 1, max_iter: int = 100, tol: float = 1e-3, seed: int = 0) -> dict:
     """The k eigenvalues of largest magnitude by power iteration with deflation (see the module docstring).
 
     Returns {"eigenvalues": [k floats], "eigenvectors": [k flat unit tensors], "iterations": [...],
@@ -173,7 +174,7 @@ def top_eigenvalues(op, k=1, max_iter=100, tol=1e-3, seed=0):
     return {"eigenvalues": values, "eigenvectors": vectors, "iterations": iterations, "converged": converged}
 
 
-def trace(op, max_iter=200, tol=1e-2, seed=0, min_samples=10):
+def trace(op: "HessianOperator", max_iter: int = 200, tol: float = 1e-2, seed: int = 0, min_samples: int = 10) -> dict:
     """Hutchinson's estimate of tr(H): {"trace", "std_error", "samples", "converged"}."""
     _check_iter(max_iter, tol)
     samples = []
@@ -210,7 +211,7 @@ def lanczos(op, v, n_steps):
     return alphas, betas
 
 
-def slq(op, n_steps=30, n_vectors=1, seed=0):
+def slq(op: "HessianOperator", n_steps: int = 30, n_vectors: int = 1, seed: int = 0) -> dict:
     """Stochastic Lanczos quadrature: {"nodes": [[...]], "weights": [[...]]}, one list per start vector (each
     weights list sums to 1). Use `density(result, grid, sigma)` to draw it."""
     if not 1 <= n_steps <= op.dim:
@@ -242,8 +243,9 @@ def density(result, grid, sigma=None):
     return out / len(result["nodes"])
 
 
-def max_eigenvalue_spectrum(model, data, *, n_batches=32, batch_size=64, augment=False, weight_decay=0.0,
-                            dropout="fixed", seed=0, max_iter=20, tol=1e-3, device=None, progress=False):
+def max_eigenvalue_spectrum(model: torch.nn.Module, data, *, n_batches: int = 32, batch_size: int = 64,
+                            augment: bool = False, weight_decay: float = 0.0, dropout: str = "fixed", seed: int = 0,
+                            max_iter: int = 20, tol: float = 1e-3, device=None, progress: bool = False) -> dict:
     """The top Hessian eigenvalue of each of `n_batches` mini-batches of `data` (the paper's spectrum).
 
     data: an ImageTensorDataset (n_batches * batch_size images of a `seed` permutation; `augment` crops and flips

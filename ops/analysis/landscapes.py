@@ -298,10 +298,12 @@ class _Engine:
         return recs
 
 
-def landscape(model, data, directions=None, *, xs=None, ys=None, n=11, scale=1.0, n_masks=1, seed=0,
-              direction_seed=0, norm="filter", n_images=None, batch_size=128, weight_decay=0.0, path=None,
-              points_per_pass=1, masks_per_pass="auto", compile=False, channels_last=True, cache_masks=True,
-              precision="fp32", device=None, bins=10, cutoffs=(0.0, 0.9), progress=False, on_point=None):
+def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: list = None, ys: list = None,
+              n: int = 11, scale: float = 1.0, n_masks: int = 1, seed: int = 0, direction_seed: int = 0,
+              norm: str = "filter", n_images: int = None, batch_size: int = 128, weight_decay: float = 0.0,
+              path=None, points_per_pass: int = 1, masks_per_pass="auto", compile: bool = False,
+              channels_last: bool = True, cache_masks: bool = True, precision: str = "fp32", device=None,
+              bins: int = 10, cutoffs=(0.0, 0.9), progress: bool = False, on_point=None) -> Landscape:
     """Evaluate `model` over a grid of weights; returns a Landscape (see the module docstring).
 
     data: an ImageTensorDataset or an iterable of (x, y) batches; `n_images` of it (a fixed `seed` subset) are

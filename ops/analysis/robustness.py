@@ -1,14 +1,14 @@
 """Robustness metrics: every metric per corruption and severity, CE / mCE, and stability on perturbation sequences.
 
-    results = ops.robustness.evaluate_corrupted(model, cset, sizes=(1, 2, 5), mean=test.mean, std=test.std,
+    results = ops.analysis.robustness.evaluate_corrupted(model, cset, sizes=(1, 2, 5), mean=test.mean, std=test.std,
                                                 clean=test)
     rows = ops.analysis.robustness.corruption_summary({"MC dropout": results_a, "+ smoothing": results_b})  # mCE table
-    ops.robustness.write_corrupted(results, "runs/x", "fashion_mnist_resnet_mcdo_18_uid")  # CSV per size + JSON
-    stab = ops.robustness.evaluate_perturbed(model, frames, noise=False, mean=..., std=..., sizes=(1, 2))
+    ops.analysis.robustness.write_corrupted(results, "runs/x", "fashion_mnist_resnet_mcdo_18_uid")  # CSV + JSON
+    stab = ops.analysis.robustness.evaluate_perturbed(model, frames, noise=False, mean=..., std=..., sizes=(1, 2))
 
-Corrupted data: each (corruption, severity) cell is one `ops.tests.sweep`, so every MC ensemble size comes from
+Corrupted data: each (corruption, severity) cell is one `ops.evaluate.sweep`, so every MC ensemble size comes from
 one set of max(sizes) samples; `results` is data: {"sizes", "clean": {n: metrics}, "corrupted": {corruption:
-{severity: {n: metrics}}}} with the metric dicts of ops.metrics.
+{severity: {n: metrics}}}} with the metric dicts of ops.evaluate.metrics.
 
 Corruption error (Hendrycks & Dietterich 2019), with E_{s,c} the error (1 - acc) at severity s of corruption c:
     unnormalised (CIFAR-style)   CE_c = mean_s E_{s,c}             relative CE_c = mean_s (E_{s,c} - E_clean)
@@ -72,7 +72,7 @@ def prepare(model, example, channels_last=True, precision="fp32"):
     """(model ready for inference, stochastic?): decided once per model, not once per (corruption, severity).
 
     BatchNorm is folded into the convolutions (checked on `example`, a batch on the model's device) and whether
-    the model is stochastic is decided by its behaviour (ops.predict.is_stochastic)."""
+    the model is stochastic is decided by its behaviour (ops.evaluate.engine.is_stochastic)."""
     stochastic = is_stochastic(model, example, precision)
     return prepare_for_inference(model, channels_last=channels_last, fuse_bn=True, example=example), stochastic
 
@@ -80,9 +80,9 @@ def prepare(model, example, channels_last=True, precision="fp32"):
 def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corruptions=None, severities=None,
                        n=None, clean=None, batch_size=256, device=None, channels_last=True, progress=True, workers=4,
                        **sweep_kwargs):
-    """Sweep `model` over every (corruption, severity) of `cset` (ops.corruptions.CorruptedSet or ImageNetCSet).
+    """Sweep `model` over every (corruption, severity) of `cset` (ops.data.corrupted_sets.CorruptedSet or ImageNetCSet).
 
-    mean, std: the normalisation of the clean data (the model's). n: n images of each cell (ops.corruptions.take:
+    mean, std: the normalisation of the clean data (the model's). n: n images of each cell (corrupted_sets.take:
     the first n of a -C file, a fixed random n of an ImageFolder). clean: the clean test set, in the order the
     corrupted set was made from, scored on the same n images, for relative CE. workers: DataLoader processes
     for ImageFolders (in-memory sets need none). Other keyword arguments go to ops.evaluate.sweep (precision,
@@ -137,7 +137,7 @@ def _reference_errors(reference, corruption, severities):
             raise ValueError(f"reference must be None, 'alexnet' or {{corruption: errors}}, got {reference!r}")
         if corruption not in ALEXNET_ERRORS:
             raise ValueError(f"AlexNet errors are published for the 15 standard corruptions only, not "
-                             f"{corruption!r}; pass corruptions=ops.corruptions.CORRUPTIONS")
+                             f"{corruption!r}; pass corruptions=ops.data.corruptions.CORRUPTIONS")
         return [ALEXNET_ERRORS[corruption][s - 1] for s in severities]
     ref = reference[corruption]
     return [ref[s] for s in severities] if isinstance(ref, dict) else [ref] * len(severities)
@@ -326,8 +326,8 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
     """flip_prob, consistency and cec at every ensemble size (prefixes of one set of max(sizes) MC samples).
 
     frames: (N, T, H, W, C) uint8 (the -P layout, numpy or tensor); noise: compare with frame 0 (pass
-    ops.corruptions.is_noise_perturbation(ptype)); batch_size: videos per step; n: the first n videos;
-    max_batch: images per forward pass when MC copies are stacked (ops.predict.predict_log_probs);
+    ops.data.corruptions.is_noise_perturbation(ptype)); batch_size: videos per step; n: the first n videos;
+    max_batch: images per forward pass when MC copies are stacked (ops.evaluate.engine.predict_log_probs);
     stochastic: None prepares the model here (see `prepare`); True/False says the model is already prepared.
     seed: of the MC-dropout masks (the same call gives the same numbers)."""
     sizes = sorted(set(int(s) for s in sizes))

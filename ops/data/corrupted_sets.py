@@ -84,7 +84,7 @@ def _official(spec, root, download, what, layout):
     raise CorruptedDataNotFoundError(
         f"{what} not found: looked for {folder} (and the archive {archive}). Expected layout: {layout}. "
         f"Get {spec['archive']} (md5 {spec['md5']}) from {spec['url']} and unpack it under {root}, or pass "
-        f"download=True. Without it, ops.corruptions.generate_corrupted(test_set, root) makes a stand-in "
+        f"download=True. Without it, ops.data.corrupted_sets.generate_corrupted(test_set, root) makes a stand-in "
         f"with the same layout offline.")
 
 
@@ -99,7 +99,7 @@ class CorruptedSet:
             raise CorruptedDataNotFoundError(
                 f"{labels_path} not found: a -C folder holds {{corruption}}.npy (S*N, H, W, C) uint8 and "
                 f"labels.npy (S*N,). Get the official CIFAR-10-C / CIFAR-100-C from {OFFICIAL_C['cifar10']['url']}"
-                f" / {OFFICIAL_C['cifar100']['url']}, or make one with ops.corruptions.generate_corrupted.")
+                f" / {OFFICIAL_C['cifar100']['url']}, or make one with ops.data.corrupted_sets.generate_corrupted.")
         meta_path = self.folder / "meta.json"
         self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         self.severities = tuple(self.meta.get("severities", SEVERITIES))
@@ -185,7 +185,7 @@ def imagenet_c(root, corruption, severity, mean=(0.485, 0.456, 0.406), std=(0.22
 
 class ImageNetCSet:
     """ImageNet-C (`{root}/{corruption}/{severity}/{wnid}/*.JPEG`) with the interface of CorruptedSet, so that
-    ops.robustness.evaluate_corrupted takes either. Its datasets are ImageFolders (see imagenet_c)."""
+    ops.analysis.robustness.evaluate_corrupted takes either. Its datasets are ImageFolders (see imagenet_c)."""
 
     def __init__(self, root, crop=224):
         self.folder, self.crop, self.meta = Path(root), crop, {}
@@ -234,7 +234,7 @@ def load_perturbed(root, ptype):
             f"{path} not found. Expected layout: {root}/{{ptype}}.npy, (N, T, 32, 32, 3) uint8, no labels (types: "
             f"{', '.join(PERTURBATIONS)}). Get {OFFICIAL_P['archive']} (md5 {OFFICIAL_P['md5']}) from "
             f"{OFFICIAL_P['url']} and unpack it beside {root}, or make sequences offline with "
-            f"ops.corruptions.generate_perturbed.")
+            f"ops.data.corrupted_sets.generate_perturbed.")
     data = np.load(path, mmap_mode="r")
     if data.ndim != 5:
         raise ValueError(f"{path} has shape {data.shape}; expected (N, T, H, W, C)")

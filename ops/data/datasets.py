@@ -1,9 +1,9 @@
 """Datasets: CIFAR-10/100, ImageNet, Fashion-MNIST (the embedded default) and a synthetic set for tests.
 
-    train, test = ops.datasets.get_dataset("fashion_mnist", root="./data")      # each has .classes
+    train, test = ops.data.datasets.get_dataset("fashion_mnist", root="./data")      # each has .classes
 
 Small datasets (CIFAR, Fashion-MNIST, synthetic) are `ImageTensorDataset`s: every image in one uint8 tensor
-(N, 3, H, W) that `ops.loaders.DeviceLoader` moves to the training device once and augments there in batches.
+(N, 3, H, W) that `ops.data.loaders.DeviceLoader` moves to the training device once and augments there in batches.
 ImageNet is a torchvision ImageFolder (`{root}/imagenet/train`, `{root}/imagenet/val`) for the DataLoader path.
 
 Fashion-MNIST feeds the CIFAR architectures unchanged: its 28x28 grey images are zero-padded by 2 pixels to

@@ -256,7 +256,7 @@ def _agree_on_classes(num_classes, device):
 FAST_DEFAULTS = {"cpu": True, "cuda": False}
 
 
-def sweep(model, dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", channels_last=None,
+def sweep(model: "nn.Module | list", dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", channels_last=None,
           fuse_bn=None, max_batch=None, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None, mc=None,
           keep_predictions=None, seed: int = 0) -> dict:
     """Metrics for every ensemble size in `sizes` from one set of max(sizes) predictions per image: {n: dict}.
@@ -339,6 +339,6 @@ def _score_batches(draw, first, batches, sizes, device, bins, cutoffs, keep_pred
     return meters, kept
 
 
-def test(model, n_ff, dataset, **kwargs):
+def test(model: nn.Module, n_ff: int, dataset, **kwargs) -> dict:
     """Metrics of the mean prediction of `n_ff` MC passes (1 for deterministic models); see `sweep`."""
     return sweep(model, dataset, sizes=(n_ff,), **kwargs)[check_sizes((n_ff,))[0]]

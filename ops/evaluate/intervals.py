@@ -1,14 +1,14 @@
 """Bootstrap intervals over test images, for single models and for paired differences between two models.
 
     preds = {}
-    results = ops.tests.sweep(model, loader, sizes=(1, 2, 50), keep_predictions=preds)  # preds[n]: (N, C) log-probs
-    ci = ops.stats.bootstrap({"plain": preds_a[2], "smooth": preds_b[2]}, preds_a["targets"])
+    results = ops.evaluate.sweep(model, loader, sizes=(1, 2, 50), keep_predictions=preds)  # preds[n]: (N, C)
+    ci = ops.evaluate.intervals.bootstrap({"plain": preds_a[2], "smooth": preds_b[2]}, preds_a["targets"])
     ci["plain"]["nll"]             # (estimate, low, high): a 95% percentile interval
     ci["smooth - plain"]["nll"]    # the paired difference, with the same resampled images for both models
 
 Each of `n_boot` resamples draws N test images with replacement (the same draw for every model, which is what
 makes the difference *paired*: image difficulty cancels) and recomputes NLL, accuracy and ECE exactly as
-ops.metrics defines them (ECE with the same bins, (b/B, (b+1)/B]). The estimate is the metric on all images.
+ops.evaluate.metrics defines them (ECE with the same bins, (b/B, (b+1)/B]). The estimate is the metric on all images.
 """
 import torch
 
@@ -32,7 +32,8 @@ def _resampled(per_image, idx, bins):
     return {"nll": nll.mean(1), "acc": correct.mean(1), "ece": gap.abs().sum(1) / N}
 
 
-def bootstrap(log_probs, targets, n_boot=1000, level=0.95, bins=10, seed=0, pairs="last-first"):
+def bootstrap(log_probs: dict, targets: torch.Tensor, n_boot: int = 1000, level: float = 0.95, bins: int = 10,
+              seed: int = 0, pairs="last-first") -> dict:
     """Estimates and percentile intervals: {label: {key: (estimate, low, high)}} for every model in `log_probs`
     ({label: (N, C) log-probabilities of the same N images}), plus paired differences.
 

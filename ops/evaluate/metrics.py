@@ -1,7 +1,7 @@
 """Predictive-performance metrics of the spatial-smoothing paper, as a streaming accumulator.
 
 Inputs: `probs` (N, C) predictive probabilities (rows sum to 1), `targets` (N,) integer labels, and optionally
-`log_probs` (N, C), the same predictions as log-probabilities (the evaluation engine has them: ops.tests.sweep).
+`log_probs` (N, C), the same predictions as log-probabilities (the evaluation engine has them: ops.evaluate.sweep).
 conf = max_c probs, pred = argmax_c probs, correct = (pred == target).
 
     nll          mean of -log p[y]: from `log_probs` when given (exact, also for a confident wrong prediction
@@ -130,7 +130,7 @@ def _entropy(p):  # (..., C) -> (...), 0 log 0 = 0
 class Metrics:
     """Streaming accumulator: `update(probs, targets[, samples])` any number of times, then `compute()`."""
 
-    def __init__(self, num_classes, bins=10, cutoffs=(0.0, 0.9), device=None):
+    def __init__(self, num_classes: int, bins: int = 10, cutoffs=(0.0, 0.9), device=None):
         if bins < 1:
             raise ValueError(f"bins must be >= 1, got {bins}")
         if any(not 0.0 <= c < 1.0 for c in cutoffs):
@@ -161,7 +161,8 @@ class Metrics:
                 setattr(self, name, getattr(self, name).to(device))
 
     @torch.no_grad()
-    def update(self, probs, targets, samples=None, log_probs=None):
+    def update(self, probs: torch.Tensor, targets: torch.Tensor, samples: torch.Tensor = None,
+               log_probs: torch.Tensor = None) -> "Metrics":
         """Add a batch: probs (N, C), targets (N,), optional samples (S, N, C) and log_probs (N, C)."""
         self._unsync()
         p = _check(probs, targets, self.num_classes)  # (N, C) float32 or float64; None for an empty batch
@@ -212,7 +213,7 @@ class Metrics:
 
     _STATE = ("sums", "bin_stats", "cut_stats", "class_stats", "confs", "corrects")
 
-    def sync(self):
+    def sync(self) -> "Metrics":
         """Combine the states of all processes (call on every rank before compute() under DDP).
 
         The local state is kept aside: sync() again, or update() after it, starts from the local state, so no
@@ -251,7 +252,7 @@ class Metrics:
         return torch.cat(self.confs), torch.cat(self.corrects)
 
     @torch.no_grad()
-    def compute(self):
+    def compute(self) -> dict:
         n, nll, correct, top5, brier, ent, exp_ent, n_stoch = self.sums.tolist()
         if n == 0:
             raise ValueError("no predictions were accumulated: update() was not called, or only with empty "

@@ -94,7 +94,7 @@ def format_table(sweeps, keys=("nll", "acc", "ece"), sizes=None):
 
 
 def format_interval_table(intervals, keys=("nll", "acc", "ece")):
-    """Markdown table of bootstrap estimates with 95% intervals (ops.stats.bootstrap), one row per (model or
+    """Markdown table of bootstrap estimates with 95% intervals (ops.evaluate.bootstrap), one row per (model or
     difference, size); accuracy and ECE in percent. intervals: {size: {label: {key: (estimate, low, high)}}}."""
     percent = {"acc", "ece"}
     header = "| model | size | " + " | ".join(HEADERS.get(k, k) + (" (%)" if k in percent else "") for k in keys)

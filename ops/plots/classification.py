@@ -1,4 +1,4 @@
-"""Figures, kept apart from computation: they read the metric dicts of ops.metrics / ops.tests.
+"""Figures, kept apart from computation: they read the metric dicts of ops.evaluate.metrics / ops.evaluate.engine.
 
 - `reliability_diagram(metrics)`: confidence histogram + accuracy per confidence bin. Empty bins are drawn
   empty (no bar), never as zero accuracy.

@@ -1,7 +1,7 @@
 """Figures of loss landscapes and Hessian spectra, kept apart from computing them.
 
-They read ops.landscapes.Landscape objects and the dicts of ops.hessians; several models go on shared axes
-(the same colour levels, z-limits and histogram bins), so that the panels can be compared by eye.
+They read Landscape objects (ops.analysis.landscape_files) and the dicts of ops.analysis.hessians; several models go
+on shared axes (the same colour levels, z-limits and histogram bins), so that the panels can be compared by eye.
 
 - landscape_figure({label: land}, key, mask, kind): a filled contour ("contourf"), contour lines ("contour") or
   a 3-D surface ("surface") per model; 1-D landscapes are drawn as curves.

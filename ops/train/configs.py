@@ -19,7 +19,7 @@ DEFAULTS = {
     "dataset": {
         "name": "fashion_mnist",
         "root": "./data",
-        "mean": None,          # None: the dataset's constants (ops.datasets.STATS)
+        "mean": None,          # None: the dataset's constants (ops.data.datasets.STATS)
         "std": None,
         "download": False,     # allow downloading CIFAR / Fashion-MNIST if missing
         "train_size": None,    # use only the first n images of a fixed permutation (quick runs)
@@ -35,7 +35,7 @@ DEFAULTS = {
         "mixup": 0.0,          # timm Mixup alpha (opt-in)
         "cutmix": 0.0,         # timm CutMix alpha (opt-in)
         "max_steps_per_epoch": None,  # cut epochs short (smoke tests, benchmarks)
-        "sync_bn": False,      # under torchrun: BatchNorm statistics over the global batch (ops.syncbn)
+        "sync_bn": False,      # under torchrun: BatchNorm statistics over the global batch (ops.train.distributed)
     },
     "val": {
         "batch_size": 256,

@@ -9,7 +9,7 @@
   stays inside the configured folders.
 - While a process trains in a folder it holds an exclusive lock on `lock` (flock: released by the kernel even if
   the process is killed); a second process on the same uid is refused with the holder's pid, host and start.
-- Resuming compares the new config with the stored one (ops.configs.RESULT_KEYS). A change that would change the
+- Resuming compares the new config with the stored one (ops.train.configs.RESULT_KEYS). A change that would change the
   result is refused, listing the keys, unless env.force_resume=true; other changes (more epochs, logging,
   workers) are allowed. Either way the change is appended to `resumes.json` and `config.json` is rewritten to
   the config in effect, so the folder always says what was trained.

@@ -4,7 +4,7 @@
     python -m ops.run train-set configs/cifar100_reference.json --executor slurm \\
         --partition gpu --gpus 1 --time 720                                        # a SLURM job array (submitit)
 
-A set config is a run config (ops.configs) with one more section, `set`:
+A set config is a run config (ops.train.configs) with one more section, `set`:
 
     "set": {"name": "reference", "seeds": [0, 1, 2],
             "networks": {"mcdo": {"model": "resnet_mcdo_18"},
@@ -13,7 +13,7 @@ A set config is a run config (ops.configs) with one more section, `set`:
 
 Network (variant, seed) is the run with uid `{name}-{variant}-s{seed}` of the config's recipe, with
 `model.name` and `model.block` from its entry and `env.seed` = seed: a fixed uid, so that an interrupted
-network resumes from its run folder (ops.runs refuses a resumption whose recipe changed) and a finished one
+network resumes from its run folder (ops.train.runs refuses a resumption whose recipe changed) and a finished one
 is found again. A finished network is exported, weights and card without optimizer state, to `export`
 (`{export}/{dataset}/{model}/{dataset}_{model}_{uid}.pth.tar`); a network whose export exists, with a card
 whose recipe is the set's, is skipped; one with another recipe is refused (never replaced silently).

@@ -1,19 +1,19 @@
 """Training: the paper's recipe from a config, resumable, on one process or many (torchrun + DDP).
 
-    result = ops.trains.train(ops.configs.load_config("configs/fashion_mnist_general.json", ["train.epochs=2"]),
-                              model_name="resnet_mcdo_smoothing_18")
+    cfg = ops.train.configs.load_config("configs/fashion_mnist_general.json", ["train.epochs=2"])
+    result = ops.train.trainer.train(cfg, model_name="resnet_mcdo_smoothing_18")
     result["model"], result["run_dir"], result["history"], result["checkpoint"]
 
 The pieces, in the order `train` runs them:
 - `setup`: config checks, devices and precision, data, model, optimizer and schedule, the run folder
-  (ops.runs: unique uid, lock, resume checks) and the resumed state;
+  (ops.train.runs: unique uid, lock, resume checks) and the resumed state;
 - `train_one_epoch`: one pass over the training data (the first `train.warmup_epochs` epochs warm the lr up
   linearly, per iteration; the config's schedule then runs over `train.epochs` more epochs, as the original);
 - `evaluate`: the validation metrics (ops.evaluate, in `val.precision`: fp32 unless asked);
 - `save_epoch` / `resume`: the run's checkpoint through models.save_checkpoint / models.load_checkpoint;
 - `log_epoch`: metrics.csv, TensorBoard (scalars, and a figure of the metrics if `epoch_figure` is given, e.g.
   ops.plots.reliability_diagram: figures are drawn by ops.plots, never here), the terminal;
-- `finish`: the final weights in the original layout (models.save) with their card (ops.pretrained).
+- `finish`: the final weights in the original layout (models.save) with their card (ops.train.pretrained).
 
 Randomness is reseeded at the start of every epoch from (seed, epoch, rank), and the loaders' shuffles and
 augmentations likewise, so a resumed run draws exactly what the uninterrupted run would have drawn (bitwise on
@@ -418,7 +418,7 @@ def close(run):
 
 def train(config: dict = None, model_name: str = None, overrides=(), model: nn.Module = None,
           epoch_figure=None) -> dict:
-    """Train according to `config` (a dict as from ops.configs.load_config, or None for the defaults).
+    """Train according to `config` (a dict as from ops.train.configs.load_config, or None for the defaults).
 
     model_name overrides config["model"]["name"]; `model` may be given ready-built (it must carry `.name`);
     epoch_figure(metrics, title) draws the figure logged to TensorBoard after each validation (e.g.
