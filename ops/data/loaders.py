@@ -53,9 +53,12 @@ class DeviceLoader:
         n = len(self._indices()) if self.world_size > 1 else len(self.images)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _augment(self, x, g):  # x: (B, C, H, W) uint8
+    def _augment(self, x, g):  # x: (B, C, H, W) uint8; crops of `pad` (0: flips only), then flips
         B, C, H, W = x.shape
         p = self.pad
+        if p == 0:
+            flip = torch.rand(B, generator=g, device=self.device) < 0.5
+            return torch.where(flip[:, None, None, None], x.flip(3), x)
         x = F.pad(x, (p, p, p, p))  # zero padding, as torchvision's RandomCrop(padding=4)
         dy = torch.randint(0, 2 * p + 1, (B,), generator=g, device=self.device)
         dx = torch.randint(0, 2 * p + 1, (B,), generator=g, device=self.device)
@@ -99,13 +102,13 @@ class ShardSampler(torch.utils.data.Sampler):
 
 
 def make_loader(dataset, batch_size, train=False, device="cpu", workers=4, seed=0, rank=0, world_size=1,
-                channels_last=False, augment=None):
+                channels_last=False, augment=None, pad=4):
     """DeviceLoader for in-memory datasets, else a DataLoader (with a DistributedSampler under DDP)."""
     from ops.data.datasets import ImageTensorDataset
 
     if isinstance(dataset, ImageTensorDataset):
         return DeviceLoader(dataset, batch_size, train=train, device=device, seed=seed, rank=rank,
-                            world_size=world_size, channels_last=channels_last, augment=augment)
+                            world_size=world_size, channels_last=channels_last, augment=augment, pad=pad)
     sampler = None
     if world_size > 1 and train:
         sampler = torch.utils.data.distributed.DistributedSampler(

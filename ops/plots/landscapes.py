@@ -14,11 +14,13 @@ on shared axes (the same colour levels, z-limits and histogram bins), so that th
 By default a landscape is drawn relative to its own minimum (value - min over the grid and the masks drawn), as
 the original's figures are; pass relative=False for raw values.
 """
-import numpy as np
-import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg by itself
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np  # headless: matplotlib falls back to Agg by itself
 from matplotlib.animation import FuncAnimation, PillowWriter
 
 from ops.analysis.hessians import density
+from ops.plots.colors import model_color
 
 LABELS = {"loss": "loss", "nll": "NLL", "acc": "accuracy", "ece": "ECE", "l2": "||w||"}
 
@@ -61,7 +63,7 @@ def _draw(ax, land, z, kind, levels, limits):
         return ax.contourf(X, Y, z, levels=levels, cmap="viridis", extend="max")
     if kind == "contour":
         art = ax.contour(X, Y, z, levels=levels, cmap="viridis")
-        ax.clabel(art, fontsize=6, fmt="%.2g")
+        ax.clabel(art, art.levels[::4], inline=True, fontsize=6, fmt="%.2g")  # every 4th level: labels don't overlap
         return art
     raise ValueError(f"kind must be 'contourf', 'contour' or 'surface', got {kind!r}")
 
@@ -91,7 +93,10 @@ def landscape_figure(lands, key="loss", mask=0, kind="contourf", relative=True, 
         else:
             ax.set_ylabel(LABELS.get(key, key) + (" - min" if relative else ""))
     if art is not None and kind != "surface":
-        fig.colorbar(art, ax=axes, shrink=0.85, label=LABELS.get(key, key) + (" - min" if relative else ""))
+        bar = fig.colorbar(art, ax=axes, shrink=0.85, label=LABELS.get(key, key) + (" - min" if relative else ""))
+        bar.locator = matplotlib.ticker.MaxNLocator(6)  # a few round ticks, not one per contour level
+        bar.formatter = matplotlib.ticker.FormatStrFormatter("%.2g")
+        bar.update_ticks()
     suffix = "MC ensemble" if mask == -1 else f"MC mask {mask}"
     fig.suptitle(title or f"{LABELS.get(key, key)} landscape ({suffix})", fontsize=11)
     return fig
@@ -129,6 +134,8 @@ def animate_masks(lands, path, key="loss", kind="surface", relative=True, clip=N
     masks = sorted(set.intersection(*[{m for m in land.masks if m >= 0} for land in lands.values()]))
     if not masks:
         raise ValueError("the landscapes share no MC mask to animate")
+    if all(-1 in land.masks for land in lands.values()):
+        masks.append(-1)  # the MC ensemble (mean probability over the masks) as the last frame
     values = _values(lands, key, masks, relative)
     limits = _limits(values, clip)
     levels = np.linspace(*limits, 20)
@@ -139,7 +146,8 @@ def animate_masks(lands, path, key="loss", kind="surface", relative=True, clip=N
             ax.clear()
             _draw(ax, land, values[label][masks[i]], kind, levels, limits)
             ax.set_title(label, fontsize=9)
-        fig.suptitle(f"{LABELS.get(key, key)} landscape, MC mask {masks[i]}", fontsize=10)
+        which = "MC ensemble of all masks" if masks[i] == -1 else f"MC mask {masks[i]}"
+        fig.suptitle(f"{LABELS.get(key, key)} landscape, {which}", fontsize=10)
 
     anim = FuncAnimation(fig, frame, frames=len(masks))
     from pathlib import Path
@@ -158,8 +166,8 @@ def spectrum_figure(spectra, bins=30, title=None):
     all_values = np.concatenate(list(spectra.values()))
     edges = np.histogram_bin_edges(all_values, bins=bins)
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for i, (label, vals) in enumerate(spectra.items()):
-        color = f"C{i}"
+    for label, vals in spectra.items():
+        color = model_color(label)
         ax.hist(vals, bins=edges, alpha=0.45, color=color, label=f"{label} (median {np.median(vals):.3g})")
         ax.axvline(np.median(vals), color=color, ls="--", lw=1.2)
     ax.set(xlabel="top Hessian eigenvalue of a mini-batch", ylabel="mini-batches")
@@ -178,7 +186,7 @@ def density_figure(results, sigma=None, points=1000, title=None):
     sigma = sigma or 0.01 * span
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for label, res in results.items():
-        ax.semilogy(grid, density(res, grid, sigma) + 1e-30, label=label)
+        ax.semilogy(grid, density(res, grid, sigma) + 1e-30, label=label, color=model_color(label))
     # the outliers carry weights near 1/dim: put the floor a decade below the peak of each top node
     tops = [w[int(np.argmax(n))] for r in results.values() for n, w in zip(r["nodes"], r["weights"])]
     floor = min(max(min(tops) / (sigma * np.sqrt(2 * np.pi)) / 10, 1e-14), 1e-3)

@@ -30,7 +30,8 @@ DEFAULTS = {
         "warmup_epochs": 1,    # linear warm-up epochs, per iteration, *before* the scheduled epochs (as the original)
         "epochs": 200,         # scheduled epochs after the warm-up (MultiStepLR milestones count these)
         "batch_size": 128,     # global batch size (split across DDP processes)
-        "augment": True,       # random crop (pad 4) + horizontal flip of the in-memory loader
+        "augment": True,       # random crop (zero padding crop_padding) + horizontal flip of the in-memory loader
+        "crop_padding": 4,     # pixels of zero padding of the random crops (the CIFAR recipe's 4; 0: flips only)
         "label_smoothing": 0.0,  # opt-in: changes calibration, so it is visible here
         "mixup": 0.0,          # timm Mixup alpha (opt-in)
         "cutmix": 0.0,         # timm CutMix alpha (opt-in)
@@ -132,6 +133,10 @@ def fraction(v):  # [0, 1)
     return None if _num(v) and 0 <= v < 1 else "must be a number in [0, 1)"
 
 
+def crop_padding(v):
+    return None if type(v) is int and 0 <= v <= 16 else "must be an integer from 0 to 16 (pixels of zero padding)"
+
+
 def boolean(v):
     return None if isinstance(v, bool) else "must be true or false"
 
@@ -186,7 +191,8 @@ RULES = {
     "dataset.std": channel_triple(True), "dataset.download": boolean, "dataset.train_size": optional_positive_int,
     "dataset.test_size": optional_positive_int,
     "train.warmup_epochs": non_negative_int, "train.epochs": positive_int, "train.batch_size": positive_int,
-    "train.augment": boolean, "train.label_smoothing": fraction, "train.mixup": non_negative_number,
+    "train.augment": boolean, "train.crop_padding": crop_padding, "train.label_smoothing": fraction,
+    "train.mixup": non_negative_number,
     "train.cutmix": non_negative_number, "train.max_steps_per_epoch": optional_positive_int, "train.sync_bn": boolean,
     "val.batch_size": positive_int, "val.n_ff": positive_int, "val.every": positive_int,
     "val.precision": one_of("fp32", "bf16", "fp16"),
@@ -324,9 +330,9 @@ def read_config_file(path):
 # Keys whose change between the start of a run and its resumption would change what is trained. All others
 # (epochs to extend a run, validation, logging, workers, devices, output folders) may change on resume.
 RESULT_KEYS = ("dataset.name", "dataset.mean", "dataset.std", "dataset.train_size", "dataset.test_size",
-               "dataset.kwargs", "train.warmup_epochs", "train.batch_size", "train.augment", "train.label_smoothing",
-               "train.mixup", "train.cutmix", "train.max_steps_per_epoch", "train.sync_bn", "model", "optim",
-               "env.seed", "env.precision")
+               "dataset.kwargs", "train.warmup_epochs", "train.batch_size", "train.augment", "train.crop_padding",
+               "train.label_smoothing", "train.mixup", "train.cutmix", "train.max_steps_per_epoch", "train.sync_bn",
+               "model", "optim", "env.seed", "env.precision")
 
 
 def flatten(cfg, prefix=""):

@@ -231,7 +231,7 @@ def _build_run(cfg, name, model, rank, world_size, device, precision) -> "Run":
     common = dict(device=device, workers=env["workers"], seed=env["seed"], rank=rank, world_size=world_size,
                   channels_last=env["channels_last"])
     train_loader = loaders.make_loader(train_set, tcfg["batch_size"] // world_size, train=True,
-                                       augment=tcfg["augment"], **common)
+                                       augment=tcfg["augment"], pad=tcfg["crop_padding"], **common)
     test_loader = loaders.make_loader(test_set, cfg["val"]["batch_size"], train=False, **common)
     num_classes = len(train_set.classes)
     if len(train_loader) == 0:
