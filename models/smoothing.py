@@ -136,6 +136,10 @@ class SmoothingBlock(nn.Module):
             temp = thr
         if temp is not None and default_temp is None:
             raise TypeError(f"the {activation!r} smoothing block takes no temperature (got temp={temp})")
+        if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float)) or not
+                                 math.isfinite(temp) or temp <= 0):
+            raise ValueError(f"temp must be a positive finite number (the activation divides by it; "
+                             f"{activation}'s default is {default_temp}), got {temp!r}")
         self.activation, self.fn = activation, fn
         self.temp = float(temp) if temp is not None else default_temp
         if with_bn:

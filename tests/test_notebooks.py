@@ -78,3 +78,34 @@ def test_classification_recipe_comes_from_its_config(tmp_path, monkeypatch):
     assert cfg["train"]["warmup_epochs"] == 1 and cfg["optim"]["scheduler"]["name"] == "MultiStepLR"
     assert cfg["dataset"]["download"] is True and cfg["env"]["precision"] == "auto"
     assert cfg["dataset"]["test_size"] is None and "width" not in cfg["model"]["block"]  # all images, width 64
+
+
+# The numbers each notebook reports, file by file; timings and paths are left out (they differ by design).
+RESULTS = {"classification.ipynb": "results.json", "losslandscape.ipynb": "results.json",
+           "robustness.ipynb": "summary.json", "featuremaps.ipynb": "results.json"}
+
+
+def _numbers(obj):
+    """obj without timings and paths (keys naming time, seconds, checkpoints or outputs)."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()
+                if not re.search(r"time|seconds|checkpoint|path|out_dir|outputs", str(k))}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_gives_the_same_numbers_twice(path, tmp_path):
+    """Every stochastic step is seeded: two runs of the same notebook report the same numbers."""
+    import json
+
+    import papermill
+
+    reported = []
+    for run in ("a", "b"):
+        papermill.execute_notebook(str(path), str(tmp_path / f"{run}.ipynb"), cwd=str(ROOT), progress_bar=False,
+                                   parameters={"smoke": True, "out_dir": str(tmp_path / run)}, kernel_name="python3")
+        result = next((tmp_path / run).rglob(RESULTS[path.name]))
+        reported.append(_numbers(json.loads(result.read_text())))
+    assert reported[0] == reported[1]

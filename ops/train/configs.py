@@ -211,7 +211,15 @@ RULES = {
 
 # model.block is passed on to models.get_model, which names unknown keywords; the common numeric ones are checked
 # here too, so that a width of 0 is refused before any work and not by a 0-channel convolution.
-BLOCK_RULES = {"width": positive_int, "rate": fraction, "temp": positive_number}
+MAX_WIDTH = 1024  # 16x the paper's 64: a ResNet-18 of that width has 2.9 billion parameters
+
+
+def model_width(v):
+    message = positive_int(v)
+    return message or (None if v <= MAX_WIDTH else f"must be at most {MAX_WIDTH} (the paper's is 64)")
+
+
+BLOCK_RULES = {"width": model_width, "rate": fraction, "temp": positive_number}
 
 
 def _check_keys(cfg, schema, path, problems):

@@ -18,6 +18,7 @@ from pathlib import Path
 import models
 
 from models.atomic import write_json
+from ops.train import configs
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "resources" / "models_checkpoints"
@@ -45,10 +46,41 @@ def read_card(checkpoint):
     if not path.exists():
         raise FileNotFoundError(f"{checkpoint} has no card {path.name} beside it, so its model cannot be rebuilt "
                                 f"from the file alone; build it with models.get_model(...) and use models.load")
-    card = json.loads(path.read_text())
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a checkpoint card: not JSON ({exc}); replace it with the card written "
+                         f"beside the checkpoint") from None
     if not isinstance(card, dict) or not {"name", "num_classes", "stem", "block"} <= set(card):
         raise ValueError(f"{path} is not a checkpoint card (needs name, num_classes, stem and block)")
+    problems = card_problems(card)
+    if problems:
+        raise ValueError(f"{path} is not a usable checkpoint card: " + "; ".join(problems))
     return card
+
+
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+
+
+def card_problems(card) -> list:
+    """What is wrong with a card's fields (their types and ranges), before anything is built from them."""
+    problems = []
+    if not isinstance(card["name"], str) or card["name"] not in models.list_models():
+        problems.append(f"name {card['name']!r} is not a model of this library (models.list_models())")
+    n = card["num_classes"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+        problems.append(f"num_classes must be an integer from 1 to {MAX_CLASSES}, got {n!r}")
+    if not isinstance(card["stem"], bool):
+        problems.append(f"stem must be true or false, got {card['stem']!r}")
+    block = card["block"]
+    if not isinstance(block, dict):
+        problems.append(f"block must be an object of model keyword arguments, got {block!r}")
+    else:
+        for key, rule in configs.BLOCK_RULES.items():
+            message = rule(block[key]) if key in block else None
+            if message:
+                problems.append(f"block.{key} {message}, got {block[key]!r}")
+    return problems
 
 
 def load_trained(checkpoint, device="cpu") -> "torch.nn.Module":  # noqa: F821 (annotation only)

@@ -424,3 +424,11 @@ def test_stock_dropout_restores_the_fast_path():
         assert torch.equal(d(x), reference)
     torch.manual_seed(0)
     assert not torch.equal(d(x), reference) and models.layers.FAST_CPU_DROPOUT
+
+
+@pytest.mark.parametrize("temp", [0, -1.0, float("nan"), float("inf"), "10", True])
+def test_a_smoothing_temperature_must_be_positive_and_finite(temp):
+    with pytest.raises(ValueError, match="temp must be a positive finite number"):
+        models.get_model("resnet_mcdo_smoothing_18", width=4, temp=temp)
+    with pytest.raises(ValueError, match="temp must be a positive finite number"):
+        models.add_smoothing(models.get_model("resnet_dnn_18", width=4), temp=temp)

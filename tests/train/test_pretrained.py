@@ -105,3 +105,25 @@ def test_read_card_errors_name_the_problem(tmp_path):
     pretrained.card_path(checkpoint).write_text(json.dumps({"name": "resnet_dnn_18"}))
     with pytest.raises(ValueError, match="not a checkpoint card"):
         pretrained.read_card(checkpoint)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_classes", 1e9, "num_classes must be an integer"), ("num_classes", 0, "num_classes must be an integer"),
+    ("stem", "no", "stem must be true or false"), ("block", {"width": 200000}, "block.width must be at most"),
+    ("block", {"width": "16"}, "block.width"), ("block", [16], "block must be an object"),
+    ("name", "resnet_mcdo_1800", "is not a model of this library")])
+def test_card_fields_are_checked_before_anything_is_built(tmp_path, field, value, message):
+    card = {"name": "resnet_mcdo_18", "dataset": "fashion_mnist", "num_classes": 10, "stem": False,
+            "block": {"width": 4}, field: value}
+    checkpoint = tmp_path / "fashion_mnist_resnet_mcdo_18_x.pth.tar"
+    pretrained.card_path(checkpoint).write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=message) as info:
+        pretrained.read_card(checkpoint)
+    assert str(pretrained.card_path(checkpoint)) in str(info.value)
+
+
+def test_a_card_that_is_not_json_is_refused_by_name(tmp_path):
+    checkpoint = tmp_path / "fashion_mnist_resnet_mcdo_18_x.pth.tar"
+    pretrained.card_path(checkpoint).write_bytes(b"\x00\xff not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        pretrained.read_card(checkpoint)
