@@ -8,14 +8,17 @@ Readers never see half a file, and an interrupted or failed write leaves the pre
 temporary file is removed). Temporary names carry the pid and a random part, so two writers never share one.
 """
 import contextlib
+import datetime
 import errno
+import fcntl
 import json
 import os
+import socket
 import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_file", "write_bytes", "write_text", "write_json", "save_array", "umask"]
+__all__ = ["atomic_file", "write_bytes", "write_text", "write_json", "save_array", "umask", "exclusive", "LockedError"]
 
 
 def umask() -> int:
@@ -68,3 +71,34 @@ def save_array(path, array) -> Path:
     with atomic_file(path, "wb") as f:
         np.save(f, array)
     return Path(path)
+
+
+class LockedError(RuntimeError):
+    """Another process writes the artifact; the message names it (pid, host, since when) and what to do."""
+
+
+@contextlib.contextmanager
+def exclusive(lock_path, what="this folder"):
+    """One writer at a time: an exclusive flock on `lock_path` (released by the kernel even if the holder is
+    killed), holding this process's pid, host and start; a second writer gets LockedError naming the holder."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise LockedError(f"{what} is in use by {holder}. Wait for it to finish, stop it, or write "
+                          f"elsewhere.") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                     f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

@@ -139,9 +139,20 @@ def read_csv(path, mask=0):
     return Landscape(xs, ys, records, {"source": source, "columns": len(columns), "path": str(path)})
 
 
-def fingerprint(engine, coords, settings):
+def weights_fingerprint(model) -> str:
+    """sha1 of the whole state_dict: every parameter and buffer (BatchNorm statistics, blur filters), by key."""
     h = hashlib.sha1()
-    h.update(json.dumps({"coords": coords, **settings}, sort_keys=True, default=json_default).encode())
+    for key, t in model.state_dict().items():
+        h.update(key.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(engine, coords, meta):
+    """sha1 of everything a landscape's numbers depend on: `meta` (the model's name, build arguments and weights
+    fingerprint, and every setting), the grid, the directions and the evaluation data."""
+    h = hashlib.sha1()
+    h.update(json.dumps({"coords": coords, **meta}, sort_keys=True, default=json_default).encode())
     for t in engine.origin + [d for ds in engine.dirs for d in ds]:
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     for x, y in engine.batches:
@@ -168,9 +179,16 @@ def resume(path, fingerprint, meta, rank, world):
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         meta_file = folder / "meta.json"
-        if meta_file.exists() and json.loads(meta_file.read_text()).get("fingerprint") != fingerprint:
-            error = (f"{folder} holds points of another landscape (a different model, directions, grid, data or "
-                     "settings); use a new path or delete that folder")
+        stored = json.loads(meta_file.read_text()) if meta_file.exists() else None
+        if stored is None and any(folder.glob("points.rank*.jsonl")):
+            error = (f"{folder} holds landscape points but no meta.json saying what they are of, so they cannot be "
+                     "trusted; use a new path or delete that folder")
+        elif stored is not None and stored.get("fingerprint") != fingerprint:
+            differ = sorted(k for k in set(stored) | set(meta) if k != "fingerprint" and stored.get(k) != meta.get(k))
+            what = ", ".join(f"{k}: {stored.get(k)!r} -> {meta.get(k)!r}" for k in differ) if differ else \
+                "the weights (parameters or buffers), the directions or the evaluation data"
+            error = (f"{folder} holds points of another landscape ({what} differ); use a new path or delete that "
+                     "folder")
         else:
             if not meta_file.exists():
                 write_json(meta_file, {**meta, "fingerprint": fingerprint}, indent=1)

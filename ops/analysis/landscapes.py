@@ -54,6 +54,7 @@ import torch
 import torch.distributed as dist
 
 import models
+from models.atomic import exclusive
 from ops.analysis import landscape_files as files
 from ops.analysis.fixed import FixedMasks, prepare_batches
 from ops.analysis.landscape_files import Landscape
@@ -334,21 +335,23 @@ def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: li
             raise ValueError(f"n_masks={n_masks} but the model has no active MC dropout, so every mask gives the "
                              "same landscape; use n_masks=1 (or switch MC dropout on with models.mc_dropout(model, "
                              "True))")
-        settings = {"n_masks": n_masks, "seed": seed, "weight_decay": weight_decay, "bins": bins,
-                    "cutoffs": list(cutoffs), "precision": precision, "stochastic": masks.active}
-        meta = {"model": getattr(models.unwrap(model), "name", type(model).__name__), "n_images":
-                sum(len(y) for _, y in batches), "scale": scale, "norm": norm, "direction_seed": direction_seed,
-                "dims": len(directions), **settings}
+        meta = _identity(model, batches, len(directions)) | {
+            "scale": scale, "norm": norm, "direction_seed": direction_seed, "n_masks": n_masks, "seed": seed,
+            "weight_decay": weight_decay, "bins": bins, "cutoffs": list(cutoffs), "precision": precision,
+            "stochastic": masks.active}
         with masks:
             engine = _Engine(model, batches, directions, masks, n_masks, weight_decay, bins, tuple(cutoffs),
                              precision, compile, points_per_pass, device, masks_per_pass)
             try:
-                done = files.resume(path, files.fingerprint(engine, coords, settings), meta, rank, world) \
-                    if path else {}
-                todo = [i for i in range(len(coords)) if i not in done][rank::world]
-                finished = _evaluate_points(engine, coords, todo, path, rank, points_per_pass, on_point,
-                                            progress_bar(total=len(todo), desc=f"landscape {meta['model']}",
-                                                         leave=False, disable=not progress))
+                writer = exclusive(Path(path) / f"lock.rank{rank}", f"the landscape folder {path}") if path else \
+                    contextlib.nullcontext()
+                with writer:  # one writer per folder (and rank): a second run on it is refused, naming the first
+                    done = files.resume(path, files.fingerprint(engine, coords, meta), meta, rank, world) \
+                        if path else {}
+                    todo = [i for i in range(len(coords)) if i not in done][rank::world]
+                    finished = _evaluate_points(engine, coords, todo, path, rank, points_per_pass, on_point,
+                                                progress_bar(total=len(todo), desc=f"landscape {meta['model']}",
+                                                             leave=False, disable=not progress))
             finally:
                 engine.restore()
     done = _gather(done, finished, world)
@@ -357,6 +360,15 @@ def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: li
     if path is not None and rank == 0:
         result.save(Path(path) / "landscape.json")
     return result
+
+
+def _identity(model, batches, dims) -> dict:
+    """What the landscape is of: the model (name, class, build arguments, a fingerprint of its whole
+    state_dict), the number of evaluation images and the grid's dimensions."""
+    net = models.unwrap(model)
+    return {"model": getattr(net, "name", type(net).__name__), "model_class": type(net).__qualname__,
+            "arch": getattr(net, "arch", None), "weights": files.weights_fingerprint(model),
+            "n_images": sum(len(y) for _, y in batches), "dims": dims}
 
 
 def _check_passes(n_masks, points_per_pass, masks_per_pass, cache_masks, device) -> int:

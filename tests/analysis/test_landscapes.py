@@ -1,5 +1,6 @@
 """Loss landscapes: filter-normalised directions, the same numbers as the plain loop, fixed MC-dropout masks,
 finite NLL, resumable and DDP-split grids, the original's CSV layouts, and the figures."""
+import copy
 import json
 import os
 import subprocess
@@ -172,6 +173,54 @@ def test_resume_skips_finished_points_and_refuses_another_landscape(data, tmp_pa
         L.landscape(net, data, dirs, path=tmp_path / "run", **{**kw, "n_masks": 3})
 
 
+def test_resume_refuses_other_weights_even_where_the_directions_do_not_move(data, tmp_path):
+    """BatchNorm statistics, the blur filter and biases are not moved by the directions: a landscape of a model
+    that differs only there is another landscape, refused with the field named."""
+    net = small_net()
+    dirs = L.random_directions(net, 2, seed=0)
+    kw = dict(n_masks=2, batch_size=16, path=tmp_path / "run", **GRID)
+    L.landscape(net, data, dirs, **kw)
+    other = copy.deepcopy(net)
+    other[1].running_var.mul_(2)  # a buffer only
+    with pytest.raises(ValueError, match="weights"):
+        L.landscape(other, data, dirs, **kw)
+    other = copy.deepcopy(net)
+    other.name = "resnet_mcdo_smoothing_18"  # the same weights under another model's name
+    with pytest.raises(ValueError, match="model: 'Sequential' -> 'resnet_mcdo_smoothing_18'"):
+        L.landscape(other, data, dirs, **kw)
+
+
+def test_points_without_meta_are_not_trusted(data, tmp_path):
+    net = small_net()
+    dirs = L.random_directions(net, 2, seed=0)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "points.rank0.jsonl").write_text('{"index": 0, "records": [{"mask": 0, "nll": 0.1}]}\n')
+    with pytest.raises(ValueError, match="no meta.json"):
+        L.landscape(net, data, dirs, batch_size=16, path=tmp_path / "run", **GRID)
+
+
+def test_a_second_writer_on_a_landscape_folder_is_refused_naming_the_first(data, tmp_path):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from models.atomic import exclusive
+        with exclusive({str(folder / 'lock.rank0')!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        net = small_net()
+        with pytest.raises(RuntimeError, match=f"in use by pid {holder.pid}"):
+            L.landscape(net, data, L.random_directions(net, 2), batch_size=16, path=folder, **GRID)
+        assert not (folder / "points.rank0.jsonl").exists()  # nothing computed, nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    net = small_net()  # the lock dies with its holder: the folder is usable again
+    L.landscape(net, data, L.random_directions(net, 2), batch_size=16, path=folder, **GRID)
+
+
 def test_csv_has_the_original_layout_and_reads_back(data, tmp_path):
     net = small_net()
     land = L.landscape(net, data, L.random_directions(net, 2), n_masks=2, batch_size=40, **GRID)
@@ -258,7 +307,7 @@ def test_figures_and_the_mask_animation_are_written(tmp_path):
     from PIL import Image
 
     with Image.open(gif) as im:
-        assert im.n_frames == 2  # masks 0 and 1 (the ensemble is not a frame)
+        assert im.n_frames == 3  # masks 0 and 1, then the MC ensemble of both
     save_figure(plots.spectrum_figure({"a": [1.0, 2.0, 2.5], "b": {"eigenvalues": [0.5, 0.7, 1.0]}}),
                 tmp_path / "spectrum.png")
     save_figure(plots.density_figure({"a": {"nodes": [[0.0, 1.0]], "weights": [[0.5, 0.5]]}}), tmp_path / "d.png")
