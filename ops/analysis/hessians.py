@@ -264,6 +264,10 @@ def max_eigenvalue_spectrum(model: torch.nn.Module, data, *, n_batches: int = 32
     if n_batches < 1 or batch_size < 1:
         raise ValueError(f"n_batches and batch_size must be >= 1, got {n_batches} and {batch_size}")
     batches = prepare_batches(data, n_batches * batch_size, batch_size, seed=seed, device=device, augment=augment)
+    have = sum(len(y) for _, y in batches)
+    if have < n_batches * batch_size:  # never fewer results (or smaller mini-batches) than asked without a word
+        raise ValueError(f"the spectrum needs n_batches x batch_size = {n_batches * batch_size} images, the data "
+                         f"have {have}: lower n_batches or batch_size")
     out = {"eigenvalues": [], "iterations": [], "converged": [], "losses": [], "normalised": []}
     name = getattr(model, "name", type(model).__name__)
     for b, batch in enumerate(progress_bar(batches, desc=f"hessian {name}", leave=False, disable=not progress)):

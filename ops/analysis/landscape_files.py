@@ -103,19 +103,42 @@ def json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def _check_grid(path, rows, xs, ys):
+    """The rows of a landscape CSV must be a full grid: each (x, y) once, every x with every y."""
+    seen = {}
+    for number, r in enumerate(rows, 1):
+        if (r[0], r[1]) in seen:
+            raise ValueError(f"{path}: the point (x={r[0]}, y={r[1]}) appears twice (data rows {seen[r[0], r[1]]} "
+                             f"and {number}); a landscape CSV lists every grid point once")
+        seen[r[0], r[1]] = number
+    if len(rows) != len(xs) * len(ys):
+        raise ValueError(f"{path}: {len(rows)} rows do not make a grid of its {len(xs)} x values and {len(ys)} y "
+                         f"values ({len(xs) * len(ys)} points): a value off the grid, or rows missing")
+
+
 def read_csv(path, mask=0):
     """A Landscape from a landscape CSV: the original's 16 or 17 columns, or the successor's 19 (with l1, l2).
 
     The grid is rebuilt from the distinct x and y values; `loss` is NLL (add a weight-decay term yourself: the
     successor's l2 is a sum of per-tensor norms, ours is the norm of all weights)."""
-    text = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (spreadsheet exports) is not part of the first value
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text CSV (not UTF-8)") from None
+    text = [line.strip() for line in text.splitlines() if line.strip()]  # splitlines: LF, CRLF and CR alike
     if not text:
         raise ValueError(f"{path} is empty")
     try:
         float(text[0].split(",")[0])
     except ValueError:  # a header row: ours never writes one, pandas users sometimes do
         text = text[1:]
-    rows = [[float(v) for v in line.split(",")] for line in text]
+    rows = []
+    for number, line in enumerate(text, 1):
+        try:
+            rows.append([float(v) for v in line.split(",")])
+        except ValueError:
+            raise ValueError(f"{path}, data row {number}: not a row of numbers: {line[:80]!r}") from None
     widths = {len(r) for r in rows}
     if len(widths) != 1:
         raise ValueError(f"{path}: rows have different numbers of columns {sorted(widths)}")
@@ -127,6 +150,7 @@ def read_csv(path, mask=0):
                          f"Cutoff1, ...) or 19 (the successor, with l1 and l2)")
     source, columns = layouts[width]
     xs, ys = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+    _check_grid(path, rows, xs, ys)
     records = []
     for r in rows:
         values = dict(zip(columns, r))

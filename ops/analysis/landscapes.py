@@ -64,6 +64,7 @@ from ops.evaluate.metrics import SCALAR_KEYS, Metrics, cutoff_key
 
 NORMS = ("filter", "original", "layer", "none")
 ENSEMBLE = -1  # the mask id of the MC ensemble's records
+MAX_POINTS = 10_000  # a 100 x 100 grid
 
 
 def perturbable(model):
@@ -387,10 +388,16 @@ def _check_passes(n_masks, points_per_pass, masks_per_pass, cache_masks, device)
 
 
 def grid_coords(dims, xs=None, ys=None, n=11, scale=1.0) -> tuple:
-    """(xs, ys or None, coords) of a 1-D or 2-D grid; coords list x fastest, as the original's CSV."""
+    """(xs, ys or None, coords) of a 1-D or 2-D grid; coords list x fastest, as the original's CSV. At most
+    MAX_POINTS points: each one is a full evaluation of the data."""
+    if (xs is None or dims == 2 and ys is None) and n ** dims > MAX_POINTS:
+        raise ValueError(f"n={n} gives {n ** dims:,} grid points; at most {MAX_POINTS:,} (each point evaluates all "
+                         f"n_images images for every mask: 21 x 21 = 441 is the original's largest)")
     xs = grid_axis(n, scale) if xs is None else [float(v) for v in xs]
     if dims == 2:
         ys = grid_axis(n, scale) if ys is None else [float(v) for v in ys]
+        if len(xs) * len(ys) > MAX_POINTS:
+            raise ValueError(f"{len(xs)} x {len(ys)} grid points; at most {MAX_POINTS:,}")
         return xs, ys, [(x, y) for y in ys for x in xs]
     if ys is not None:
         raise ValueError("ys was given but there is only one direction; give two directions for a 2-D grid")

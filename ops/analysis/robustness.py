@@ -26,14 +26,15 @@ Perturbation sequences (N videos of T frames), with pred_t the argmax of the mea
                   -(1/K) sum_k p_{t+1,k} log p_{t,k} (it averages over the K classes rather than summing)
 """
 import csv
-import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import models
+from models.atomic import atomic_file, write_json
 from ops.common.runtime import progress_bar, resolve_device, seeded
 
 from ops.data.corruptions import CORRUPTIONS, is_noise_perturbation
@@ -116,6 +117,7 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     bar = progress_bar(total=len(cells) + (clean is not None), desc=getattr(model, "name", None) or "corrupted",
                disable=not progress)
     if clean is not None:  # the same n images as in every corrupted cell
+        _check_source(cset, clean)
         results["clean"] = sweep(model, loader(take(clean, n)), **kw)
         bar.update(1)
     for c, s in cells:
@@ -124,6 +126,20 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
         bar.update(1)
     bar.close()
     return results
+
+
+def _check_source(cset, clean):
+    """A generated -C set records the images it was made from: relative CE against another clean set would
+    compare different images, so it is refused (official sets record nothing to check)."""
+    source = getattr(cset, "meta", {}).get("source") or {}
+    if "sha1" in source and hasattr(clean, "images"):
+        from ops.data.corrupted_sets import fingerprint
+
+        mine = fingerprint(clean.images, clean.labels)
+        if mine != source["sha1"]:
+            raise ValueError(f"{cset.folder} was made from other images than `clean` ({source.get('n')} images of "
+                             f"{source.get('name')!r}, sha1 {source['sha1'][:12]}, against {len(clean)} images, sha1 "
+                             f"{mine[:12]}): pass the clean set it was generated from (or clean=None)")
 
 
 def errors(results, size, corruptions=None):
@@ -254,13 +270,16 @@ def write_corrupted(results, folder, stem, cutoffs=(0.0, 0.9)):
     """The original's corrupted CSV, one per ensemble size: `{folder}/{stem}_corrupted_n{size}.csv`, columns
     intensity, ctype, then the leaderboard's metric columns (header row first); and every metric dict in
     `{stem}_corrupted.json`. Returns the paths."""
+    if not isinstance(stem, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,150}", stem) or ".." in stem:
+        raise ValueError(f"stem must be a plain file name stem (letters, digits, '_', '-', '.', '+'; no path "
+                         f"separators or '..'): the files go inside {folder}, got {stem!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     columns = ["intensity", "ctype"] + leaderboard_columns(cutoffs)[1:]
     paths = []
     for n in results["sizes"]:
         path = folder / f"{stem}_corrupted_n{n}.csv"
-        with open(path, "w", newline="") as f:
+        with atomic_file(path, "w") as f:
             writer = csv.writer(f)
             writer.writerow(columns)
             for c, by_severity in results["corrupted"].items():
@@ -268,8 +287,7 @@ def write_corrupted(results, folder, stem, cutoffs=(0.0, 0.9)):
                     row = {"intensity": s, "ctype": c, **{f"cutoff_{cutoff_key(x)}": x for x in cutoffs}, **cell[n]}
                     writer.writerow([row[k] for k in columns])
         paths.append(path)
-    path = folder / f"{stem}_corrupted.json"
-    path.write_text(json.dumps(to_json(results), indent=1))
+    path = write_json(folder / f"{stem}_corrupted.json", to_json(results), indent=1)
     return paths + [path]
 
 

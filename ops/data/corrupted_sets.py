@@ -28,6 +28,7 @@ a rerun with the same source, profile and seed keeps, so an interrupted run resu
 import hashlib
 import json
 import os
+import re
 import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from ops.common.runtime import progress_bar
 
-from models.atomic import save_array, write_json
+from models.atomic import exclusive, save_array, write_json
 from ops.data.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, IMAGENET_C_SOURCE, OFFICIAL_C, OFFICIAL_P,
                                   PERTURBATIONS, PROFILES, SEVERITIES, CorruptedDataNotFoundError, _hsv_value_shift,
                                   _lookup, _seed, _to_uint8, corrupt, default_chunk, default_profile, parameters)
@@ -251,8 +252,13 @@ def fingerprint(images, labels):
 
 
 def _set_name(name):
-    """'fashion_mnist' -> 'FASHION-MNIST' (then -C / -P), 'cifar-10' -> 'CIFAR-10', as the official names."""
-    return (name or "dataset").upper().replace("_", "-")
+    """'fashion_mnist' -> 'FASHION-MNIST' (then -C / -P), 'cifar-10' -> 'CIFAR-10', as the official names. The
+    name becomes a folder inside `root`: a plain name only (no path separators, no '..', not absolute)."""
+    text = str(name or "dataset")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", text) or ".." in text:
+        raise ValueError(f"name must be a plain dataset name such as 'fashion_mnist' (letters, digits, '_', '-', "
+                         f"'.'; no path separators or '..'): it names a folder inside root, got {name!r}")
+    return text.upper().replace("_", "-")
 
 
 def _generate_one(images, corruption, severities, profile, seed, device, out, threads):
@@ -276,6 +282,13 @@ def generate_corrupted(dataset, root="./data", name=None, corruptions=CORRUPTION
     corruptions, severities, profile = _check_generation(dataset, corruptions, severities, profile)
     folder = Path(root) / f"{_set_name(name or dataset.name)}-C"
     folder.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder / "lock", f"the corrupted set {folder}"):  # one writer: a second is refused, naming it
+        return _generate_locked(dataset, folder, corruptions, severities, profile, seed, device, workers, progress,
+                                overwrite)
+
+
+def _generate_locked(dataset, folder, corruptions, severities, profile, seed, device, workers, progress, overwrite):
+    """generate_corrupted's work once the folder is locked."""
     H, W = dataset.images.shape[-2:]
     settings = {"source": {"name": dataset.name, "n": len(dataset), "shape": list(dataset.images.shape[1:]),
                            "sha1": fingerprint(dataset.images, dataset.labels)},
@@ -291,8 +304,8 @@ def generate_corrupted(dataset, root="./data", name=None, corruptions=CORRUPTION
         meta["params"][c] = {str(s): parameters(c, s, profile) for s in severities}
     todo = [c for c in corruptions if not (c in meta["done"] and (folder / f"{c}.npy").exists())]
     write_json(meta_path, meta)
-    bar = progress_bar(total=len(corruptions), initial=len(corruptions) - len(todo), desc=f"{folder.name} ({profile})",
-               disable=not progress)
+    bar = progress_bar(total=len(corruptions), initial=len(corruptions) - len(todo),
+                       desc=f"{folder.name} ({profile})", disable=not progress)
 
     def finished(corruption, seconds):
         meta["done"][corruption] = True
@@ -307,6 +320,16 @@ def generate_corrupted(dataset, root="./data", name=None, corruptions=CORRUPTION
     return CorruptedSet(folder)
 
 
+def check_severities(severities) -> tuple:
+    """Severities as a sorted tuple: distinct integers from 1 to 5."""
+    values = list(severities) if not isinstance(severities, (str, bytes)) and hasattr(severities, "__iter__") else None
+    if not values or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s not in SEVERITIES
+                         for s in values) or len(set(values)) != len(values):
+        raise ValueError(f"severities must be distinct integers from 1 to 5 (a non-empty list such as [1, 3, 5]), "
+                         f"got {severities!r}")
+    return tuple(sorted(int(s) for s in values))
+
+
 def _check_generation(dataset, corruptions, severities, profile):
     """(corruptions, severities, profile) checked, the profile defaulted from the image size."""
     if not isinstance(dataset, ImageTensorDataset):
@@ -315,9 +338,7 @@ def _check_generation(dataset, corruptions, severities, profile):
     corruptions = list(corruptions)
     for c in corruptions:
         _lookup(c)
-    severities = tuple(int(s) for s in severities)
-    if not severities or any(s not in SEVERITIES for s in severities):
-        raise ValueError(f"severities must be a non-empty subset of {SEVERITIES}, got {severities}")
+    severities = check_severities(severities)
     profile = profile or default_profile(*dataset.images.shape[-2:])
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {PROFILES}")
@@ -329,6 +350,9 @@ def _generation_meta(folder, settings, overwrite):
     overwrite: otherwise a folder made with other settings raises)."""
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if meta is None and any(folder.glob("*.npy")) and not overwrite:
+        raise ValueError(f"{folder} holds .npy files but no meta.json saying what they were made from, so they "
+                         f"cannot be trusted; delete them, or pass overwrite=True to replace them")
     if meta is not None and any(meta.get(k) != v for k, v in settings.items()):
         if not overwrite:
             diff = [k for k, v in settings.items() if meta.get(k) != v]
@@ -410,20 +434,38 @@ def perturb(images, ptype, seed=0, device="cpu"):
 
 
 def generate_perturbed(dataset, root="./data", name=None, ptypes=("translate", "rotate", "scale", "brightness",
-                       "gaussian_noise"), seed=0, device="cpu", progress=True):
+                       "gaussian_noise"), seed=0, device="cpu", progress=True, overwrite=False):
     """Write `{root}/{NAME}-P/{ptype}.npy`, (N, T, H, W, C) uint8 as CIFAR-10-P, and labels.npy (N,); cached:
-    existing files made from the same images and seed are kept. Returns the folder."""
+    existing files made from the same images and seed are kept; a folder made from other images or another seed
+    raises unless overwrite=True (which replaces it). One writer at a time. Returns the folder."""
     if not isinstance(dataset, ImageTensorDataset):
         raise ValueError(f"generate_perturbed needs an ImageTensorDataset, got {type(dataset).__name__}")
+    unknown = [p for p in ptypes if p not in P_FRAMES]
+    if unknown:
+        raise ValueError(f"unknown perturbation types {unknown}; choose from {sorted(P_FRAMES)}")
     folder = Path(root) / f"{_set_name(name or dataset.name)}-P"
     folder.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder / "lock", f"the perturbed set {folder}"):
+        return _perturb_locked(dataset, folder, ptypes, seed, device, progress, overwrite)
+
+
+def _perturb_locked(dataset, folder, ptypes, seed, device, progress, overwrite):
+    """generate_perturbed's work once the folder is locked."""
     settings = {"sha1": fingerprint(dataset.images, dataset.labels), "seed": int(seed)}
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta and {k: meta.get(k) for k in settings} != settings and not overwrite:
+        differ = [k for k in settings if meta.get(k) != settings[k]]
+        raise ValueError(f"{folder} holds sequences made with other settings ({', '.join(differ)} differ: "
+                         f"{ {k: meta.get(k) for k in differ} }). Pass overwrite=True to replace them, or another "
+                         f"root/name.")
     if {k: meta.get(k) for k in settings} != settings:
         for stale in folder.glob("*.npy"):
             stale.unlink()
         meta = {**settings, "frames": {}}
+    elif any(folder.glob("*.npy")) and not meta:
+        raise ValueError(f"{folder} holds .npy files but no meta.json saying what they are; delete them or pass "
+                         f"overwrite=True")
     save_array(folder / "labels.npy", dataset.labels.numpy())
     for ptype in progress_bar(list(ptypes), desc=folder.name, disable=not progress):
         if ptype in meta["frames"] and (folder / f"{ptype}.npy").exists():

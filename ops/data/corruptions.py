@@ -140,8 +140,8 @@ def parameters(corruption, severity, profile="cifar"):
     names, table = _lookup(corruption)
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {PROFILES}")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
+        raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
     values = table[profile][severity - 1]
     values = values if isinstance(values, tuple) else (values,)
     return dict(zip(names, values))
@@ -592,6 +592,9 @@ def corrupt(images, corruption, severity, profile=None, seed=0, device="cpu", ch
     p = parameters(corruption, severity, profile)
     grey = C == 3 and bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
     fn = CORRUPT[corruption]
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer (images per seeded chunk) or None for the "
+                         f"default, got {chunk_size!r}")
     chunk_size = chunk_size or default_chunk(H, W)
     out = torch.empty_like(images)
     for k, start in enumerate(range(0, N, chunk_size)):

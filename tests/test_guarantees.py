@@ -1,0 +1,219 @@
+"""What the analyses promise about the files they write, case by case, grouped by guarantee: nothing is mixed
+(fingerprints), nothing is shared (one writer), nothing escapes its folder, results keep their identity, and bad
+inputs are refused at the boundary with the file, the field and the fix."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from ops import run
+from ops.analysis import landscape_files, landscapes, robustness
+from ops.analysis.hessians import max_eigenvalue_spectrum
+from ops.data import corrupted_sets, corruptions, datasets
+from ops.evaluate import reports
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _images(n=12, seed=0):
+    _, test = datasets.synthetic(n_train=4, n_test=n, seed=seed)
+    return test
+
+
+def _hold_lock(lock_path):
+    """A real second process holding the lock of `lock_path` until killed; returns it once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from models.atomic import exclusive
+        with exclusive({str(lock_path)!r}):
+            print("locked", flush=True)
+            time.sleep(120)
+    """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+# --- Nothing mixed: every cached artifact carries what determines it, and a mismatch is refused --------------
+
+def test_perturbed_sequences_of_another_seed_are_refused_not_silently_replaced(tmp_path):
+    clean = _images()
+    folder = corrupted_sets.generate_perturbed(clean, tmp_path, ptypes=("gaussian_noise",), seed=0, progress=False)
+    before = (folder / "gaussian_noise.npy").read_bytes()
+    with pytest.raises(ValueError, match="seed differ"):
+        corrupted_sets.generate_perturbed(clean, tmp_path, ptypes=("gaussian_noise",), seed=1, progress=False)
+    assert (folder / "gaussian_noise.npy").read_bytes() == before  # nothing deleted
+    corrupted_sets.generate_perturbed(clean, tmp_path, ptypes=("gaussian_noise",), seed=1, progress=False, overwrite=True)
+    assert (folder / "gaussian_noise.npy").read_bytes() != before
+
+
+def test_a_corrupted_folder_with_data_but_no_meta_is_not_trusted(tmp_path):
+    folder = tmp_path / "SYNTHETIC-C"
+    folder.mkdir()
+    np.save(folder / "fog.npy", np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="no meta.json"):
+        corrupted_sets.generate_corrupted(_images(), tmp_path, corruptions=["fog"], severities=(1,), progress=False,
+                                          workers=1)
+    assert (folder / "fog.npy").exists()
+
+
+def test_relative_ce_against_another_clean_set_is_refused(tmp_path):
+    clean = _images(seed=0)
+    cset = corrupted_sets.generate_corrupted(clean, tmp_path, corruptions=["fog"], severities=(1,), progress=False,
+                                             workers=1)
+    model = models.get_model("resnet_dnn_18", width=4)
+    with pytest.raises(ValueError, match="made from other images"):
+        robustness.evaluate_corrupted(model, cset, mean=clean.mean, std=clean.std, clean=_images(seed=1),
+                                      progress=False)
+
+
+# --- One writer per artifact ----------------------------------------------------------------------------------
+
+def test_a_second_generator_of_one_corrupted_set_is_refused_naming_the_first(tmp_path):
+    holder = _hold_lock(tmp_path / "SYNTHETIC-C" / "lock")
+    try:
+        with pytest.raises(RuntimeError, match=f"in use by pid {holder.pid}"):
+            corrupted_sets.generate_corrupted(_images(), tmp_path, corruptions=["fog"], severities=(1,),
+                                              progress=False, workers=1)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "SYNTHETIC-C" / "fog.npy").exists()  # the refused run wrote nothing
+    cset = corrupted_sets.generate_corrupted(_images(), tmp_path, corruptions=["fog"], severities=(1,),
+                                             progress=False, workers=1)  # the lock died with its holder
+    assert cset.corruptions == ["fog"]
+
+
+def test_a_second_writer_of_perturbed_sequences_is_refused(tmp_path):
+    holder = _hold_lock(tmp_path / "SYNTHETIC-P" / "lock")
+    try:
+        with pytest.raises(RuntimeError, match=f"in use by pid {holder.pid}"):
+            corrupted_sets.generate_perturbed(_images(), tmp_path, ptypes=("translate",), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- Nothing escapes its folder -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/absolute", "a/b", "..", ""])
+def test_set_names_stay_inside_their_root(tmp_path, name):
+    root = tmp_path / "root"
+    with pytest.raises(ValueError, match="plain dataset name"):
+        corrupted_sets.generate_corrupted(_images(), root, name=name or " ", corruptions=["fog"], severities=(1,),
+                                          progress=False)
+    with pytest.raises(ValueError, match="plain dataset name"):
+        corrupted_sets.generate_perturbed(_images(), root, name=name or " ", ptypes=("translate",), progress=False)
+    assert not (tmp_path / "escape").exists() and not Path("/tmp/absolute-C").exists()
+
+
+@pytest.mark.parametrize("stem", ["../../x", "/abs", "a/b", ".."])
+def test_corrupted_result_stems_stay_inside_their_folder(tmp_path, stem):
+    with pytest.raises(ValueError, match="plain file name stem"):
+        robustness.write_corrupted({"sizes": [1], "corrupted": {}}, tmp_path / "out", stem)
+    assert not (tmp_path / "x_corrupted_n1.csv").exists()
+
+
+# --- Results keep their identity ------------------------------------------------------------------------------
+
+def test_result_files_never_overwrite_each_other_at_any_count(tmp_path):
+    first = reports.leaderboard_path("synthetic", "m", "u", root=tmp_path)
+    first.parent.mkdir(parents=True)
+    first.write_text("x")
+    for k in range(2, 1001):
+        first.with_name(f"synthetic_m_u-{k}.csv").write_text("x")
+    new = reports.new_leaderboard_path("synthetic", "m", "u", root=tmp_path)
+    assert new.name == "synthetic_m_u-1001.csv" and new.exists()  # claimed: a concurrent caller gets -1002
+    assert reports.new_leaderboard_path("synthetic", "m", "u", root=tmp_path).name == "synthetic_m_u-1002.csv"
+
+
+def test_uid_evaluation_of_an_unfinished_run_says_the_epoch_and_files_it_apart(tmp_path, monkeypatch, capsys):
+    from ops.train import trainer
+
+    monkeypatch.chdir(tmp_path)
+    small = ["dataset.name=synthetic", "dataset.mean=null", "dataset.std=null",
+             'dataset.kwargs={"n_train": 64, "n_test": 16}', "train.batch_size=32", "train.epochs=2",
+             "train.warmup_epochs=0", "train.max_steps_per_epoch=1", "model.block.width=4", "env.progress=false",
+             "env.tensorboard=false", "env.device=cpu", "env.precision=fp32"]
+    real = trainer.train_one_epoch
+
+    def stop_in_second(run_, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(run_, epoch)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", stop_in_second)
+    assert run.main(["train", "--model", "resnet_mcdo_18", "--uid", "half", *small]) == 130
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    capsys.readouterr()
+    assert run.main(["test", "--uid", "half", "--sizes", "1", "dataset.test_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert "has not finished" in out and "after epoch 1" in out
+    written = list((tmp_path / "leaderboard" / "logs").rglob("*.json"))
+    assert [p.name for p in written] == ["synthetic_resnet_mcdo_18_half-epoch1.json"]
+    import json
+
+    about = json.loads(written[0].read_text())["evaluation"]
+    assert about["overrides"] == ["dataset.test_size=8"] and about["test_images"] == 8  # recorded
+
+
+# --- Bad inputs are refused at the boundary -------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [-1, 0, 1.5, True])
+def test_chunk_sizes_must_be_positive_integers(chunk):
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        corruptions.corrupt(_images().images, "fog", 1, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("severities", [[0], [6], [1, 1], [1.5], ["1"], [], [True]])
+def test_severities_are_distinct_integers_from_1_to_5(tmp_path, severities):
+    with pytest.raises(ValueError, match="severities must be distinct integers from 1 to 5"):
+        corrupted_sets.generate_corrupted(_images(), tmp_path, corruptions=["fog"], severities=severities,
+                                          progress=False)
+    with pytest.raises(ValueError, match="severity must be an integer from 1 to 5"):
+        corruptions.parameters("fog", 1.0)
+
+
+def _csv(tmp_path, rows, newline="\n", bom=False):
+    path = tmp_path / "land.csv"
+    text = newline.join(",".join(str(v) for v in r) for r in rows) + newline
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return path
+
+
+def _grid_rows():
+    return [[x, y] + [0.1 * i] * 15 for i, (y, x) in enumerate([(y, x) for y in (-1.0, 1.0) for x in (-1.0, 0.0, 1.0)])]
+
+
+@pytest.mark.parametrize("newline, bom", [("\r\n", False), ("\n", True), ("\r\n", True)])
+def test_landscape_csvs_read_back_whole_with_a_bom_or_crlf(tmp_path, newline, bom):
+    land = landscape_files.read_csv(_csv(tmp_path, _grid_rows(), newline, bom))
+    assert len(land.records) == 6 and land.xs == [-1.0, 0.0, 1.0] and land.ys == [-1.0, 1.0]
+
+
+def test_landscape_csvs_with_duplicated_or_off_grid_rows_are_refused(tmp_path):
+    rows = _grid_rows()
+    with pytest.raises(ValueError, match="appears twice"):
+        landscape_files.read_csv(_csv(tmp_path, rows + [rows[0]]))
+    off = [list(r) for r in rows]
+    off[2][0] = 0.7  # one x value off the grid
+    with pytest.raises(ValueError, match="do not make a grid"):
+        landscape_files.read_csv(_csv(tmp_path, off))
+
+
+def test_an_unbounded_landscape_is_refused_before_any_work():
+    net = models.get_model("resnet_dnn_18", width=4)
+    with pytest.raises(ValueError, match="grid points; at most"):
+        landscapes.landscape(net, _images(), n=10 ** 6)
+
+
+def test_a_hessian_spectrum_never_returns_fewer_batches_than_asked():
+    net = models.get_model("resnet_dnn_18", width=4)
+    with pytest.raises(ValueError, match="needs n_batches x batch_size = 64 images, the data have 12"):
+        max_eigenvalue_spectrum(net, _images(12), n_batches=4, batch_size=16)
+    assert torch.is_tensor(_images().images)
