@@ -48,7 +48,8 @@ def test_perturbed_sequences_of_another_seed_are_refused_not_silently_replaced(t
     with pytest.raises(ValueError, match="seed differ"):
         corrupted_sets.generate_perturbed(clean, tmp_path, ptypes=("gaussian_noise",), seed=1, progress=False)
     assert (folder / "gaussian_noise.npy").read_bytes() == before  # nothing deleted
-    corrupted_sets.generate_perturbed(clean, tmp_path, ptypes=("gaussian_noise",), seed=1, progress=False, overwrite=True)
+    corrupted_sets.generate_perturbed(clean, tmp_path, ptypes=("gaussian_noise",), seed=1, progress=False,
+                                      overwrite=True)
     assert (folder / "gaussian_noise.npy").read_bytes() != before
 
 
