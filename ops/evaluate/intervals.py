@@ -59,3 +59,80 @@ def bootstrap(log_probs: dict, targets: torch.Tensor, n_boot: int = 1000, level:
     for a, b in pairs or []:
         out[f"{b} - {a}"] = {m: summarise(point[b][m][0] - point[a][m][0], draws[b][m] - draws[a][m]) for m in KEYS}
     return out
+
+
+def _arm_draws(per_image, seed_draw, image_draw, bins):
+    """{key: (R,)} of one arm: for each resample r, the mean over its drawn seeds of the metric of that seed's
+    drawn images. per_image: one _per_image tuple per seed; seed_draw (R, S); image_draw (R, S, N)."""
+    R, S = seed_draw.shape
+    out = {k: torch.zeros(R, dtype=torch.float64) for k in KEYS}
+    for j in range(S):
+        for s, p in enumerate(per_image):
+            rows = (seed_draw[:, j] == s).nonzero().squeeze(1)
+            if len(rows):
+                m = _resampled(p, image_draw[rows, j], bins)
+                for k in KEYS:
+                    out[k][rows] += m[k]
+    return {k: v / S for k, v in out.items()}
+
+
+def hierarchical_bootstrap(arms: dict, targets: torch.Tensor, n_boot: int = 1000, level: float = 0.95,
+                           bins: int = 10, seed: int = 0, chunk: int = 50) -> dict:
+    """Intervals over seeds *and* test images for two arms, and their difference (second minus first).
+
+    arms: {label: [(N, C) log-probabilities, one per seed (independently trained network)]}, two labels, the
+    same N test images in the same order (targets (N,)). Each resample draws as many seeds as an arm has, with
+    replacement, then for each drawn seed position N images with replacement; both arms use the same image draws
+    (the difference is paired over images). Returns {label: {key: (estimate, low, high)}, "<b> - <a>": {...},
+    "seeds": {label: S}}, estimates being the mean over seeds of the metric on all images. With 3 seeds the seed
+    level has few distinct draws: the interval is wide, as it should be. Resamples run `chunk` at a time."""
+    labels = list(arms)
+    if len(labels) != 2:
+        raise ValueError(f"hierarchical_bootstrap compares two arms, got {len(labels)}: {labels}")
+    counts = {k: len(v) for k, v in arms.items()}
+    if min(counts.values()) < 1:
+        raise ValueError(f"every arm needs at least one seed, got {counts}")
+    targets = targets.long().cpu()
+    N, S = len(targets), max(counts.values())
+    per_image = {k: [_per_image(lp.cpu(), targets, bins) for lp in runs] for k, runs in arms.items()}
+    full = torch.arange(N)[None]
+    point = {k: {m: float(torch.stack([_resampled(p, full, bins)[m][0] for p in per]).mean()) for m in KEYS}
+             for k, per in per_image.items()}
+    g = torch.Generator().manual_seed(seed)
+    draws = {k: {m: [] for m in KEYS} for k in labels}
+    for start in range(0, n_boot, chunk):
+        R = min(chunk, n_boot - start)
+        image_draw = torch.randint(0, N, (R, S, N), generator=g)
+        for k in labels:
+            seed_draw = torch.randint(0, counts[k], (R, counts[k]), generator=g)
+            for m, v in _arm_draws(per_image[k], seed_draw, image_draw[:, :counts[k]], bins).items():
+                draws[k][m].append(v)
+    draws = {k: {m: torch.cat(v) for m, v in by.items()} for k, by in draws.items()}
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+
+    def summarise(est, samples):
+        q = torch.quantile(samples, torch.tensor([lo_q, hi_q], dtype=torch.float64))
+        return float(est), float(q[0]), float(q[1])
+
+    a, b = labels
+    out = {k: {m: summarise(point[k][m], draws[k][m]) for m in KEYS} for k in labels}
+    out[f"{b} - {a}"] = {m: summarise(point[b][m] - point[a][m], draws[b][m] - draws[a][m]) for m in KEYS}
+    out["seeds"] = counts
+    return out
+
+
+VERDICTS = ("supported", "contradicted", "not resolved")
+
+
+def verdict(interval: tuple, better: str = "lower") -> str:
+    """The verdict of a claim from the interval (estimate, low, high) of a difference "claimed arm - other arm":
+    supported if the interval excludes 0 in the claimed direction (better="lower": below 0, for NLL and ECE;
+    "higher": above 0, for accuracy), contradicted if it excludes 0 the other way, else not resolved."""
+    if better not in ("lower", "higher"):
+        raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+    _, low, high = interval
+    if high < 0:
+        return VERDICTS[0] if better == "lower" else VERDICTS[1]
+    if low > 0:
+        return VERDICTS[0] if better == "higher" else VERDICTS[1]
+    return VERDICTS[2]

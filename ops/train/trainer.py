@@ -63,10 +63,12 @@ def seed_everything(seed):
 
 
 def build_optimizer(parameters, cfg):
+    fused = {"fused": True} if cfg["fused"] else {}  # PyTorch's fused kernels (CPU and CUDA)
     if cfg["name"] == "SGD":
         return torch.optim.SGD(parameters, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
-                               weight_decay=cfg["weight_decay"])
-    return torch.optim.AdamW(parameters, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+                               weight_decay=cfg["weight_decay"], **fused)
+    return torch.optim.AdamW(parameters, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
+                             **fused)
 
 
 def lr_factor(step, steps_per_epoch, epochs, warmup_epochs, scheduler):
