@@ -76,16 +76,18 @@ def main(argv=None):
     recipe = saved["recipe"]
     t, d = recipe["train"], recipe["dataset"]
     minutes = (time.time() - start) / 60
-    print(f"\nRecipe: {args.config}: ResNet-18 width {recipe['model']['block'].get('width', 64)}, "
+    trained = "Scored (not trained here): " if args.evaluate else "Recipe: "
+    print(f"\n{trained}{args.config}: ResNet-18 width {recipe['model']['block'].get('width', 64)}, "
           f"{t['warmup_epochs']} warm-up + {t['epochs']} epochs on {d['train_size'] or 'all 60,000'} training "
           f"images, batch {t['batch_size']}, {recipe['optim']['name']} lr {recipe['optim']['lr']} "
           f"({recipe['optim']['scheduler']['name']}), training precision {recipe['env.precision']}; "
-          f"evaluation in fp32 on {d['test_size'] or 'all 10,000'} test images.\n")
+          f"evaluation in fp32 on {d['test_size'] or 'all 10,000'} test images, MC masks from seed {args.seed}.\n")
     print((out / "table.md").read_text())
     print(f"Estimates with 95% bootstrap intervals over test images; a difference row whose interval excludes 0 is "
           f"resolved by this test set.\nWall time {minutes:.1f} min. Outputs in {out.resolve()}: the executed "
-          f"notebook, table.md, results.json, ensemble_size.png, reliability_*.png, leaderboard/ CSVs, weights in "
-          f"models_checkpoints/ and TensorBoard logs in runs/ (tensorboard --logdir {out / 'runs'}).")
+          f"notebook, table.md, results.json, ensemble_size.png, reliability_*.png, leaderboard/ CSVs"
+          + ("." if args.evaluate else f", weights in models_checkpoints/ and TensorBoard logs in runs/ "
+             f"(tensorboard --logdir {out / 'runs'})."))
     return 0
 
 
