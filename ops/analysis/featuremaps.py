@@ -187,9 +187,11 @@ def profile_at(freqs, profile, at) -> float:
 def high_frequency(profiles, at=None):
     """(normalised depths (P,), high-frequency values (P,)) of {point: (freqs, profile)} in point order: each
     profile's value at the frequency `at` (default: common_frequency(profiles)), so that maps of different
-    sizes are compared at the same frequency. Compare models with at=common_frequency(a, b)."""
+    sizes are compared at the same frequency; `at` may also be a list, one frequency per point (compare models
+    stage by stage, each at the highest frequency both models' maps of that stage reach)."""
     at = common_frequency(profiles) if at is None else at
-    values = torch.tensor([profile_at(freqs, profile, at) for freqs, profile in profiles.values()])
+    at = list(at) if isinstance(at, (list, tuple)) else [at] * len(profiles)  # one frequency, or one per point
+    values = torch.tensor([profile_at(freqs, profile, f) for (freqs, profile), f in zip(profiles.values(), at)])
     return torch.linspace(0, 1, len(values)), values
 
 

@@ -15,7 +15,8 @@ KIND_COLORS = {
     "dnn_smoothing": "#CC79A7",   # deterministic + smoothing: purple
     "mcdo_mlp": "#56B4E9",        # MC dropout, MLP head: sky blue
     "ensemble": "#000000",        # deep ensembles: black
-    "ensemble_smoothing": "#E69F00",  # deep ensembles of smoothing networks: orange
+    "ensemble_smoothing": "#882255",  # deep ensembles of smoothing networks: wine
+    "posthoc_smoothing": "#E69F00",   # smoothing added to a trained network without retraining: orange
 }
 _OTHERS = ["#F0E442", "#999999", "#882255", "#44AA99", "#117733", "#332288"]
 
@@ -24,6 +25,8 @@ def model_kind(label: str):
     """The KIND_COLORS key of a model name or label, or None."""
     text = str(label).lower().replace("-", "_").replace(" ", "_")
     smooth = "smooth" in text
+    if smooth and ("added" in text or "posthoc" in text or "post_hoc" in text):
+        return "posthoc_smoothing"
     if "ensemble" in text:
         return "ensemble_smoothing" if smooth else "ensemble"
     if "mlp" in text:

@@ -36,12 +36,21 @@ def feature_map_figure(maps, shown=3, title=None):
                     ax.set_title(point, fontsize=9)
                 if j == 0:
                     ax.set_ylabel(f"{label}\n" + (f"sample {r + 1}" if r < shown else f"std ({len(m)})"), fontsize=8)
-                if r == shown or (r == 0 and i == 0):
-                    fig.colorbar(art, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+                # a colourbar on every panel: the panels stay aligned, and each says its (shared) scale
+                fig.colorbar(art, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=5)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985 if title else 1))
     return fig
+
+
+def _common_per_point(profiles):
+    """Per depth (the i-th point of every model), the highest frequency all models' maps reach; one frequency
+    for all points if the models have different numbers of points."""
+    per_model = [list(p.values()) for p in profiles.values()]
+    if len({len(p) for p in per_model}) != 1:
+        return common_frequency(*profiles.values())
+    return [min(float(points[i][0][-1]) for points in per_model) for i in range(len(per_model[0]))]
 
 
 def variance_figure(variances, keys=("variance", "relative"), title=None):
@@ -79,7 +88,7 @@ def fourier_figure(profiles, marks=None, title=None):
     sm = plt.cm.ScalarMappable(cmap="plasma_r", norm=plt.Normalize(0, 1))
     fig.colorbar(sm, ax=axes[len(labels) - 1], label="Normalised depth")
     ax = axes[-1]
-    at = common_frequency(*profiles.values())  # maps of different sizes compared at one frequency
+    at = _common_per_point(profiles)  # each stage compared across models at one frequency all its maps reach
     for label in labels:
         depths, values = high_frequency(profiles[label], at=at)
         line, = ax.plot(depths, values, marker=".", label=label, color=model_color(label))
@@ -87,7 +96,7 @@ def fourier_figure(profiles, marks=None, title=None):
         for point in (marks or {}).get(label, []):
             i = names.index(point)
             ax.plot(depths[i], values[i], marker="D", color=line.get_color(), markersize=6, linestyle="none")
-    ax.set_title(f"at frequency {at / math.pi:.2f} pi (reached by every map)", fontsize=9)
+    ax.set_title("each depth at a frequency all models reach", fontsize=9)
     ax.set(xlim=(0, 1), xlabel="Normalised depth", ylabel="High-frequency log amplitude")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -86,12 +86,13 @@ def landscape_figure(lands, key="loss", mask=0, kind="contourf", relative=True, 
         art = _draw(ax, land, values[label][mask], kind, levels, limits) or art
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("direction 1")
+        first = ax is axes[0] or kind == "surface"  # one y label per row: it would run into the panel on its left
         if land.ys is not None:
-            ax.set_ylabel("direction 2")
+            ax.set_ylabel("direction 2" if first else "")
             if kind != "surface":
                 ax.set_aspect("equal")
         else:
-            ax.set_ylabel(LABELS.get(key, key) + (" - min" if relative else ""))
+            ax.set_ylabel(LABELS.get(key, key) + (" - min" if relative else "") if first else "")
     if art is not None and kind != "surface":
         bar = fig.colorbar(art, ax=axes, shrink=0.85, label=LABELS.get(key, key) + (" - min" if relative else ""))
         bar.locator = matplotlib.ticker.MaxNLocator(6)  # a few round ticks, not one per contour level
