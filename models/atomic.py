@@ -18,7 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_file", "write_bytes", "write_text", "write_json", "save_array", "umask", "exclusive", "LockedError"]
+__all__ = ["atomic_file", "write_bytes", "write_text", "write_json", "save_array", "umask", "exclusive", "LockedError",
+           "lock_for"]
 
 
 def umask() -> int:
@@ -102,3 +103,12 @@ def exclusive(lock_path, what="this folder"):
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def lock_for(path) -> Path:
+    """A lock file for `path` outside its folder (in the system's temporary folder), for artifacts whose folder
+    should hold nothing else (shipped checkpoints): the same path always gives the same lock."""
+    import hashlib
+
+    key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / "smoothing-locks" / f"{key}.lock"

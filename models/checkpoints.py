@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_file
-from .naming import DATASET_ALIASES, canonical_dataset, dataset_aliases  # noqa: F401 (models.checkpoints API)
+from .naming import DATASET_ALIASES, canonical_dataset, dataset_aliases, plain_name  # noqa: F401 (API)
 
 # Dataset name -> canonical checkpoint folder. Keys are lower case with '-' and ' ' as '_'.
 class CheckpointError(ValueError):
@@ -38,7 +38,10 @@ def unwrap(model):
 
 
 def checkpoint_path(dataset_name, model_name, uid, root="models_checkpoints"):
-    dataset_name = canonical_dataset(dataset_name)
+    """{root}/{dataset}/{model}/{dataset}_{model}_{uid}.pth.tar, each part checked to be a plain name."""
+    dataset_name = plain_name(canonical_dataset(dataset_name), "the dataset name")
+    plain_name(model_name, "the model name")
+    plain_name(str(uid), "the uid")
     return Path(root) / dataset_name / model_name / f"{dataset_name}_{model_name}_{uid}.pth.tar"
 
 

@@ -218,3 +218,171 @@ def test_a_hessian_spectrum_never_returns_fewer_batches_than_asked():
     with pytest.raises(ValueError, match="needs n_batches x batch_size = 64 images, the data have 12"):
         max_eigenvalue_spectrum(net, _images(12), n_batches=4, batch_size=16)
     assert torch.is_tensor(_images().images)
+
+
+# --- A second round (red team): more ways to mix, lose or leak ------------------------------------------------
+
+def _card_checkpoint(tmp_path, **card_changes):
+    from ops.train import configs, pretrained
+
+    model = models.get_model("resnet_mcdo_18", width=4)
+    cfg = configs.make_config({"dataset": {"name": "synthetic"}, "model": {"name": "resnet_mcdo_18",
+                                                                           "block": {"width": 4}}})
+    path = models.save(model, "synthetic", "src", root=tmp_path / "src")
+    card = pretrained.write_card(path, cfg, 10)
+    if card_changes:
+        import json
+
+        data = json.loads(card.read_text())
+        data.update(card_changes)
+        card.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("uid", ["../../../escaped", "a/b", ".."])
+def test_exports_stay_inside_their_root(tmp_path, uid):
+    from ops.train import pretrained
+
+    with pytest.raises(ValueError, match="plain name"):
+        pretrained.export(_card_checkpoint(tmp_path), tmp_path / "root", uid)
+    with pytest.raises(ValueError, match="dataset must be a plain dataset name"):
+        pretrained.export(_card_checkpoint(tmp_path, dataset="../../x"), tmp_path / "root", "v1")
+    assert not list(tmp_path.parent.glob("*escaped*")) and not (tmp_path / "root").exists()
+
+
+def test_leaderboard_names_stay_inside_their_root(tmp_path):
+    with pytest.raises(ValueError, match="plain name"):
+        reports.new_leaderboard_path("../../../x", "m", "u", root=tmp_path)
+
+
+def test_an_export_is_not_replaced_silently_and_one_without_its_card_is_unfinished(tmp_path):
+    from ops.train import pretrained
+
+    src = _card_checkpoint(tmp_path)
+    first = pretrained.export(src, tmp_path / "root", "v1")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        pretrained.export(src, tmp_path / "root", "v1")
+    pretrained.card_path(first).unlink()  # a kill between the weights and the card
+    assert pretrained.export(src, tmp_path / "root", "v1") == first and pretrained.card_path(first).exists()
+
+
+def test_official_looking_sequences_without_meta_are_never_deleted(tmp_path):
+    folder = tmp_path / "CIFAR-10-P"
+    folder.mkdir()
+    np.save(folder / "rotate.npy", np.zeros((2, 3, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="no meta.json"):
+        corrupted_sets.generate_perturbed(_images(), tmp_path, name="cifar-10", ptypes=("translate",), progress=False)
+    assert (folder / "rotate.npy").exists()
+
+
+@pytest.mark.parametrize("change", ["rate", "temp"])
+def test_a_landscape_of_another_dropout_rate_or_smoothing_temperature_is_another_landscape(tmp_path, change):
+    base = models.get_model("resnet_dnn_18", width=4)
+    if change == "rate":
+        a, _ = models.add_mc_dropout(copy_of(base), 0.1)
+        b, _ = models.add_mc_dropout(copy_of(base), 0.6)
+    else:
+        a, _ = models.add_smoothing(copy_of(base), temp=5.0)
+        b, _ = models.add_smoothing(copy_of(base), temp=10.0)
+    kw = dict(xs=[0.0, 0.5], ys=[0.0], batch_size=8, path=tmp_path / "run")
+    directions = landscapes.random_directions(a, 2)
+    landscapes.landscape(a, _images(8), directions, **kw)
+    with pytest.raises(ValueError, match="weights"):
+        landscapes.landscape(b, _images(8), directions, **kw)
+
+
+def copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_points_files_trust_only_whole_lines_of_this_landscape(tmp_path):
+    net = models.get_model("resnet_dnn_18", width=4)
+    directions = landscapes.random_directions(net, 2)
+    kw = dict(xs=[0.0, 0.5], ys=[0.0, 0.5], batch_size=8, path=tmp_path / "run")
+    full = landscapes.landscape(net, _images(8), directions, **kw)
+    points = tmp_path / "run" / "points.rank0.jsonl"
+    lines = points.read_text().splitlines()
+    import json
+
+    pasted = json.loads(lines[0])
+    pasted.update(index=3, fingerprint="from-another-landscape")  # pasted from elsewhere
+    points.write_text("\n".join(lines[:2]) + "\n" + json.dumps(pasted) + "\n" + lines[2][:20])  # + a cut line
+    again = landscapes.landscape(net, _images(8), directions, **kw)
+    assert json.dumps(again.records) == json.dumps(full.records)  # (NaN-safe comparison)
+    assert again.meta["evaluations"] == 2  # points 2 and 3 recomputed
+    assert [json.loads(line)["index"] for line in points.read_text().splitlines()
+            if line.startswith('{"index"') and line.endswith("}")][-2:] == [2, 3]  # the cut line stayed alone
+
+
+def test_a_refused_or_failed_call_does_not_poison_its_folder(tmp_path):
+    net = models.get_model("resnet_dnn_18", width=4)
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
+        landscapes.landscape(net, _images(8), n=3, scale=float("nan"), path=tmp_path / "land")
+    landscapes.landscape(net, _images(8), n=2, batch_size=8, path=tmp_path / "land")  # the corrected call runs
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        corrupted_sets.generate_corrupted(_images(), tmp_path, corruptions=["fog"], severities=(1,), seed=-1,
+                                          progress=False)
+    corrupted_sets.generate_corrupted(_images(), tmp_path, corruptions=["fog"], severities=(1,), seed=0,
+                                      progress=False, workers=1)
+
+
+def test_a_changed_landscape_is_refused_naming_what_changed(tmp_path):
+    net = models.get_model("resnet_dnn_18", width=4)
+    directions = landscapes.random_directions(net, 2)
+    landscapes.landscape(net, _images(8), directions, xs=[0.0], ys=[0.0], batch_size=8, path=tmp_path / "run")
+    with pytest.raises(ValueError, match="batch_size: 8 -> 4"):
+        landscapes.landscape(net, _images(8), directions, xs=[0.0], ys=[0.0], batch_size=4, path=tmp_path / "run")
+
+
+def test_corrupted_results_are_not_mixed_across_calls_or_models(tmp_path):
+    clean = _images()
+    cset = corrupted_sets.generate_corrupted(clean, tmp_path, corruptions=["fog"], severities=(1, 2),
+                                             progress=False, workers=1)
+    model = models.get_model("resnet_dnn_18", width=4)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    a = robustness.evaluate_corrupted(model, cset, mean=clean.mean, std=clean.std, progress=False)
+    assert model.training and all(p.is_contiguous() for p in model.parameters())  # the caller's model as it was
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    b = robustness.evaluate_corrupted(model, cset, mean=clean.mean, std=clean.std, n=5, progress=False)
+    with pytest.raises(ValueError, match="different cells or numbers of images"):
+        robustness.corruption_summary({"a": a, "b": b})
+    robustness.write_corrupted(a, tmp_path / "out", "m")
+    with pytest.raises(ValueError, match="overwrite=True"):
+        robustness.write_corrupted(b, tmp_path / "out", "m")
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        robustness.evaluate_corrupted(model, cset, mean=clean.mean, std=clean.std, n=-1, progress=False)
+
+
+def test_more_bad_arguments_are_refused_at_the_boundary():
+    from ops.analysis import featuremaps
+    from ops.evaluate import sweep
+
+    model = models.get_model("resnet_mcdo_18", width=4)
+    with pytest.raises(ValueError, match="frames must be uint8"):
+        robustness.evaluate_perturbed(model, np.zeros((2, 3, 8, 8, 3), np.float32), mean=(0.5,) * 3,
+                                      std=(0.5,) * 3)
+    with pytest.raises(ValueError, match="at least one coordinate"):
+        landscapes.landscape(model, _images(8), xs=[], ys=[0.0])
+    with pytest.raises(ValueError, match="weight_decay must be a finite number"):
+        landscapes.landscape(model, _images(8), n=2, weight_decay=float("nan"))
+    images = _images(4).images.float() / 255
+    with pytest.raises(ValueError, match="samples must be a positive integer"):
+        featuremaps.fourier_profiles(model, images, featuremaps.stage_points(model), samples=0)
+    with pytest.raises(ValueError, match="points must be a non-empty list"):
+        featuremaps.mc_variance(model, images, [], samples=3)
+    with pytest.raises(ValueError, match="at most 1000 MC samples"):
+        sweep(model, [(images, torch.zeros(4, dtype=torch.long))], sizes=(1, 10 ** 7))
+
+
+def test_leaderboard_files_read_back_strictly(tmp_path):
+    empty = tmp_path / "e.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="not a leaderboard CSV"):
+        reports.read_leaderboard(empty)
+    dup = tmp_path / "d.csv"
+    dup.write_bytes(b"\xef\xbb\xbfsize,nll\n1,0.5\n1,0.6\n")
+    with pytest.raises(ValueError, match="size 1 appears twice"):
+        reports.read_leaderboard(dup)

@@ -80,6 +80,16 @@ class _Capture:
         return False
 
 
+def _check_inputs(images, points, batch_size):
+    if not torch.is_tensor(images) or images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got "
+                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    if isinstance(points, str) or not list(points):
+        raise ValueError(f"points must be a non-empty list of module names (e.g. stage_points(model)), got {points!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 def _maybe_seeded(seed, model):
     """seeded(seed) on the model's device; seed=None draws from the caller's generator as it is."""
     return contextlib.nullcontext() if seed is None else seeded(seed, model_device(model))
@@ -107,8 +117,9 @@ def mc_variance(model, images, points, samples=10, batch_size=64, seed=0):
     two float64 sums per element of one batch. Raises if the passes do not differ (no active MC dropout). The
     masks are drawn from `seed`: the same call gives the same numbers.
     """
-    if samples < 2:
-        raise ValueError(f"the variance over MC samples needs samples >= 2, got {samples}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"the variance over MC samples needs an integer samples >= 2, got {samples!r}")
+    _check_inputs(images, points, batch_size)
     totals = {p: torch.zeros(3, dtype=torch.float64) for p in points}  # variance sum, power sum, element count
     with evaluating(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
         for batch in images.split(batch_size):
@@ -161,6 +172,9 @@ def frequencies(size):
 def fourier_profiles(model, images, points, samples=1, batch_size=64, seed=0):
     """{point: (frequencies (K,), profile (K,))}: the log amplitude averaged over all `images` and `samples`
     passes (MC dropout on, as the model predicts; masks from `seed`), then its diagonal profile."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    _check_inputs(images, points, batch_size)
     sums, count = {}, 0
     with evaluating(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
         for batch in images.split(batch_size):

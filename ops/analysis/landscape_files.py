@@ -164,11 +164,18 @@ def read_csv(path, mask=0):
 
 
 def weights_fingerprint(model) -> str:
-    """sha1 of the whole state_dict: every parameter and buffer (BatchNorm statistics, blur filters), by key."""
+    """sha1 of what the model computes with: every parameter and buffer, persistent or not (BatchNorm statistics,
+    blur filters), and every module's numeric and text settings (a dropout rate, a smoothing temperature), by name."""
     h = hashlib.sha1()
-    for key, t in model.state_dict().items():
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    for key, t in sorted(tensors.items()):
         h.update(key.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    for name, module in model.named_modules():
+        settings = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"
+                    and isinstance(v, (bool, int, float, str, tuple))}
+        h.update(json.dumps([name, type(module).__qualname__, settings], sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -185,26 +192,68 @@ def fingerprint(engine, coords, meta):
     return h.hexdigest()
 
 
-def read_done(folder):
+def read_done(folder, fingerprint=None, coords=None):
+    """{index: records} of the finished points of `folder`. A line counts only if it is whole JSON, carries this
+    landscape's fingerprint, an integer index of the grid and records of that index at that point's coordinates;
+    anything else (a line cut by a kill, a line pasted from another landscape) is recomputed."""
     done = {}
     for f in sorted(Path(folder).glob("points.rank*.jsonl")):
-        for line in f.read_text().splitlines():
+        for line in f.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:  # a line cut by an interruption: that point is recomputed
                 continue
-            done[item["index"]] = item["records"]
+            if _valid_point(item, fingerprint, coords):
+                done[item["index"]] = item["records"]
     return done
 
 
-def resume(path, fingerprint, meta, rank, world):
+def _valid_point(item, fingerprint, coords):
+    if not isinstance(item, dict) or (fingerprint is not None and item.get("fingerprint") != fingerprint):
+        return False
+    i, records = item.get("index"), item.get("records")
+    if type(i) is not int or not isinstance(records, list) or not records:
+        return False
+    if coords is not None and not 0 <= i < len(coords):
+        return False
+    x = coords[i] if coords is not None else None
+    return all(isinstance(r, dict) and r.get("index") == i and
+               (x is None or (r.get("x") == x[0] and r.get("y") == (x[1] if len(x) > 1 else None))) for r in records)
+
+
+def append_point(log, index, records, fingerprint):
+    """One finished point as one line of a points file (a crash leaves at most that line cut)."""
+    log.write(json.dumps({"index": index, "fingerprint": fingerprint, "records": records}, default=json_default)
+              + "\n")
+    log.flush()
+
+
+def open_points(path, rank):
+    """The rank's points file for appending; a last line cut by a kill is ended first, so that it stays one bad
+    line instead of swallowing the next point."""
+    file = Path(path) / f"points.rank{rank}.jsonl"
+    log = open(file, "ab+")
+    log.seek(0, 2)
+    if log.tell():
+        log.seek(-1, 2)
+        if log.read(1) != b"\n":
+            log.write(b"\n")
+    log.close()
+    return open(file, "a")
+
+
+def resume(path, fingerprint, meta, rank, world, coords=None):
     """{point index: records} already finished in the folder `path` (rank 0 reads, then tells the others)."""
     folder, done, error = Path(path), {}, None
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         meta_file = folder / "meta.json"
-        stored = json.loads(meta_file.read_text()) if meta_file.exists() else None
-        if stored is None and any(folder.glob("points.rank*.jsonl")):
+        stored = _read_meta(meta_file)
+        has_points = any(f.stat().st_size for f in folder.glob("points.rank*.jsonl"))
+        if stored is not None and stored.get("fingerprint") != fingerprint and not has_points:
+            stored = None  # settings of a run that finished no point (it failed or was stopped at once): start over
+            meta_file.unlink()
+        if stored is None and has_points:
             error = (f"{folder} holds landscape points but no meta.json saying what they are of, so they cannot be "
                      "trusted; use a new path or delete that folder")
         elif stored is not None and stored.get("fingerprint") != fingerprint:
@@ -216,7 +265,7 @@ def resume(path, fingerprint, meta, rank, world):
         else:
             if not meta_file.exists():
                 write_json(meta_file, {**meta, "fingerprint": fingerprint}, indent=1)
-            done = read_done(folder)
+            done = read_done(folder, fingerprint, coords)
     if world > 1:  # every rank must agree on what is left (and on an error)
         box = [(done, error)]
         dist.broadcast_object_list(box, src=0)
@@ -224,3 +273,16 @@ def resume(path, fingerprint, meta, rank, world):
     if error:
         raise ValueError(error)
     return {int(k): v for k, v in done.items()}
+
+
+def _read_meta(meta_file):
+    if not meta_file.exists():
+        return None
+    try:
+        stored = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_file} is not valid JSON ({exc}): the folder's identity is unknown; use a new path "
+                         f"or delete that folder") from None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{meta_file} does not hold a landscape's settings; use a new path or delete that folder")
+    return stored

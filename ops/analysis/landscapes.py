@@ -44,7 +44,6 @@ Speed (benchmarks/landscape_speed.py compares with its naive loop: a deep copy +
   the same call runs again (meta.json refuses to mix points of a different landscape).
 """
 import contextlib
-import json
 import math
 import warnings
 from pathlib import Path
@@ -322,6 +321,7 @@ def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: li
     weights = require_parameters(model, "a loss landscape")
     device = resolve_device(device) if device is not None else weights.device
     masks_per_pass = _check_passes(n_masks, points_per_pass, masks_per_pass, cache_masks, device)
+    _check_numbers(scale, weight_decay, batch_size, n_images)
     model = model.to(device)
     if directions is None:
         directions = random_directions(model, 2, seed=direction_seed, norm=norm)
@@ -331,12 +331,9 @@ def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: li
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
         else (0, 1)
     with _evaluation_layout(model, batches, channels_last) as (batches, channels_last):
-        masks = FixedMasks(model, seed=seed, cache=cache_masks, channels_last=channels_last)
-        if n_masks > 1 and not masks.active:
-            raise ValueError(f"n_masks={n_masks} but the model has no active MC dropout, so every mask gives the "
-                             "same landscape; use n_masks=1 (or switch MC dropout on with models.mc_dropout(model, "
-                             "True))")
+        masks = _masks(model, n_masks, seed, cache_masks, channels_last)
         meta = _identity(model, batches, len(directions)) | {
+            "xs": xs, "ys": ys, "batch_size": batch_size,
             "scale": scale, "norm": norm, "direction_seed": direction_seed, "n_masks": n_masks, "seed": seed,
             "weight_decay": weight_decay, "bins": bins, "cutoffs": list(cutoffs), "precision": precision,
             "stochastic": masks.active}
@@ -347,12 +344,12 @@ def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: li
                 writer = exclusive(Path(path) / f"lock.rank{rank}", f"the landscape folder {path}") if path else \
                     contextlib.nullcontext()
                 with writer:  # one writer per folder (and rank): a second run on it is refused, naming the first
-                    done = files.resume(path, files.fingerprint(engine, coords, meta), meta, rank, world) \
-                        if path else {}
+                    fp = files.fingerprint(engine, coords, meta)
+                    done = files.resume(path, fp, meta, rank, world, coords) if path else {}
                     todo = [i for i in range(len(coords)) if i not in done][rank::world]
                     finished = _evaluate_points(engine, coords, todo, path, rank, points_per_pass, on_point,
                                                 progress_bar(total=len(todo), desc=f"landscape {meta['model']}",
-                                                             leave=False, disable=not progress))
+                                                             leave=False, disable=not progress), fp)
             finally:
                 engine.restore()
     done = _gather(done, finished, world)
@@ -370,6 +367,25 @@ def _identity(model, batches, dims) -> dict:
     return {"model": getattr(net, "name", type(net).__name__), "model_class": type(net).__qualname__,
             "arch": getattr(net, "arch", None), "weights": files.weights_fingerprint(model),
             "n_images": sum(len(y) for _, y in batches), "dims": dims}
+
+
+def _masks(model, n_masks, seed, cache, channels_last) -> FixedMasks:
+    masks = FixedMasks(model, seed=seed, cache=cache, channels_last=channels_last)
+    if n_masks > 1 and not masks.active:
+        raise ValueError(f"n_masks={n_masks} but the model has no active MC dropout, so every mask gives the same "
+                         "landscape; use n_masks=1 (or switch MC dropout on with models.mc_dropout(model, True))")
+    return masks
+
+
+def _check_numbers(scale, weight_decay, batch_size, n_images):
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    for name, value in (("batch_size", batch_size), ("n_images", n_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer{' or None' if name == 'n_images' else ''}, "
+                             f"got {value!r}")
 
 
 def _check_passes(n_masks, points_per_pass, masks_per_pass, cache_masks, device) -> int:
@@ -394,6 +410,8 @@ def grid_coords(dims, xs=None, ys=None, n=11, scale=1.0) -> tuple:
         raise ValueError(f"n={n} gives {n ** dims:,} grid points; at most {MAX_POINTS:,} (each point evaluates all "
                          f"n_images images for every mask: 21 x 21 = 441 is the original's largest)")
     xs = grid_axis(n, scale) if xs is None else [float(v) for v in xs]
+    if not xs or dims == 2 and ys is not None and not list(ys):
+        raise ValueError("xs and ys must hold at least one coordinate each")
     if dims == 2:
         ys = grid_axis(n, scale) if ys is None else [float(v) for v in ys]
         if len(xs) * len(ys) > MAX_POINTS:
@@ -423,9 +441,9 @@ def _evaluation_layout(model, batches, channels_last):
         model.train(was_training)
 
 
-def _evaluate_points(engine, coords, todo, path, rank, points_per_pass, on_point, bar) -> dict:
+def _evaluate_points(engine, coords, todo, path, rank, points_per_pass, on_point, bar, fingerprint=None) -> dict:
     """{index: records} of the grid points `todo`, appended to points.rank{rank}.jsonl as they finish."""
-    log = open(Path(path) / f"points.rank{rank}.jsonl", "a") if path is not None else None
+    log = files.open_points(path, rank) if path is not None else None
     finished = {}
     try:
         for start in range(0, len(todo), points_per_pass):
@@ -435,8 +453,7 @@ def _evaluate_points(engine, coords, todo, path, rank, points_per_pass, on_point
                     r.update(index=i, x=coords[i][0], y=coords[i][1] if len(coords[i]) > 1 else None)
                 finished[i] = recs
                 if log is not None:  # one write per point: a crash leaves at most one cut line
-                    log.write(json.dumps({"index": i, "records": recs}, default=files.json_default) + "\n")
-                    log.flush()
+                    files.append_point(log, i, recs, fingerprint)
                 if on_point is not None:
                     on_point(i, recs)
             bar.update(len(chunk))

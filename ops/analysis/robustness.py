@@ -25,6 +25,7 @@ Perturbation sequences (N videos of T frames), with pred_t the argmax of the mea
     cec           the original's cross-entropy consistency: mean over consecutive frames of
                   -(1/K) sum_k p_{t+1,k} log p_{t,k} (it averages over the K classes rather than summing)
 """
+import contextlib
 import csv
 import math
 import re
@@ -43,8 +44,8 @@ from ops.data.datasets import ImageTensorDataset
 from ops.data.loaders import DeviceLoader
 from ops.evaluate.metrics import cutoff_key
 from ops.evaluate.reports import leaderboard_columns
-from ops.evaluate.engine import (behaves_stochastically, log_mean_exp, model_device, predict_log_probs,
-                                  prepare_for_inference, sweep)
+from ops.evaluate.engine import (behaves_stochastically, eval_keeping_dropout, log_mean_exp, model_device,
+                                  predict_log_probs, prepare_for_inference, sweep)
 
 # AlexNet's ImageNet-C errors per severity 1..5 (Hendrycks' published table; their means are the usual
 # ALEXNET_ERR list). Keyed by name: the original implementation ordered the blurs differently.
@@ -75,7 +76,9 @@ def prepare(model, example, channels_last=True, precision="fp32"):
     """(model ready for inference, stochastic?): decided once per model, not once per (corruption, severity).
 
     BatchNorm is folded into the convolutions (checked on `example`, a batch on the model's device) and whether
-    the model is stochastic is decided by its behaviour (ops.evaluate.engine.is_stochastic)."""
+    the model is stochastic is decided by its behaviour (ops.evaluate.engine.behaves_stochastically), in eval()
+    (a model handed over in train() would otherwise update its BatchNorm statistics here)."""
+    model = eval_keeping_dropout(model)
     stochastic = behaves_stochastically(model, example, precision)
     return prepare_for_inference(model, channels_last=channels_last, fuse_bn=True, example=example), stochastic
 
@@ -90,6 +93,29 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     corrupted set was made from, scored on the same n images, for relative CE. workers: DataLoader processes
     for ImageFolders (in-memory sets need none). Other keyword arguments go to ops.evaluate.sweep (precision,
     max_batch, bins, cutoffs, seed: every cell's MC masks from the same seed, recorded in the results)."""
+    corruptions, severities = _check_cells(cset, corruptions, severities, n, batch_size)
+    device = resolve_device(device) if device is not None else model_device(model)
+    with _restored(model):
+        return _evaluate_cells(model.to(device), cset, corruptions, severities, sizes, mean, std, classes, n, clean,
+                               batch_size, device, channels_last, progress, workers, sweep_kwargs)
+
+
+@contextlib.contextmanager
+def _restored(model):
+    """The caller's model comes back in the mode and memory layout it had."""
+    was_training = model.training
+    was_contiguous = all(p.is_contiguous() for p in model.parameters())
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if was_contiguous:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _check_cells(cset, corruptions, severities, n, batch_size):
+    if isinstance(corruptions, str):
+        raise ValueError(f"corruptions must be a list of names, e.g. [{corruptions!r}]")
     corruptions = list(corruptions or cset.corruptions)
     severities = tuple(severities or cset.severities)
     missing = [c for c in corruptions if c not in cset.corruptions]
@@ -98,9 +124,16 @@ def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corr
     bad = [s for s in severities if s not in cset.severities]
     if bad:
         raise ValueError(f"severities {bad} are not in {cset.folder} (it has {cset.severities})")
-    device = resolve_device(device) if device is not None else model_device(model)
-    model = model.to(device)
+    for name, value in (("n", n), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer{' or None (all images)' if name == 'n' else ''}, "
+                             f"got {value!r}")
+    return corruptions, severities
 
+
+def _evaluate_cells(model, cset, corruptions, severities, sizes, mean, std, classes, n, clean, batch_size, device,
+                    channels_last, progress, workers, sweep_kwargs):
+    """evaluate_corrupted's work, its arguments checked."""
     def loader(ds):
         if isinstance(ds, ImageTensorDataset):
             return DeviceLoader(ds, batch_size, device=device)
@@ -220,6 +253,27 @@ def _without(errs, cells):
     return {c: by for c, by in out.items() if by}
 
 
+def _cells(results, chosen):
+    """{(corruption, severity): images} of one model's results."""
+    out = {}
+    for c in chosen:
+        for s, cell in results["corrupted"].get(c, {}).items():
+            out[c, s] = next(iter(cell.values())).get("n")
+    return out
+
+
+def _check_comparable(results_by_model, chosen):
+    """Models are compared only on the same cells of the same number of images."""
+    cells = {label: _cells(r, chosen) for label, r in results_by_model.items()}
+    first_label, first = next(iter(cells.items()))
+    for label, mine in cells.items():
+        if mine != first:
+            differ = sorted(set(mine.items()) ^ set(first.items()))[:4]
+            raise ValueError(f"{label!r} and {first_label!r} were evaluated on different cells or numbers of images "
+                             f"((corruption, severity), images: {differ} ...); evaluate every model on the same "
+                             f"corruptions, severities and n")
+
+
 def corruption_summary(results_by_model, sizes=None, reference=None, corruptions=None, num_classes=None):
     """One row per (model, ensemble size): clean error, mCE, relative mCE, corrupted NLL / ECE / accuracy.
 
@@ -230,6 +284,7 @@ def corruption_summary(results_by_model, sizes=None, reference=None, corruptions
     rows = []
     first = next(iter(results_by_model.values()))
     chosen = corruptions or [c for c in CORRUPTIONS if c in first["corrupted"]] or list(first["corrupted"])
+    _check_comparable(results_by_model, chosen)
     dropped = near_chance_cells(results_by_model, num_classes, sizes, chosen) if num_classes else set()
     for label, results in results_by_model.items():
         for n in sizes or results["sizes"]:
@@ -266,15 +321,22 @@ def format_summary(rows, percent=("clean_error", "mce", "relative_mce", "ece_c",
     return "\n".join(lines)
 
 
-def write_corrupted(results, folder, stem, cutoffs=(0.0, 0.9)):
+def write_corrupted(results, folder, stem, cutoffs=(0.0, 0.9), overwrite=False):
     """The original's corrupted CSV, one per ensemble size: `{folder}/{stem}_corrupted_n{size}.csv`, columns
     intensity, ctype, then the leaderboard's metric columns (header row first); and every metric dict in
-    `{stem}_corrupted.json`. Returns the paths."""
+    `{stem}_corrupted.json`. Returns the paths. Files of an earlier call with the same stem are refused unless
+    overwrite=True (which removes all of them first, so no size of the earlier call is left beside the new ones)."""
     if not isinstance(stem, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,150}", stem) or ".." in stem:
         raise ValueError(f"stem must be a plain file name stem (letters, digits, '_', '-', '.', '+'; no path "
                          f"separators or '..'): the files go inside {folder}, got {stem!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    earlier = sorted(folder.glob(f"{stem}_corrupted*"))
+    if earlier and not overwrite:
+        raise ValueError(f"{folder} already holds results under {stem!r} ({earlier[0].name}, ...): pass "
+                         f"overwrite=True to replace them, or another stem")
+    for path in earlier:
+        path.unlink()
     columns = ["intensity", "ctype"] + leaderboard_columns(cutoffs)[1:]
     paths = []
     for n in results["sizes"]:
@@ -353,6 +415,12 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
     sizes = sorted(set(int(s) for s in sizes))
     device = resolve_device(device) if device is not None else model_device(model)
     model = model.to(device)
+    if getattr(frames, "dtype", None) not in (np.uint8, torch.uint8) or getattr(frames, "ndim", 0) != 5 \
+            or frames.shape[-1] not in (1, 3):
+        raise ValueError(f"frames must be uint8 (N, T, H, W, C) with C = 1 or 3 (the -P layout), got "
+                         f"{getattr(frames, 'dtype', type(frames).__name__)} {tuple(getattr(frames, 'shape', ()))}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive integer or None (all sequences), got {n!r}")
     N = min(len(frames), n or len(frames))
     if N == 0:
         raise ValueError("frames holds no sequences")

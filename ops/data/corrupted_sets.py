@@ -29,7 +29,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -64,24 +66,50 @@ def check_md5(path, md5):
     return path
 
 
-def _unpack(archive, root):
-    with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")
+def _unpack(archive, root, folder_name):
+    """Extract into a private folder beside the target, then rename it into place: a killed extraction never
+    leaves a half set under the official name."""
+    staging = Path(tempfile.mkdtemp(prefix=f".unpack-{folder_name}-", dir=root))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(staging, filter="data")
+        if not (staging / folder_name).is_dir():
+            raise CorruptedDataNotFoundError(f"{archive} does not hold a folder {folder_name}/")
+        os.replace(staging / folder_name, Path(root) / folder_name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _official(spec, root, download, what, layout):
+def _check_complete(folder, needed):
+    """An official folder must hold every file of its set: a partial one (an interrupted copy or unpacking of
+    an earlier version) would silently average over the corruptions that happen to be there."""
+    meta = folder / "meta.json"
+    if meta.exists():  # a generated set says what it holds
+        try:
+            needed = [f"{c}.npy" for c in json.loads(meta.read_text()).get("done", {})] + ["labels.npy"]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CorruptedDataNotFoundError(f"{meta} is not valid JSON: regenerate the set") from None
+    missing = [f for f in needed if not (folder / f).exists()]
+    if missing:
+        raise CorruptedDataNotFoundError(f"{folder} is incomplete: {missing[:4]}{' ...' if len(missing) > 4 else ''} "
+                                         f"missing ({len(missing)} files). Delete the folder and unpack the archive "
+                                         f"again.")
+    return folder
+
+
+def _official(spec, root, download, what, layout, needed=()):
     root = Path(root)
     folder, archive = root / spec["folder"], root / spec["archive"]
     if folder.is_dir() and any(folder.glob("*.npy")):
-        return folder
+        return _check_complete(folder, needed)
     if not archive.exists() and download:
         from torchvision.datasets.utils import download_url
 
         download_url(spec["url"], str(root), spec["archive"], spec["md5"])
     if archive.exists():
         check_md5(archive, spec["md5"])
-        _unpack(archive, root)
-        return folder
+        _unpack(archive, root, spec["folder"])
+        return _check_complete(folder, needed)
     raise CorruptedDataNotFoundError(
         f"{what} not found: looked for {folder} (and the archive {archive}). Expected layout: {layout}. "
         f"Get {spec['archive']} (md5 {spec['md5']}) from {spec['url']} and unpack it under {root}, or pass "
@@ -134,9 +162,15 @@ class CorruptedSet:
         if corruption not in self.corruptions:
             raise ValueError(f"{corruption!r} is not in {self.folder}; it has {self.corruptions}")
         path = self.folder / f"{corruption}.npy"
-        data = np.load(path, mmap_mode="r")
-        if data.ndim != 4 or len(data) != self.n * len(self.severities):
-            raise ValueError(f"{path} has shape {data.shape}; expected ({self.n * len(self.severities)}, H, W, C)")
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:  # truncated or not a .npy file
+            raise ValueError(f"{path} cannot be read as a .npy array ({exc}); regenerate it or unpack the set "
+                             f"again") from None
+        if data.ndim != 4 or len(data) != self.n * len(self.severities) or data.dtype != np.uint8 \
+                or data.shape[-1] not in (1, 3):
+            raise ValueError(f"{path} holds {data.dtype} {data.shape}; expected uint8 "
+                             f"({self.n * len(self.severities)}, H, W, C) with C = 1 or 3 (channels last)")
         block = np.array(data[self._block(severity)])  # (N, H, W, C), a copy
         return torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
 
@@ -158,7 +192,8 @@ def load_cifar_c(root="./data", name="cifar10", download=False):
     spec = OFFICIAL_C[key]
     layout = (f"{root}/{spec['folder']}/{{corruption}}.npy, (50000, 32, 32, 3) uint8, severity s in rows "
               f"10000(s-1)..10000s, and labels.npy")
-    return CorruptedSet(_official(spec, root, download, spec["folder"], layout))
+    needed = [f"{c}.npy" for c in CORRUPTIONS] + ["labels.npy"]  # the 15 of the benchmark at least
+    return CorruptedSet(_official(spec, root, download, spec["folder"], layout, needed))
 
 
 def load_corrupted(folder):
@@ -195,8 +230,14 @@ class ImageNetCSet:
             raise CorruptedDataNotFoundError(
                 f"ImageNet-C not found: no corruption folder under {self.folder}. Expected layout: "
                 f"{self.folder}/{{corruption}}/{{severity}}/{{wnid}}/*.JPEG. Get it from {IMAGENET_C_SOURCE}.")
-        self.severities = tuple(s for s in SEVERITIES
-                                if all((self.folder / c / str(s)).is_dir() for c in self.corruptions))
+        have = {c: {s for s in SEVERITIES if (self.folder / c / str(s)).is_dir()} for c in self.corruptions}
+        every = set.union(*have.values())
+        missing = [f"{c}/{s}" for c in self.corruptions for s in sorted(every - have[c])]
+        if missing:  # a severity missing for one corruption would otherwise be dropped for all of them
+            raise CorruptedDataNotFoundError(f"ImageNet-C under {self.folder} is incomplete: {missing[:4]}"
+                                             f"{' ...' if len(missing) > 4 else ''} missing. Unpack it again from "
+                                             f"{IMAGENET_C_SOURCE}.")
+        self.severities = tuple(sorted(every))
 
     def __repr__(self):
         return f"ImageNetCSet({str(self.folder)!r}, {len(self.corruptions)} corruptions, severities {self.severities})"
@@ -229,7 +270,7 @@ def load_perturbed(root, ptype):
         archive = Path(root).parent / OFFICIAL_P["archive"]
         if archive.exists():
             check_md5(archive, OFFICIAL_P["md5"])
-            _unpack(archive, Path(root).parent)
+            _unpack(archive, Path(root).parent, Path(root).name)
     if not path.exists():
         raise CorruptedDataNotFoundError(
             f"{path} not found. Expected layout: {root}/{{ptype}}.npy, (N, T, 32, 32, 3) uint8, no labels (types: "
@@ -280,6 +321,7 @@ def generate_corrupted(dataset, root="./data", name=None, corruptions=CORRUPTION
     corruption each (None: one per CPU core on the CPU, 1 on a GPU); they are spawned, so a script calling this
     needs the usual `if __name__ == "__main__":` guard (notebooks do not)."""
     corruptions, severities, profile = _check_generation(dataset, corruptions, severities, profile)
+    _check_seed(seed)
     folder = Path(root) / f"{_set_name(name or dataset.name)}-C"
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive(folder / "lock", f"the corrupted set {folder}"):  # one writer: a second is refused, naming it
@@ -293,15 +335,14 @@ def _generate_locked(dataset, folder, corruptions, severities, profile, seed, de
     settings = {"source": {"name": dataset.name, "n": len(dataset), "shape": list(dataset.images.shape[1:]),
                            "sha1": fingerprint(dataset.images, dataset.labels)},
                 "profile": profile, "severities": list(severities), "seed": int(seed),
-                "chunk_size": default_chunk(H, W)}
+                "chunk_size": default_chunk(H, W), "device": torch.device(device).type}  # CPU and CUDA draw apart
     meta_path = folder / "meta.json"
+    remove_leftovers(folder)
     meta = _generation_meta(folder, settings, overwrite)
     labels = dataset.labels.numpy()
     labels = np.tile(labels.astype(np.uint8 if labels.max() < 256 else np.int64), len(severities))
-    if not (folder / "labels.npy").exists():
-        save_array(folder / "labels.npy", labels)
-    for c in corruptions:
-        meta["params"][c] = {str(s): parameters(c, s, profile) for s in severities}
+    save_array(folder / "labels.npy", labels)  # always from the source: a stale or edited file is replaced
+    _check_parameters(folder, meta, corruptions, severities, profile, overwrite)
     todo = [c for c in corruptions if not (c in meta["done"] and (folder / f"{c}.npy").exists())]
     write_json(meta_path, meta)
     bar = progress_bar(total=len(corruptions), initial=len(corruptions) - len(todo),
@@ -320,6 +361,11 @@ def _generate_locked(dataset, folder, corruptions, severities, profile, seed, de
     return CorruptedSet(folder)
 
 
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 31:
+        raise ValueError(f"seed must be an integer from 0 to 2**31 - 1, got {seed!r}")
+
+
 def check_severities(severities) -> tuple:
     """Severities as a sorted tuple: distinct integers from 1 to 5."""
     values = list(severities) if not isinstance(severities, (str, bytes)) and hasattr(severities, "__iter__") else None
@@ -335,6 +381,9 @@ def _check_generation(dataset, corruptions, severities, profile):
     if not isinstance(dataset, ImageTensorDataset):
         raise ValueError(f"generate_corrupted needs an ImageTensorDataset (in-memory uint8 images), got "
                          f"{type(dataset).__name__}; for ImageNet use the official ImageNet-C (imagenet_c)")
+    if isinstance(corruptions, str):
+        raise ValueError(f"corruptions must be a list of names, e.g. [{corruptions!r}], got the string "
+                         f"{corruptions!r}")
     corruptions = list(corruptions)
     for c in corruptions:
         _lookup(c)
@@ -345,14 +394,42 @@ def _check_generation(dataset, corruptions, severities, profile):
     return corruptions, severities, profile
 
 
+def remove_leftovers(folder):
+    """Temporary files of writers that were killed (the caller holds the folder's lock, so none is live)."""
+    for leftover in Path(folder).glob("*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def _check_parameters(folder, meta, corruptions, severities, profile, overwrite):
+    """Record each corruption's parameters; a finished corruption made with other parameters (a library update)
+    is refused unless overwrite, which regenerates it."""
+    for c in corruptions:
+        now = {str(s): parameters(c, s, profile) for s in severities}
+        before = meta["params"].get(c)
+        if c in meta["done"] and before is not None and json.loads(json.dumps(before)) != json.loads(json.dumps(now)):
+            if not overwrite:
+                raise ValueError(f"{folder}/{c}.npy was made with other parameters ({before} now {now}): pass "
+                                 f"overwrite=True to regenerate it, or use another root")
+            meta["done"].pop(c, None)
+        meta["params"][c] = now
+
+
 def _generation_meta(folder, settings, overwrite):
     """The folder's meta.json if it was made with `settings`, else a new one (old files removed only if
     overwrite: otherwise a folder made with other settings raises)."""
     meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
-    if meta is None and any(folder.glob("*.npy")) and not overwrite:
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path} is not valid JSON ({exc}): what the folder holds is unknown; delete the "
+                         f"folder or pass overwrite=True") from None
+    made = [p for p in folder.glob("*.npy") if p.name != "labels.npy"]  # labels.npy is rewritten from the source
+    if meta is None and made and not overwrite:
         raise ValueError(f"{folder} holds .npy files but no meta.json saying what they were made from, so they "
                          f"cannot be trusted; delete them, or pass overwrite=True to replace them")
+    if meta is not None and any(meta.get(k) != v for k, v in settings.items()) and not meta.get("done") \
+            and not made:
+        meta = None  # the settings of a run that made nothing (it failed or was stopped at once): start over
     if meta is not None and any(meta.get(k) != v for k, v in settings.items()):
         if not overwrite:
             diff = [k for k, v in settings.items() if meta.get(k) != v]
@@ -440,6 +517,9 @@ def generate_perturbed(dataset, root="./data", name=None, ptypes=("translate", "
     raises unless overwrite=True (which replaces it). One writer at a time. Returns the folder."""
     if not isinstance(dataset, ImageTensorDataset):
         raise ValueError(f"generate_perturbed needs an ImageTensorDataset, got {type(dataset).__name__}")
+    _check_seed(seed)
+    if isinstance(ptypes, str):
+        raise ValueError(f"ptypes must be a list of names, e.g. [{ptypes!r}], got the string {ptypes!r}")
     unknown = [p for p in ptypes if p not in P_FRAMES]
     if unknown:
         raise ValueError(f"unknown perturbation types {unknown}; choose from {sorted(P_FRAMES)}")
@@ -451,9 +531,14 @@ def generate_perturbed(dataset, root="./data", name=None, ptypes=("translate", "
 
 def _perturb_locked(dataset, folder, ptypes, seed, device, progress, overwrite):
     """generate_perturbed's work once the folder is locked."""
-    settings = {"sha1": fingerprint(dataset.images, dataset.labels), "seed": int(seed)}
+    remove_leftovers(folder)
+    settings = {"sha1": fingerprint(dataset.images, dataset.labels), "seed": int(seed),
+                "device": torch.device(device).type}
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if not meta and any(folder.glob("*.npy")) and not overwrite:  # before anything is deleted
+        raise ValueError(f"{folder} holds .npy files but no meta.json saying what they are (an official -P set?); "
+                         f"use another root or name, delete them, or pass overwrite=True")
     if meta and {k: meta.get(k) for k in settings} != settings and not overwrite:
         differ = [k for k in settings if meta.get(k) != settings[k]]
         raise ValueError(f"{folder} holds sequences made with other settings ({', '.join(differ)} differ: "
@@ -463,9 +548,6 @@ def _perturb_locked(dataset, folder, ptypes, seed, device, progress, overwrite):
         for stale in folder.glob("*.npy"):
             stale.unlink()
         meta = {**settings, "frames": {}}
-    elif any(folder.glob("*.npy")) and not meta:
-        raise ValueError(f"{folder} holds .npy files but no meta.json saying what they are; delete them or pass "
-                         f"overwrite=True")
     save_array(folder / "labels.npy", dataset.labels.numpy())
     for ptype in progress_bar(list(ptypes), desc=folder.name, disable=not progress):
         if ptype in meta["frames"] and (folder / f"{ptype}.npy").exists():

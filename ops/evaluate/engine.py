@@ -131,6 +131,7 @@ def predict(model, x, n_samples=1, **kwargs):
 
 
 PAPER_SIZES = (1, 2, 3, 4, 5, 10, 20, 50)
+MAX_SIZE = 1000  # MC samples per image: memory and time grow with it
 FOLD_RTOL = 1e-4  # folded vs eager outputs, relative to the output's scale (folding only reorders rounding)
 
 
@@ -143,6 +144,9 @@ def check_sizes(sizes):
     if not sizes or bad:
         raise ValueError(f"sizes must be a non-empty list of positive integers, got {sizes!r}"
                          + (f" ({bad!r} not allowed)" if bad else ""))
+    if max(sizes) > MAX_SIZE:
+        raise ValueError(f"sizes go up to {max(sizes)}: at most {MAX_SIZE} MC samples per image (the paper's "
+                         f"largest is 50)")
     return tuple(sorted(set(int(n) for n in sizes)))
 
 

@@ -11,10 +11,14 @@ import math
 from pathlib import Path
 
 from models.atomic import atomic_file, write_json
+from models.naming import plain_name
 from ops.evaluate.metrics import cutoff_key
 
 
 def leaderboard_path(dataset_name, model_name, uid, root="leaderboard/logs"):
+    """{root}/{dataset}/{model}/{dataset}_{model}_{uid}.csv, each part checked to be a plain name."""
+    for value, what in ((dataset_name, "the dataset name"), (model_name, "the model name"), (str(uid), "the uid")):
+        plain_name(value, what)
     return Path(root) / dataset_name / model_name / f"{dataset_name}_{model_name}_{uid}.csv"
 
 
@@ -69,9 +73,24 @@ def _finite(obj):
 
 
 def read_leaderboard(path):
-    """{size: {column: float}} from a leaderboard CSV written by `write_leaderboard`."""
-    with open(path, newline="") as f:
-        return {int(float(r["size"])): {k: float(v) for k, v in r.items() if k != "size"} for r in csv.DictReader(f)}
+    """{size: {column: float}} from a leaderboard CSV written by `write_leaderboard`; a file without rows, with
+    another header, or with a size twice is refused, naming the path."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "size" not in rows[0]:
+        raise ValueError(f"{path} is not a leaderboard CSV (no rows under a header starting with 'size'); an "
+                         f"evaluation that was stopped leaves an empty file: run it again")
+    out = {}
+    for number, r in enumerate(rows, 2):
+        try:
+            size = int(float(r["size"]))
+            values = {k: float(v) for k, v in r.items() if k != "size"}
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}, line {number}: not a row of numbers") from None
+        if size in out:
+            raise ValueError(f"{path}, line {number}: size {size} appears twice")
+        out[size] = values
+    return out
 
 
 HEADERS = {"nll": "NLL", "acc": "Acc", "ece": "ECE", "brier": "Brier", "top5": "Top-5", "iou": "IoU",

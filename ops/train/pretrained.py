@@ -17,7 +17,7 @@ from pathlib import Path
 
 import models
 
-from models.atomic import write_json
+from models.atomic import exclusive, lock_for, write_json
 from ops.train import configs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +65,9 @@ MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 def card_problems(card) -> list:
     """What is wrong with a card's fields (their types and ranges), before anything is built from them."""
     problems = []
+    if not isinstance(card.get("dataset"), str) or not models.naming.PLAIN_NAME.fullmatch(card["dataset"]) \
+            or ".." in card["dataset"]:
+        problems.append(f"dataset must be a plain dataset name such as 'fashion_mnist', got {card.get('dataset')!r}")
     if not isinstance(card["name"], str) or card["name"] not in models.list_models():
         problems.append(f"name {card['name']!r} is not a model of this library (models.list_models())")
     n = card["num_classes"]
@@ -95,15 +98,22 @@ def load_trained(checkpoint, device="cpu") -> "torch.nn.Module":  # noqa: F821 (
     return model.to(device).eval()
 
 
-def export(checkpoint, root, uid):
+def export(checkpoint, root, uid, overwrite=False):
     """Copy a trained checkpoint and its card to `root` under `uid`, keeping what inference needs (name, arch,
     state_dict) and dropping the optimizer state (as large again as the weights, and useless to a reader).
-    Written atomically; returns the new checkpoint's path. resources/ got its demo checkpoints with
-    root=RESOURCES, uid=DEMO_UID (no defaults: a call with one argument must not replace them)."""
+    Written atomically, one writer at a time; an existing export under that uid is refused unless overwrite
+    (an export without its card, left by a kill between the two files, counts as unfinished and is redone).
+    Returns the new checkpoint's path. resources/ got its demo checkpoints with root=RESOURCES, uid=DEMO_UID (no
+    defaults: a call with one argument must not replace them)."""
     model = load_trained(checkpoint)  # checks that weights, card and arch agree before anything is written
     card = dict(model.card, exported_from=str(checkpoint))
-    path = models.save(model, card["dataset"], uid, root=root)
-    write_json(card_path(path), card)
+    path = models.checkpoint_path(card["dataset"], card["name"], uid, root)
+    with exclusive(lock_for(path), f"the export {path}"):
+        if path.exists() and card_path(path).exists() and not overwrite:
+            raise FileExistsError(f"{path} exists: an earlier export under uid {uid!r}. Pass overwrite=True to "
+                                  f"replace it, or choose another uid")
+        path = models.save(model, card["dataset"], uid, root=root)
+        write_json(card_path(path), card)  # the card last: weights without a card are an unfinished export
     return path
 
 

@@ -149,7 +149,7 @@ def exported_path(network, export) -> Path:
 def is_finished(network, export) -> bool:
     """True if `export` holds this network trained with this recipe; SetError if it holds another recipe's."""
     path = exported_path(network, export)
-    if not path.exists():
+    if not path.exists() or not pretrained.card_path(path).exists():  # no card: a kill cut the export short
         return False
     card = pretrained.read_card(path)
     differences = _recipe_differences(card.get("config", {}), network.cfg)

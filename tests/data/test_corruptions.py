@@ -48,9 +48,9 @@ def test_severity_s_is_rows_n_s_minus_1_to_n_s(tmp_path):
 def test_load_cifar_c_finds_the_folder_and_numpy2_reads_it(tmp_path):
     # The original loader used np.long, which NumPy 2 removed; ours reads uint8 labels as int64.
     assert int(np.__version__.split(".")[0]) >= 2
-    _official_layout(tmp_path / "CIFAR-100-C", n=3, corruptions=("gaussian_noise", "saturate"))
+    _official_layout(tmp_path / "CIFAR-100-C", n=3, corruptions=("saturate",) + oc.CORRUPTIONS)
     cset = csets.load_cifar_c(tmp_path, "cifar100")
-    assert cset.corruptions == ["gaussian_noise", "saturate"]  # standard order, then the extra ones
+    assert cset.corruptions == list(oc.CORRUPTIONS) + ["saturate"]  # standard order, then the extra ones
     assert cset.labels(1).dtype == torch.int64
     ds = cset.dataset("saturate", 5, mean=(0.5,) * 3, std=(0.25,) * 3, classes=list("abcdefg"))
     assert isinstance(ds, ImageTensorDataset) and len(ds) == 3
@@ -80,12 +80,19 @@ def test_archive_with_wrong_md5_is_refused(tmp_path):
 
 
 def test_archive_with_right_md5_is_unpacked(tmp_path, monkeypatch):
-    _official_layout(tmp_path / "src" / "CIFAR-10-C", n=2)
+    _official_layout(tmp_path / "src" / "CIFAR-10-C", n=2, corruptions=oc.CORRUPTIONS)
     with tarfile.open(tmp_path / "CIFAR-10-C.tar", "w") as tar:
         tar.add(tmp_path / "src" / "CIFAR-10-C", arcname="CIFAR-10-C")
     md5 = csets.md5sum(tmp_path / "CIFAR-10-C.tar")
     monkeypatch.setitem(oc.OFFICIAL_C, "cifar10", {**oc.OFFICIAL_C["cifar10"], "md5": md5})
     assert csets.load_cifar_c(tmp_path, "cifar10").n == 2
+
+
+def test_a_partial_official_set_is_refused_naming_what_is_missing(tmp_path):
+    """A copy or unpacking cut short would otherwise average over the corruptions that happen to be there."""
+    _official_layout(tmp_path / "CIFAR-10-C", n=2, corruptions=oc.CORRUPTIONS[:2])
+    with pytest.raises(oc.CorruptedDataNotFoundError, match="incomplete: .*impulse_noise.npy"):
+        csets.load_cifar_c(tmp_path, "cifar10")
 
 
 # --- Generation ----------------------------------------------------------------------------------------------------

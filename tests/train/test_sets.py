@@ -65,7 +65,7 @@ def test_fashion_mnist_reference_set_is_15_networks_seed_major_on_all_images():
     assert len(networks) == 15
     assert [(n.seed, n.variant) for n in networks] == [(s, v) for s in (0, 1, 2) for v in VARIANTS]
     recipe = configs.load_config(FASHION)  # the run config of the same file: the set section is left out
-    assert "set" not in recipe and recipe["model"]["name"] is None and recipe["train"]["epochs"] == 7
+    assert "set" not in recipe and recipe["model"]["name"] is None and recipe["train"]["epochs"] == 11
     for n in networks:
         assert n.uid == f"reference-{n.variant}-s{n.seed}" == n.cfg["env"]["uid"]
         assert n.cfg["env"]["seed"] == n.seed
