@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_file", "write_bytes", "write_text", "write_json", "save_array", "umask", "exclusive", "LockedError",
-           "lock_for"]
+           "lock_for", "read_json"]
 
 
 def umask() -> int:
@@ -112,3 +112,17 @@ def lock_for(path) -> Path:
 
     key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:20]
     return Path(tempfile.gettempdir()) / "smoothing-locks" / f"{key}.lock"
+
+
+def read_json(path, expect=dict, what="file"):
+    """The JSON object (or `expect` type) in `path`, or a ValueError naming the file, the problem and the fix."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): the {what} is damaged (a write cut short?); delete "
+                         f"or regenerate it") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not the {what} (a JSON "
+                         f"{expect.__name__}); delete or regenerate it")
+    return obj

@@ -157,7 +157,10 @@ def _model_to_test(args):
     path = Path(args.checkpoint)
     if args.config is None and pretrained.card_path(path).exists():
         # a checkpoint of ours: its card holds the config it was trained with (width, classes, test subset)
-        cfg = evaluation_config(pretrained.read_card(path)["config"], args.overrides)
+        stored = pretrained.read_card(path).get("config")
+        if not isinstance(stored, dict):
+            raise ValueError(f"the card of {path} holds no config to evaluate it with: pass --config and --model")
+        cfg = evaluation_config(stored, args.overrides)
     else:
         cfg = configs.load_config(args.config or DEFAULT_CONFIG, list(args.overrides))
     name = args.model or cfg["model"]["name"] or models.read_checkpoint(path).get("name")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from models.atomic import write_json, write_text
+from models.atomic import read_json, write_json, write_text
 
 # The original implementation's landscape CSV (no header): 16 columns, or 17 with ECSE; the successor
 # (how-do-vits-work) adds l1 and l2 after x and y (19 columns).
@@ -91,7 +91,11 @@ class Landscape:
 
     @classmethod
     def load(cls, path):
-        raw = json.loads(Path(path).read_text())
+        raw = read_json(path, what="landscape")
+        missing = [k for k in ("xs", "ys", "records") if k not in raw]
+        if missing:
+            raise ValueError(f"{path} is not a saved landscape (no {', '.join(missing)}); save one with "
+                             f"Landscape.save")
         return cls(raw["xs"], raw["ys"], raw["records"], raw.get("meta", {}))
 
 

@@ -167,8 +167,8 @@ def check_directions(model, directions):
 
 def grid_axis(n=11, scale=1.0):
     """linspace(-scale, scale, n): the original's axis (n = 11 or 21)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1 point per axis, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1 (points per axis), got {n!r}")
     return [float(v) for v in np.linspace(-scale, scale, n)]
 
 
@@ -396,8 +396,8 @@ def _check_passes(n_masks, points_per_pass, masks_per_pass, cache_masks, device)
         masks_per_pass = n_masks if device.type == "cuda" else 1
     if not isinstance(masks_per_pass, int) or masks_per_pass < 1:
         raise ValueError(f"masks_per_pass must be 'auto' or an integer >= 1, got {masks_per_pass!r}")
-    if n_masks < 1:
-        raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
+        raise ValueError(f"n_masks must be an integer >= 1, got {n_masks!r}")
     if points_per_pass > 1 and not cache_masks:
         raise ValueError("points_per_pass > 1 replays cached masks inside vmap: set cache_masks=True")
     return masks_per_pass
@@ -406,7 +406,7 @@ def _check_passes(n_masks, points_per_pass, masks_per_pass, cache_masks, device)
 def grid_coords(dims, xs=None, ys=None, n=11, scale=1.0) -> tuple:
     """(xs, ys or None, coords) of a 1-D or 2-D grid; coords list x fastest, as the original's CSV. At most
     MAX_POINTS points: each one is a full evaluation of the data."""
-    if (xs is None or dims == 2 and ys is None) and n ** dims > MAX_POINTS:
+    if (xs is None or dims == 2 and ys is None) and isinstance(n, int) and n ** dims > MAX_POINTS:
         raise ValueError(f"n={n} gives {n ** dims:,} grid points; at most {MAX_POINTS:,} (each point evaluates all "
                          f"n_images images for every mask: 21 x 21 = 441 is the original's largest)")
     xs = grid_axis(n, scale) if xs is None else [float(v) for v in xs]

@@ -32,6 +32,23 @@ def _resampled(per_image, idx, bins):
     return {"nll": nll.mean(1), "acc": correct.mean(1), "ece": gap.abs().sum(1) / N}
 
 
+def _check_bootstrap(log_probs, targets, n_boot, level, bins):
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not (isinstance(level, float) and 0 < level < 1):
+        raise ValueError(f"level must be a fraction between 0 and 1 (e.g. 0.95), got {level!r}")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    if not log_probs or len(targets) == 0:
+        raise ValueError("bootstrap needs at least one model's log-probabilities and at least one image")
+    for label, lp in log_probs.items():
+        if lp.ndim != 2 or len(lp) != len(targets):
+            raise ValueError(f"{label!r}: log-probabilities of shape {tuple(lp.shape)} for {len(targets)} targets; "
+                             f"expected ({len(targets)}, classes)")
+        if int(targets.min()) < 0 or int(targets.max()) >= lp.shape[1]:
+            raise ValueError(f"targets must be class indices from 0 to {lp.shape[1] - 1}")
+
+
 def bootstrap(log_probs: dict, targets: torch.Tensor, n_boot: int = 1000, level: float = 0.95, bins: int = 10,
               seed: int = 0, pairs="last-first") -> dict:
     """Estimates and percentile intervals: {label: {key: (estimate, low, high)}} for every model in `log_probs`
@@ -39,6 +56,7 @@ def bootstrap(log_probs: dict, targets: torch.Tensor, n_boot: int = 1000, level:
 
     pairs: "last-first" adds "<last> - <first>" (e.g. smoothing - plain when given in that order); a list of
     (a, b) label pairs adds "b - a" for each; None adds none."""
+    _check_bootstrap(log_probs, targets, n_boot, level, bins)
     targets = targets.long().cpu()
     labels = list(log_probs)
     N = len(targets)
@@ -56,6 +74,9 @@ def bootstrap(log_probs: dict, targets: torch.Tensor, n_boot: int = 1000, level:
     out = {k: {m: summarise(point[k][m][0], draws[k][m]) for m in KEYS} for k in labels}
     if pairs == "last-first":
         pairs = [(labels[0], labels[-1])] if len(labels) > 1 else []
+    unknown = [p for pair in pairs or [] for p in pair if p not in log_probs]
+    if unknown:
+        raise ValueError(f"pairs name models that are not in log_probs: {unknown}; they are {labels}")
     for a, b in pairs or []:
         out[f"{b} - {a}"] = {m: summarise(point[b][m][0] - point[a][m][0], draws[b][m] - draws[a][m]) for m in KEYS}
     return out

@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from models.atomic import write_json
+from models.atomic import read_json, write_json
 from ops.train import configs
 
 
@@ -109,7 +109,7 @@ class RunFolder:
 
     def stored_config(self):
         path = self.path / self.CONFIG
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path, what="run's config") if path.exists() else None
 
     def reconcile(self, cfg, epoch, restart=False):
         """Check a resumption's config against the stored one; record and return the changes {key: (old, new)}.
@@ -164,7 +164,7 @@ def load_run(uid, out_dir="runs", model=None, device="cpu", overrides=()):
     import models
 
     run_dir = find_run(uid, out_dir, model)
-    cfg = configs.make_config(json.loads((run_dir / RunFolder.CONFIG).read_text()), list(overrides))
+    cfg = configs.make_config(read_json(run_dir / RunFolder.CONFIG, what="run's config"), list(overrides))
     name, dataset = cfg["model"]["name"], run_dir.parent.parent.name
     try:
         weights = models.find_checkpoint(dataset, name, uid, cfg["env"]["checkpoint_root"])
