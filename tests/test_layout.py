@@ -138,3 +138,15 @@ def test_every_shim_forwards_to_modules_that_exist():
         targets = ast.literal_eval(source[source.index("["):source.index("]") + 1])
         for target in targets:
             importlib.import_module(target)
+
+
+def test_the_readme_map_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Where things live"):readme.index("## Models")]
+    for path in _modules():
+        if path.name == "__init__.py" or path.parent == ROOT / "ops":
+            continue
+        room = path.parent.relative_to(ROOT).as_posix() + "/"
+        assert room in section, f"{room} is not in the README's map"
+        line = section[section.index(room):].split("\nops/")[0] if room != "models/" else section
+        assert path.stem in line, f"{path.relative_to(ROOT)} is not named in the README's map"
