@@ -44,7 +44,8 @@ def ensemble_size_figure(sweeps, keys=("nll", "acc", "ece"), title=None, interva
     """One panel per metric, x = ensemble size (log scale), one line per model. sweeps: {label: {n: metrics}}.
 
     intervals: {label: {n: {key: (estimate, low, high)}}} (e.g. ops.evaluate.intervals.bootstrap per size) draws
-    each model's 95% interval as a band. Colours: one per model across the library (ops.plots.colors)."""
+    each model's 95% interval as a band (for the keys it has). Colours: one per model across the library
+    (ops.plots.colors)."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         scale = 100 if key in PERCENT else 1
@@ -54,7 +55,7 @@ def ensemble_size_figure(sweeps, keys=("nll", "acc", "ece"), title=None, interva
             ax.plot(ns, [scale * results[n][key] for n in ns], marker="o", label=label, color=color)
             band = (intervals or {}).get(label)
             if band:
-                have = [n for n in ns if n in band]
+                have = [n for n in ns if n in band and key in band[n]]  # the metrics that have bands
                 ax.fill_between(have, [scale * band[n][key][1] for n in have], [scale * band[n][key][2] for n in have],
                                 color=color, alpha=0.18, linewidth=0)
         ax.set_xscale("log")

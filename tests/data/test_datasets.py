@@ -199,3 +199,19 @@ def test_a_crafted_cifar_pickle_is_refused(tmp_path):
     with pytest.raises(datasets.DatasetNotFoundError, match="refused to load posix.system"):
         datasets.get_dataset("cifar10", root=tmp_path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_an_offline_download_names_the_folder_the_url_and_the_command(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", offline)
+    with pytest.raises(DatasetNotFoundError) as info:
+        get_dataset("cifar10", root=tmp_path, download=True)
+    message = str(info.value)
+    assert str(tmp_path / "cifar-10-batches-py") in message and "URLError" in message
+    assert torchvision.datasets.CIFAR10.url in message and "download=True" in message
