@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_file", "write_bytes", "write_text", "write_json", "save_array", "umask", "exclusive", "LockedError",
-           "lock_for", "read_json"]
+           "read_json"]
 
 
 def umask() -> int:
@@ -79,7 +79,7 @@ class LockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive(lock_path, what="this folder"):
+def exclusive(lock_path, what="this folder", advice="Wait for it to finish, stop it, or write elsewhere."):
     """One writer at a time: an exclusive flock on `lock_path` (released by the kernel even if the holder is
     killed), holding this process's pid, host and start; a second writer gets LockedError naming the holder."""
     lock_path = Path(lock_path)
@@ -91,8 +91,7 @@ def exclusive(lock_path, what="this folder"):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise LockedError(f"{what} is in use by {holder}. Wait for it to finish, stop it, or write "
-                          f"elsewhere.") from None
+        raise LockedError(f"{what} is in use by {holder}. {advice}") from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -103,15 +102,6 @@ def exclusive(lock_path, what="this folder"):
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
-
-
-def lock_for(path) -> Path:
-    """A lock file for `path` outside its folder (in the system's temporary folder), for artifacts whose folder
-    should hold nothing else (shipped checkpoints): the same path always gives the same lock."""
-    import hashlib
-
-    key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:20]
-    return Path(tempfile.gettempdir()) / "smoothing-locks" / f"{key}.lock"
 
 
 def read_json(path, expect=dict, what="file"):

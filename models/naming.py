@@ -5,7 +5,7 @@ Shared by models.checkpoints (the original's path layout) and ops.data.datasets 
 
 import re
 
-PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,149}")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,79}")  # short enough for {dataset}_{model}_{uid}.csv
 
 
 def plain_name(value, what="name"):

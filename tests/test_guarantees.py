@@ -386,3 +386,75 @@ def test_leaderboard_files_read_back_strictly(tmp_path):
     dup.write_bytes(b"\xef\xbb\xbfsize,nll\n1,0.5\n1,0.6\n")
     with pytest.raises(ValueError, match="size 1 appears twice"):
         reports.read_leaderboard(dup)
+
+
+# --- A third round: what the re-check found ---------------------------------------------------------------------
+
+def test_a_points_line_missing_or_repeating_a_mask_is_recomputed(tmp_path):
+    import json
+
+    net, _ = models.add_mc_dropout(models.get_model("resnet_dnn_18", width=4), 0.3)
+    directions = landscapes.random_directions(net, 2)
+    kw = dict(xs=[0.0, 0.5], ys=[0.0], n_masks=2, batch_size=8, path=tmp_path / "run")
+    full = landscapes.landscape(net, _images(8), directions, **kw)
+    points = tmp_path / "run" / "points.rank0.jsonl"
+    first, second = (json.loads(line) for line in points.read_text().splitlines())
+    first["records"] = first["records"][:1]  # masks 1 and the ensemble missing
+    second["records"] = second["records"] + second["records"][:1]  # mask 0 twice
+    points.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    again = landscapes.landscape(net, _images(8), directions, **kw)
+    assert again.meta["evaluations"] == 2 * 2 * 1  # both points, 2 masks, 1 batch: recomputed
+    assert json.dumps(again.records) == json.dumps(full.records)
+
+
+def test_the_official_loader_wants_the_whole_benchmark_even_from_a_generated_folder(tmp_path):
+    corrupted_sets.generate_corrupted(_images(), tmp_path, name="cifar-10", corruptions=["fog", "snow"],
+                                      severities=(1,), progress=False, workers=1)
+    with pytest.raises(corruptions.CorruptedDataNotFoundError, match="incomplete"):
+        corrupted_sets.load_cifar_c(tmp_path, "cifar10")
+    assert corrupted_sets.load_corrupted(tmp_path / "CIFAR-10-C").corruptions == ["snow", "fog"]
+
+
+def test_writing_one_stem_never_touches_another_stems_files(tmp_path):
+    results = {"sizes": [1], "corrupted": {}}
+    robustness.write_corrupted(results, tmp_path, "m_corrupted_v2")
+    robustness.write_corrupted(results, tmp_path, "m")  # not refused because of the other stem
+    robustness.write_corrupted(results, tmp_path, "m", overwrite=True)
+    assert (tmp_path / "m_corrupted_v2_corrupted.json").exists()
+
+
+def test_results_of_different_corrupted_sets_are_not_compared(tmp_path):
+    clean = _images()
+    model = models.get_model("resnet_dnn_18", width=4)
+    made = [corrupted_sets.generate_corrupted(clean, tmp_path / p, corruptions=["fog"], severities=(1,),
+                                              profile=p, progress=False, workers=1) for p in ("cifar", "imagenet")]
+    a, b = (robustness.evaluate_corrupted(model, cset, mean=clean.mean, std=clean.std, progress=False)
+            for cset in made)
+    with pytest.raises(ValueError, match="different corrupted sets"):
+        robustness.corruption_summary({"a": a, "b": b})
+
+
+@pytest.mark.parametrize("labels", [np.array([0.5, 1.0]), np.array([-1, 2]), np.zeros((2, 2), np.int64)])
+def test_corrupted_set_labels_must_be_class_indices(tmp_path, labels):
+    folder = tmp_path / "X-C"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.tile(labels, (5,) + (1,) * (labels.ndim - 1)))
+    with pytest.raises(ValueError, match="labels must be a 1-D array of non-negative integers"):
+        corrupted_sets.load_corrupted(folder)
+
+
+def test_an_overwritten_export_cut_short_never_pairs_new_weights_with_the_old_card(tmp_path, monkeypatch):
+    from ops.train import pretrained
+
+    src = _card_checkpoint(tmp_path)
+    first = pretrained.export(src, tmp_path / "root", "v1")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill between the new weights and the new card
+
+    monkeypatch.setattr(pretrained, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrained.export(src, tmp_path / "root", "v1", overwrite=True)
+    assert first.exists() and not pretrained.card_path(first).exists()  # unfinished, not "finished with a card"
+    with pytest.raises(FileNotFoundError):
+        pretrained.load_trained(first)

@@ -47,13 +47,21 @@ def test_every_parameter_is_visible_to_papermill(path):
     assert assigned and {p.name for p in PythonTranslator.inspect(cell)} == assigned
 
 
+@pytest.fixture(autouse=True)
+def text_progress(monkeypatch):
+    """Headless kernels have no front-end for widgets: text bars, as `make demo` uses (a widget bar in a headless
+    kernel is also one more thing that can stall nbclient under load)."""
+    monkeypatch.setenv("SMOOTHING_PROGRESS", "text")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_smoke_mode(path, tmp_path):
     import papermill
 
     out = tmp_path / path.name
     papermill.execute_notebook(str(path), str(out), parameters={"smoke": True, "out_dir": str(tmp_path / "out")},
-                               cwd=str(ROOT), progress_bar=False, kernel_name="python3")
+                               cwd=str(ROOT), progress_bar=False, kernel_name="python3",
+                               execution_timeout=900)
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
@@ -105,7 +113,8 @@ def test_notebook_gives_the_same_numbers_twice(path, tmp_path):
     reported = []
     for run in ("a", "b"):
         papermill.execute_notebook(str(path), str(tmp_path / f"{run}.ipynb"), cwd=str(ROOT), progress_bar=False,
-                                   parameters={"smoke": True, "out_dir": str(tmp_path / run)}, kernel_name="python3")
+                                   parameters={"smoke": True, "out_dir": str(tmp_path / run)}, kernel_name="python3",
+                                   execution_timeout=900)
         result = next((tmp_path / run).rglob(RESULTS[path.name]))
         reported.append(_numbers(json.loads(result.read_text())))
     assert reported[0] == reported[1]

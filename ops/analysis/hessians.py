@@ -261,6 +261,10 @@ def max_eigenvalue_spectrum(model: torch.nn.Module, data, *, n_batches: int = 32
     weights = require_parameters(model, "a Hessian")
     device = resolve_device(device) if device is not None else weights.device
     model = model.to(device)
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
     if n_batches < 1 or batch_size < 1:
         raise ValueError(f"n_batches and batch_size must be >= 1, got {n_batches} and {batch_size}")
     batches = prepare_batches(data, n_batches * batch_size, batch_size, seed=seed, device=device, augment=augment)

@@ -137,6 +137,8 @@ def read_csv(path, mask=0):
         float(text[0].split(",")[0])
     except ValueError:  # a header row: ours never writes one, pandas users sometimes do
         text = text[1:]
+    if not text:
+        raise ValueError(f"{path} has a header but no rows")
     rows = []
     for number, line in enumerate(text, 1):
         try:
@@ -196,7 +198,7 @@ def fingerprint(engine, coords, meta):
     return h.hexdigest()
 
 
-def read_done(folder, fingerprint=None, coords=None):
+def read_done(folder, fingerprint=None, coords=None, masks=None):
     """{index: records} of the finished points of `folder`. A line counts only if it is whole JSON, carries this
     landscape's fingerprint, an integer index of the grid and records of that index at that point's coordinates;
     anything else (a line cut by a kill, a line pasted from another landscape) is recomputed."""
@@ -207,12 +209,12 @@ def read_done(folder, fingerprint=None, coords=None):
                 item = json.loads(line)
             except json.JSONDecodeError:  # a line cut by an interruption: that point is recomputed
                 continue
-            if _valid_point(item, fingerprint, coords):
+            if _valid_point(item, fingerprint, coords, masks):
                 done[item["index"]] = item["records"]
     return done
 
 
-def _valid_point(item, fingerprint, coords):
+def _valid_point(item, fingerprint, coords, masks=None):
     if not isinstance(item, dict) or (fingerprint is not None and item.get("fingerprint") != fingerprint):
         return False
     i, records = item.get("index"), item.get("records")
@@ -221,6 +223,8 @@ def _valid_point(item, fingerprint, coords):
     if coords is not None and not 0 <= i < len(coords):
         return False
     x = coords[i] if coords is not None else None
+    if masks is not None and sorted(r.get("mask") for r in records if isinstance(r, dict)) != sorted(masks):
+        return False  # every mask (and the ensemble) exactly once: a partial or padded line is recomputed
     return all(isinstance(r, dict) and r.get("index") == i and
                (x is None or (r.get("x") == x[0] and r.get("y") == (x[1] if len(x) > 1 else None))) for r in records)
 
@@ -248,6 +252,12 @@ def open_points(path, rank):
 
 def resume(path, fingerprint, meta, rank, world, coords=None):
     """{point index: records} already finished in the folder `path` (rank 0 reads, then tells the others)."""
+    n = meta.get("n_masks", 1)
+    masks = list(range(n)) + ([-1] if n > 1 else [])
+    return _resume(path, fingerprint, meta, rank, world, coords, masks)
+
+
+def _resume(path, fingerprint, meta, rank, world, coords, masks):
     folder, done, error = Path(path), {}, None
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
@@ -269,7 +279,7 @@ def resume(path, fingerprint, meta, rank, world, coords=None):
         else:
             if not meta_file.exists():
                 write_json(meta_file, {**meta, "fingerprint": fingerprint}, indent=1)
-            done = read_done(folder, fingerprint, coords)
+            done = read_done(folder, fingerprint, coords, masks)
     if world > 1:  # every rank must agree on what is left (and on an error)
         box = [(done, error)]
         dist.broadcast_object_list(box, src=0)

@@ -27,6 +27,7 @@ Perturbation sequences (N videos of T frames), with pred_t the argmax of the mea
 """
 import contextlib
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 import models
-from models.atomic import atomic_file, write_json
+from models.atomic import atomic_file, exclusive, write_json
 from ops.common.runtime import progress_bar, resolve_device, seeded
 
 from ops.data.corruptions import CORRUPTIONS, is_noise_perturbation
@@ -44,7 +45,7 @@ from ops.data.datasets import ImageTensorDataset
 from ops.data.loaders import DeviceLoader
 from ops.evaluate.metrics import cutoff_key
 from ops.evaluate.reports import leaderboard_columns
-from ops.evaluate.engine import (behaves_stochastically, eval_keeping_dropout, log_mean_exp, model_device,
+from ops.evaluate.engine import (behaves_stochastically, check_sizes, eval_keeping_dropout, log_mean_exp, model_device,
                                   predict_log_probs, prepare_for_inference, sweep)
 
 # AlexNet's ImageNet-C errors per severity 1..5 (Hendrycks' published table; their means are the usual
@@ -114,6 +115,9 @@ def _restored(model):
 
 
 def _check_cells(cset, corruptions, severities, n, batch_size):
+    if not hasattr(cset, "corruptions") or not hasattr(cset, "dataset"):
+        raise ValueError(f"cset must be a corrupted set (corrupted_sets.load_cifar_c, load_corrupted, "
+                         f"generate_corrupted or ImageNetCSet), got {type(cset).__name__}")
     if isinstance(corruptions, str):
         raise ValueError(f"corruptions must be a list of names, e.g. [{corruptions!r}]")
     corruptions = list(corruptions or cset.corruptions)
@@ -146,7 +150,7 @@ def _evaluate_cells(model, cset, corruptions, severities, sizes, mean, std, clas
     kw = dict(sizes=sizes, device=device, channels_last=channels_last, fuse_bn=False, mc=stochastic, **sweep_kwargs)
 
     results = {"sizes": sorted(set(int(s) for s in sizes)), "clean": None, "corrupted": {},
-               "seed": int(sweep_kwargs.get("seed", 0))}
+               "seed": int(sweep_kwargs.get("seed", 0)), "set": _set_identity(cset)}
     bar = progress_bar(total=len(cells) + (clean is not None), desc=getattr(model, "name", None) or "corrupted",
                disable=not progress)
     if clean is not None:  # the same n images as in every corrupted cell
@@ -159,6 +163,13 @@ def _evaluate_cells(model, cset, corruptions, severities, sizes, mean, std, clas
         bar.update(1)
     bar.close()
     return results
+
+
+def _set_identity(cset):
+    """What a -C set is: its folder's name, and for a generated one its profile, seed and source images."""
+    meta = getattr(cset, "meta", {}) or {}
+    return {"name": Path(cset.folder).name, "profile": meta.get("profile", "official"), "seed": meta.get("seed"),
+            "source": (meta.get("source") or {}).get("sha1")}
 
 
 def _check_source(cset, clean):
@@ -264,6 +275,9 @@ def _cells(results, chosen):
 
 def _check_comparable(results_by_model, chosen):
     """Models are compared only on the same cells of the same number of images."""
+    sets = {label: r.get("set") for label, r in results_by_model.items()}
+    if len({json.dumps(s, sort_keys=True) for s in sets.values()}) > 1:
+        raise ValueError(f"the models were evaluated on different corrupted sets: {sets}")
     cells = {label: _cells(r, chosen) for label, r in results_by_model.items()}
     first_label, first = next(iter(cells.items()))
     for label, mine in cells.items():
@@ -331,7 +345,14 @@ def write_corrupted(results, folder, stem, cutoffs=(0.0, 0.9), overwrite=False):
                          f"separators or '..'): the files go inside {folder}, got {stem!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    earlier = sorted(folder.glob(f"{stem}_corrupted*"))
+    with exclusive(folder / f".{stem}.lock", f"the results {folder / stem}"):
+        return _write_corrupted(results, folder, stem, cutoffs, overwrite)
+
+
+def _write_corrupted(results, folder, stem, cutoffs, overwrite):
+    """write_corrupted's work under its lock."""
+    mine = re.compile(re.escape(stem) + r"_corrupted(_n\d+\.csv|\.json)")  # this stem's files, no other stem's
+    earlier = sorted(p for p in folder.iterdir() if mine.fullmatch(p.name))
     if earlier and not overwrite:
         raise ValueError(f"{folder} already holds results under {stem!r} ({earlier[0].name}, ...): pass "
                          f"overwrite=True to replace them, or another stem")
@@ -360,7 +381,7 @@ def to_json(results):
 
     out = {"sizes": results["sizes"], "clean": sizes(results["clean"]) if results.get("clean") else None,
            "corrupted": {c: {str(s): sizes(cell) for s, cell in by.items()} for c, by in results["corrupted"].items()}}
-    return out | ({"seed": results["seed"]} if "seed" in results else {})
+    return out | {k: results[k] for k in ("seed", "set") if k in results}
 
 
 def from_json(obj):
@@ -370,7 +391,7 @@ def from_json(obj):
 
     return {"sizes": obj["sizes"], "clean": sizes(obj["clean"]) if obj.get("clean") else None,
             "corrupted": {c: {int(s): sizes(cell) for s, cell in by.items()} for c, by in obj["corrupted"].items()},
-            **({"seed": obj["seed"]} if "seed" in obj else {})}
+            **{k: obj[k] for k in ("seed", "set") if k in obj}}
 
 
 # --- Perturbation sequences --------------------------------------------------------------------------------------
@@ -412,7 +433,7 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
     max_batch: images per forward pass when MC copies are stacked (ops.evaluate.engine.predict_log_probs);
     stochastic: None prepares the model here (see `prepare`); True/False says the model is already prepared.
     seed: of the MC-dropout masks (the same call gives the same numbers)."""
-    sizes = sorted(set(int(s) for s in sizes))
+    sizes = list(check_sizes(sizes))
     device = resolve_device(device) if device is not None else model_device(model)
     model = model.to(device)
     if getattr(frames, "dtype", None) not in (np.uint8, torch.uint8) or getattr(frames, "ndim", 0) != 5 \

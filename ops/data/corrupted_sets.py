@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from ops.common.runtime import progress_bar
 
-from models.atomic import exclusive, save_array, write_json
+from models.atomic import exclusive, read_json, save_array, write_json
 from ops.data.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, IMAGENET_C_SOURCE, OFFICIAL_C, OFFICIAL_P,
                                   PERTURBATIONS, PROFILES, SEVERITIES, CorruptedDataNotFoundError, _hsv_value_shift,
                                   _lookup, _seed, _to_uint8, corrupt, default_chunk, default_profile, parameters)
@@ -75,7 +75,13 @@ def _unpack(archive, root, folder_name):
             tar.extractall(staging, filter="data")
         if not (staging / folder_name).is_dir():
             raise CorruptedDataNotFoundError(f"{archive} does not hold a folder {folder_name}/")
-        os.replace(staging / folder_name, Path(root) / folder_name)
+        target = Path(root) / folder_name
+        if target.exists() and any(target.iterdir()):
+            raise CorruptedDataNotFoundError(f"{target} exists but is incomplete: move it away so that {archive.name} "
+                                             f"can be unpacked there")
+        if target.exists():
+            target.rmdir()
+        os.replace(staging / folder_name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -83,12 +89,6 @@ def _unpack(archive, root, folder_name):
 def _check_complete(folder, needed):
     """An official folder must hold every file of its set: a partial one (an interrupted copy or unpacking of
     an earlier version) would silently average over the corruptions that happen to be there."""
-    meta = folder / "meta.json"
-    if meta.exists():  # a generated set says what it holds
-        try:
-            needed = [f"{c}.npy" for c in json.loads(meta.read_text()).get("done", {})] + ["labels.npy"]
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CorruptedDataNotFoundError(f"{meta} is not valid JSON: regenerate the set") from None
     missing = [f for f in needed if not (folder / f).exists()]
     if missing:
         raise CorruptedDataNotFoundError(f"{folder} is incomplete: {missing[:4]}{' ...' if len(missing) > 4 else ''} "
@@ -102,6 +102,9 @@ def _official(spec, root, download, what, layout, needed=()):
     folder, archive = root / spec["folder"], root / spec["archive"]
     if folder.is_dir() and any(folder.glob("*.npy")):
         return _check_complete(folder, needed)
+    if folder.exists() and any(folder.iterdir()):
+        raise CorruptedDataNotFoundError(f"{folder} exists but holds no .npy files of the set; move it away so that "
+                                         f"{archive.name} can be unpacked there")
     if not archive.exists() and download:
         from torchvision.datasets.utils import download_url
 
@@ -117,6 +120,19 @@ def _official(spec, root, download, what, layout, needed=()):
         f"with the same layout offline.")
 
 
+def _read_labels(path):
+    """A -C set's labels: a 1-D array of non-negative integers, or a ValueError naming the file."""
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path} cannot be read as a .npy array ({exc}); regenerate or unpack the set again") \
+            from None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
+        raise ValueError(f"{path} holds {labels.dtype} {labels.shape}: labels must be a 1-D array of non-negative "
+                         f"integers (class indices); regenerate or unpack the set again")
+    return labels
+
+
 class CorruptedSet:
     """A -C folder: `{corruption}.npy` (S N, H, W, C) uint8, severity blocks of N rows in `severities` order, and
     `labels.npy` (S N,). Official sets have severities 1..5; a generated set lists its own in meta.json."""
@@ -130,9 +146,9 @@ class CorruptedSet:
                 f"labels.npy (S*N,). Get the official CIFAR-10-C / CIFAR-100-C from {OFFICIAL_C['cifar10']['url']}"
                 f" / {OFFICIAL_C['cifar100']['url']}, or make one with ops.data.corrupted_sets.generate_corrupted.")
         meta_path = self.folder / "meta.json"
-        self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        self.severities = tuple(self.meta.get("severities", SEVERITIES))
-        labels = np.load(labels_path)
+        self.meta = read_json(meta_path, what="-C set's meta.json") if meta_path.exists() else {}
+        self.severities = check_severities(self.meta.get("severities", SEVERITIES))
+        labels = _read_labels(labels_path)
         if len(labels) % len(self.severities):
             raise ValueError(f"{labels_path} has {len(labels)} labels, not a multiple of {len(self.severities)} "
                              f"severities {self.severities}")
@@ -277,9 +293,12 @@ def load_perturbed(root, ptype):
             f"{', '.join(PERTURBATIONS)}). Get {OFFICIAL_P['archive']} (md5 {OFFICIAL_P['md5']}) from "
             f"{OFFICIAL_P['url']} and unpack it beside {root}, or make sequences offline with "
             f"ops.data.corrupted_sets.generate_perturbed.")
-    data = np.load(path, mmap_mode="r")
-    if data.ndim != 5:
-        raise ValueError(f"{path} has shape {data.shape}; expected (N, T, H, W, C)")
+    try:
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path} cannot be read as a .npy array ({exc}); regenerate or unpack it again") from None
+    if data.ndim != 5 or data.dtype != np.uint8 or data.shape[-1] not in (1, 3):
+        raise ValueError(f"{path} holds {data.dtype} {data.shape}; expected uint8 (N, T, H, W, C) with C = 1 or 3")
     return data
 
 
@@ -418,11 +437,7 @@ def _generation_meta(folder, settings, overwrite):
     """The folder's meta.json if it was made with `settings`, else a new one (old files removed only if
     overwrite: otherwise a folder made with other settings raises)."""
     meta_path = folder / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{meta_path} is not valid JSON ({exc}): what the folder holds is unknown; delete the "
-                         f"folder or pass overwrite=True") from None
+    meta = read_json(meta_path, what="-C set's meta.json") if meta_path.exists() else None
     made = [p for p in folder.glob("*.npy") if p.name != "labels.npy"]  # labels.npy is rewritten from the source
     if meta is None and made and not overwrite:
         raise ValueError(f"{folder} holds .npy files but no meta.json saying what they were made from, so they "
@@ -535,7 +550,7 @@ def _perturb_locked(dataset, folder, ptypes, seed, device, progress, overwrite):
     settings = {"sha1": fingerprint(dataset.images, dataset.labels), "seed": int(seed),
                 "device": torch.device(device).type}
     meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_json(meta_path, what="-P set's meta.json") if meta_path.exists() else {}
     if not meta and any(folder.glob("*.npy")) and not overwrite:  # before anything is deleted
         raise ValueError(f"{folder} holds .npy files but no meta.json saying what they are (an official -P set?); "
                          f"use another root or name, delete them, or pass overwrite=True")
@@ -551,7 +566,11 @@ def _perturb_locked(dataset, folder, ptypes, seed, device, progress, overwrite):
     save_array(folder / "labels.npy", dataset.labels.numpy())
     for ptype in progress_bar(list(ptypes), desc=folder.name, disable=not progress):
         if ptype in meta["frames"] and (folder / f"{ptype}.npy").exists():
-            continue
+            if json.loads(json.dumps(meta["frames"][ptype])) == json.loads(json.dumps(P_FRAMES[ptype])):
+                continue
+            if not overwrite:
+                raise ValueError(f"{folder}/{ptype}.npy was made with other frames ({meta['frames'][ptype]} now "
+                                 f"{P_FRAMES[ptype]}): pass overwrite=True to regenerate it")
         seq = perturb(dataset.images, ptype, seed, device)  # (N, T, C, H, W)
         save_array(folder / f"{ptype}.npy", seq.permute(0, 1, 3, 4, 2).numpy())
         meta["frames"][ptype] = P_FRAMES[ptype]

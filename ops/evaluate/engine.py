@@ -315,8 +315,13 @@ def _sampler(nets, ensemble, first, n, device, options) -> tuple:
     common = dict(max_batch=options["max_batch"], precision=options["precision"],
                   channels_last=options["channels_last"])
     if ensemble:
-        return (lambda x: torch.cat([predict_log_probs(net, x, 1, stochastic=flag, **common)
-                                     for net, flag in zip(nets, flags)])), any(flags)
+        def members(x):
+            outs = [predict_log_probs(net, x, 1, stochastic=flag, **common) for net, flag in zip(nets, flags)]
+            classes = {o.shape[-1] for o in outs}
+            if len(classes) > 1:
+                raise ValueError(f"the ensemble's members predict different numbers of classes {sorted(classes)}")
+            return torch.cat(outs)
+        return members, any(flags)
     return (lambda x: predict_log_probs(nets[0], x, n, stochastic=flags[0], **common)), flags[0]
 
 

@@ -83,10 +83,13 @@ def read_leaderboard(path):
     out = {}
     for number, r in enumerate(rows, 2):
         try:
-            size = int(float(r["size"]))
+            size = float(r["size"])
             values = {k: float(v) for k, v in r.items() if k != "size"}
         except (TypeError, ValueError):
             raise ValueError(f"{path}, line {number}: not a row of numbers") from None
+        if not (math.isfinite(size) and size == int(size) and size >= 1):
+            raise ValueError(f"{path}, line {number}: the ensemble size must be a positive integer, got {r['size']!r}")
+        size = int(size)
         if size in out:
             raise ValueError(f"{path}, line {number}: size {size} appears twice")
         out[size] = values

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import models
 
-from models.atomic import exclusive, lock_for, write_json
+from models.atomic import exclusive, write_json
 from ops.train import configs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,10 +108,13 @@ def export(checkpoint, root, uid, overwrite=False):
     model = load_trained(checkpoint)  # checks that weights, card and arch agree before anything is written
     card = dict(model.card, exported_from=str(checkpoint))
     path = models.checkpoint_path(card["dataset"], card["name"], uid, root)
-    with exclusive(lock_for(path), f"the export {path}"):
+    # The lock lives beside the export (a hidden file, ignored by git): a lock in a temporary folder would not be
+    # seen by a process with another TMPDIR (cluster jobs often have their own).
+    with exclusive(path.parent / f".{path.name}.lock", f"the export {path}"):
         if path.exists() and card_path(path).exists() and not overwrite:
             raise FileExistsError(f"{path} exists: an earlier export under uid {uid!r}. Pass overwrite=True to "
                                   f"replace it, or choose another uid")
+        card_path(path).unlink(missing_ok=True)  # first: new weights beside an old card must never look finished
         path = models.save(model, card["dataset"], uid, root=root)
         write_json(card_path(path), card)  # the card last: weights without a card are an unfinished export
     return path

@@ -14,16 +14,14 @@
   workers) are allowed. Either way the change is appended to `resumes.json` and `config.json` is rewritten to
   the config in effect, so the folder always says what was trained.
 """
+import contextlib
 import datetime
-import fcntl
 import json
-import os
 import secrets
-import socket
 import time
 from pathlib import Path
 
-from models.atomic import read_json, write_json
+from models.atomic import LockedError, exclusive, read_json, write_json
 from ops.train import configs
 
 
@@ -78,25 +76,16 @@ class RunFolder:
         return self
 
     def _take_lock(self):
-        handle = open(self.path / self.LOCK, "a+")
+        stack = contextlib.ExitStack()
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunError(f"run {self.path} is in use by {holder}. Wait for it to finish, stop it, or start a "
-                           f"separate run with another env.uid.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
-                     f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
-        handle.flush()
-        self._lock = handle
+            stack.enter_context(exclusive(self.path / self.LOCK, f"run {self.path}", advice=(
+                "Wait for it to finish, stop it, or start a separate run with another env.uid.")))
+        except LockedError as exc:
+            raise RunError(str(exc)) from None
+        self._lock = stack
 
     def close(self):
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
 
