@@ -102,8 +102,12 @@ def test_generated_set_round_trips_through_the_official_loader(tmp_path, images)
     csets.generate_corrupted(images, tmp_path, name="cifar-10", corruptions=corr, seed=5, workers=1, progress=False)
     raw = np.load(tmp_path / "CIFAR-10-C" / "contrast.npy")
     assert raw.shape == (5 * 24, 32, 32, 3) and raw.dtype == np.uint8
-    cset = csets.load_cifar_c(tmp_path, "cifar10")  # the official loader reads what we generated
+    # The layout is the official one: the generic loader reads it as CIFAR-10-C; the official loader itself wants
+    # all 15 corruptions of the benchmark (a partial set would silently shrink mCE) and refuses this one.
+    cset = csets.load_corrupted(tmp_path / "CIFAR-10-C")
     assert cset.corruptions == corr and cset.n == 24
+    with pytest.raises(oc.CorruptedDataNotFoundError, match="incomplete"):
+        csets.load_cifar_c(tmp_path, "cifar10")
     for c in corr:
         for s in (1, 4):
             assert torch.equal(cset.images(c, s), oc.corrupt(images.images, c, s, seed=5))
