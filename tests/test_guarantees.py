@@ -458,3 +458,39 @@ def test_an_overwritten_export_cut_short_never_pairs_new_weights_with_the_old_ca
     assert first.exists() and not pretrained.card_path(first).exists()  # unfinished, not "finished with a card"
     with pytest.raises(FileNotFoundError):
         pretrained.load_trained(first)
+
+
+def test_a_finished_landscape_without_its_points_is_still_a_result(tmp_path):
+    net = models.get_model("resnet_dnn_18", width=4)
+    kw = dict(xs=[0.0], ys=[0.0], batch_size=8, path=tmp_path / "run")
+    landscapes.landscape(net, _images(8), landscapes.random_directions(net, 2), **kw)
+    (tmp_path / "run" / "points.rank0.jsonl").unlink()  # only landscape.json kept
+    other = models.get_model("resnet_dnn_18", width=4)
+    with pytest.raises(ValueError, match="another landscape"):
+        landscapes.landscape(other, _images(8), landscapes.random_directions(other, 2), **kw)
+
+
+def test_a_points_record_without_a_mask_is_recomputed_not_a_crash(tmp_path):
+    import json
+
+    net, _ = models.add_mc_dropout(models.get_model("resnet_dnn_18", width=4), 0.3)
+    directions = landscapes.random_directions(net, 2)
+    kw = dict(xs=[0.0], ys=[0.0], n_masks=2, batch_size=8, path=tmp_path / "run")
+    landscapes.landscape(net, _images(8), directions, **kw)
+    points = tmp_path / "run" / "points.rank0.jsonl"
+    line = json.loads(points.read_text())
+    del line["records"][0]["mask"]
+    points.write_text(json.dumps(line) + "\n")
+    assert landscapes.landscape(net, _images(8), directions, **kw).meta["evaluations"] == 2
+
+
+def test_a_corrupted_set_whose_meta_and_labels_disagree_is_refused(tmp_path):
+    import json
+
+    cset = corrupted_sets.generate_corrupted(_images(), tmp_path, corruptions=["fog"], severities=(1, 3),
+                                             progress=False, workers=1)
+    meta = json.loads((cset.folder / "meta.json").read_text())
+    meta["severities"] = [1, 2, 3, 4]
+    (cset.folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="meta.json says 12 images per severity"):
+        corrupted_sets.load_corrupted(cset.folder)

@@ -223,7 +223,9 @@ def _valid_point(item, fingerprint, coords, masks=None):
     if coords is not None and not 0 <= i < len(coords):
         return False
     x = coords[i] if coords is not None else None
-    if masks is not None and sorted(r.get("mask") for r in records if isinstance(r, dict)) != sorted(masks):
+    if not all(isinstance(r, dict) and type(r.get("mask")) is int for r in records):
+        return False
+    if masks is not None and sorted(r["mask"] for r in records) != sorted(masks):
         return False  # every mask (and the ensemble) exactly once: a partial or padded line is recomputed
     return all(isinstance(r, dict) and r.get("index") == i and
                (x is None or (r.get("x") == x[0] and r.get("y") == (x[1] if len(x) > 1 else None))) for r in records)
@@ -263,7 +265,8 @@ def _resume(path, fingerprint, meta, rank, world, coords, masks):
         folder.mkdir(parents=True, exist_ok=True)
         meta_file = folder / "meta.json"
         stored = _read_meta(meta_file)
-        has_points = any(f.stat().st_size for f in folder.glob("points.rank*.jsonl"))
+        has_points = any(f.stat().st_size for f in folder.glob("points.rank*.jsonl")) or \
+            (folder / "landscape.json").exists()  # a finished landscape's results count even without its points
         if stored is not None and stored.get("fingerprint") != fingerprint and not has_points:
             stored = None  # settings of a run that finished no point (it failed or was stopped at once): start over
             meta_file.unlink()

@@ -153,6 +153,10 @@ class CorruptedSet:
             raise ValueError(f"{labels_path} has {len(labels)} labels, not a multiple of {len(self.severities)} "
                              f"severities {self.severities}")
         self.n = len(labels) // len(self.severities)
+        source_n = (self.meta.get("source") or {}).get("n")
+        if source_n is not None and source_n != self.n:  # meta.json and labels.npy disagree about the blocks
+            raise ValueError(f"{self.folder}: meta.json says {source_n} images per severity, labels.npy and the "
+                             f"severities {self.severities} give {self.n}; regenerate the set")
         self._labels = labels.astype(np.int64)
         done = self.meta.get("done")
         files = {p.stem for p in self.folder.glob("*.npy")} - {"labels"}

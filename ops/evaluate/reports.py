@@ -44,10 +44,13 @@ def new_leaderboard_path(dataset_name, model_name, uid, root="leaderboard/logs")
             continue
 
 
-def write_leaderboard(results, path, cutoffs=(0.0, 0.9), about=None) -> Path:
+def write_leaderboard(results, path, cutoffs=(0.0, 0.9), about=None, overwrite=False) -> Path:
     """results: {ensemble size: metrics dict}. Writes `path` (CSV) and `path` with .json (the metrics per size,
     and `about`: what was evaluated and how, under the key "evaluation"), atomically; returns the CSV path."""
     path = Path(path)
+    if not overwrite and ((path.exists() and path.stat().st_size) or path.with_suffix(".json").exists()):
+        raise FileExistsError(f"{path} already holds results: pass overwrite=True, or a new name "
+                              f"(new_leaderboard_path)")
     columns = leaderboard_columns(cutoffs)
     with atomic_file(path, "w") as f:
         writer = csv.writer(f)

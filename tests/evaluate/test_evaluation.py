@@ -263,7 +263,9 @@ def test_leaderboard_csv_in_original_column_order(tmp_path, loader):
     assert back[2]["nll"] == pytest.approx(results[2]["nll"]) and back[2]["cutoff_90"] == 0.9
     assert json.load(open(path.with_suffix(".json")))["1"]["acc"] == results[1]["acc"]
     results[1]["acc_90"] = float("nan")  # no prediction above the cutoff: undefined, written as null
-    reports.write_leaderboard(results, path)
+    with pytest.raises(FileExistsError, match="already holds results"):
+        reports.write_leaderboard(results, path)  # never over finished results without asking
+    reports.write_leaderboard(results, path, overwrite=True)
     strict = json.loads(path.with_suffix(".json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert strict["1"]["acc_90"] is None
     table = reports.format_table({"m": results})
