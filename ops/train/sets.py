@@ -187,9 +187,13 @@ def _time_left(todo, known) -> str:
 
 
 def _record_time(known, network, export):
+    """The network's time for the estimate: the median epoch times the epochs (a run that was paused or shared
+    the machine for a while does not inflate it), else the card's wall time."""
     card = pretrained.read_card(exported_path(network, export))
-    if card.get("wall_time_s"):
-        known.setdefault(network.variant, []).append(card["wall_time_s"])
+    epochs = sorted(row["epoch_time_s"] for row in card.get("history", []) if row.get("epoch_time_s"))
+    seconds = epochs[len(epochs) // 2] * len(card["history"]) if epochs else card.get("wall_time_s")
+    if seconds:
+        known.setdefault(network.variant, []).append(seconds)
 
 
 def run_local(networks, export) -> list:
