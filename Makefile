@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install bench clean
+.PHONY: test demo paper install bench clean
 
 $(STAMP): requirements.txt requirements-test.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m ops.demo
+
+# Every claim of the original on the reference networks: runs/paper/<uid>/report.md (QUICK=1: fewer images).
+paper: $(STAMP)
+	$(PY) -m ops.paper $(if $(filter 1,$(QUICK)),--quick,)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,7 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first: a module may import its own room and the rooms before it, never a later one.
-ROOMS = ["models", "ops.common", "ops.data", "ops.evaluate", "ops.train", "ops.analysis", "ops.plots", "ops.cli"]
+ROOMS = ["models", "ops.common", "ops.data", "ops.evaluate", "ops.train", "ops.analysis", "ops.plots", "ops.paper",
+         "ops.cli"]
 CLI = {"ops/run.py", "ops/demo.py", "ops/__init__.py"}
 SHIMS = {"runtime", "datasets", "loaders", "corruptions", "tests", "predict", "metrics", "stats", "reports",
          "configs", "runs", "trains", "syncbn", "pretrained", "landscapes", "hessians", "featuremaps", "robustness",

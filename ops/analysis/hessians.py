@@ -146,18 +146,19 @@ def top_eigenvalues(op: "HessianOperator", k: int = 1, max_iter: int = 100, tol:
     """The k eigenvalues of largest magnitude by power iteration with deflation (see the module docstring).
 
     Returns {"eigenvalues": [k floats], "eigenvectors": [k flat unit tensors], "iterations": [...],
-    "converged": [...]}."""
+    "converged": [...], "history": [k lists: the estimate after each iteration]}."""
     _check_iter(max_iter, tol)
     if not 1 <= k <= op.dim:
         raise ValueError(f"k must be between 1 and the number of parameters ({op.dim}), got {k}")
-    values, vectors, iterations, converged = [], [], [], []
+    values, vectors, iterations, converged, history = [], [], [], [], []
     for i in range(k):
         v = _orthogonalize(op.random(seed * 1_000_003 + i), vectors)
         v = v / v.norm()
-        lam, done, it = None, False, 0
+        lam, done, it, estimates = None, False, 0, []
         for it in range(1, max_iter + 1):
             hv = _orthogonalize(op(v), vectors)
             new = float(torch.dot(v, hv))
+            estimates.append(new)
             norm = hv.norm()
             if float(norm) == 0.0:  # H is zero on what is left: the eigenvalue is 0
                 lam, done = 0.0, True
@@ -171,7 +172,9 @@ def top_eigenvalues(op: "HessianOperator", k: int = 1, max_iter: int = 100, tol:
         vectors.append(v)
         iterations.append(it)
         converged.append(done)
-    return {"eigenvalues": values, "eigenvectors": vectors, "iterations": iterations, "converged": converged}
+        history.append(estimates)
+    return {"eigenvalues": values, "eigenvectors": vectors, "iterations": iterations, "converged": converged,
+            "history": history}
 
 
 def trace(op: "HessianOperator", max_iter: int = 200, tol: float = 1e-2, seed: int = 0, min_samples: int = 10) -> dict:
@@ -250,7 +253,8 @@ def max_eigenvalue_spectrum(model: torch.nn.Module, data, *, n_batches: int = 32
 
     data: an ImageTensorDataset (n_batches * batch_size images of a `seed` permutation; `augment` crops and flips
     them, seeded) or an iterable of (x, y) batches. Returns {"eigenvalues", "iterations", "converged", "losses",
-    "normalised"}, lists with one entry per mini-batch, and "weight_norm_sq".
+    "normalised", "history" (each power iteration's estimate)}, lists with one entry per mini-batch, and
+    "weight_norm_sq".
 
     "normalised" is the eigenvalue times the squared norm of the differentiated weights, lambda * ||w||^2. The raw
     eigenvalue is not scale-invariant: a weight followed by BatchNorm can be multiplied by a > 0 without changing
@@ -272,7 +276,7 @@ def max_eigenvalue_spectrum(model: torch.nn.Module, data, *, n_batches: int = 32
     if have < n_batches * batch_size:  # never fewer results (or smaller mini-batches) than asked without a word
         raise ValueError(f"the spectrum needs n_batches x batch_size = {n_batches * batch_size} images, the data "
                          f"have {have}: lower n_batches or batch_size")
-    out = {"eigenvalues": [], "iterations": [], "converged": [], "losses": [], "normalised": []}
+    out = {"eigenvalues": [], "iterations": [], "converged": [], "losses": [], "normalised": [], "history": []}
     name = getattr(model, "name", type(model).__name__)
     for b, batch in enumerate(progress_bar(batches, desc=f"hessian {name}", leave=False, disable=not progress)):
         op = HessianOperator(model, [batch], weight_decay=weight_decay, dropout=dropout, seed=seed, mask=b)
@@ -280,6 +284,7 @@ def max_eigenvalue_spectrum(model: torch.nn.Module, data, *, n_batches: int = 32
         out["eigenvalues"].append(res["eigenvalues"][0])
         out["iterations"].append(res["iterations"][0])
         out["converged"].append(res["converged"][0])
+        out["history"].append(res["history"][0])
         out["losses"].append(op.loss)
         out["normalised"].append(res["eigenvalues"][0] * op.weight_norm_sq)
         del op  # frees the kept gradient graph before the next batch

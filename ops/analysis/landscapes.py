@@ -474,3 +474,28 @@ def _gather(done, finished, world) -> dict:
     else:
         done.update(finished)
     return done
+
+
+def summary(land: Landscape) -> dict:
+    """How flat and how steady a 2-D landscape is, per MC mask and per grid point (the units an interval
+    resamples): {"rise": (M,) mean over the grid of loss - centre loss, per mask; "curvature": (M,) second
+    difference of the loss at the centre, mean of the x and y axes, per mask; "spread": (P,) standard deviation
+    of the loss across masks at each grid point (zeros for one mask)} as lists, plus their means.
+
+    Flatter means a lower rise and curvature; steadier across MC masks means a lower spread. The grid must be
+    2-D with an odd number of points per axis (the trained weights at its centre)."""
+    if land.ys is None or len(land.xs) % 2 == 0 or len(land.ys) % 2 == 0 or min(len(land.xs), len(land.ys)) < 3:
+        raise ValueError(f"summary needs a 2-D grid with an odd number (>= 3) of points per axis, centred on the "
+                         f"trained weights; this one has shape {land.shape}")
+    masks = [m for m in land.masks if m >= 0]
+    grids = np.stack([land.grid("loss", m) for m in masks])  # (M, ny, nx)
+    cy, cx = len(land.ys) // 2, len(land.xs) // 2
+    centre = grids[:, cy, cx]  # (M,)
+    hx, hy = land.xs[1] - land.xs[0], land.ys[1] - land.ys[0]
+    curv_x = (grids[:, cy, cx + 1] + grids[:, cy, cx - 1] - 2 * centre) / hx ** 2
+    curv_y = (grids[:, cy + 1, cx] + grids[:, cy - 1, cx] - 2 * centre) / hy ** 2
+    rise = (grids - centre[:, None, None]).mean(axis=(1, 2))
+    spread = grids.std(0).reshape(-1) if len(masks) > 1 else np.zeros(grids[0].size)
+    out = {"rise": rise.tolist(), "curvature": ((curv_x + curv_y) / 2).tolist(), "spread": spread.tolist(),
+           "centre_loss": centre.tolist()}
+    return out | {f"mean_{k}": float(np.mean(v)) for k, v in out.items()}

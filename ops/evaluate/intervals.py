@@ -142,18 +142,79 @@ def hierarchical_bootstrap(arms: dict, targets: torch.Tensor, n_boot: int = 1000
     return out
 
 
+def hierarchical_mean(arms: dict, n_boot: int = 1000, level: float = 0.95, seed: int = 0, paired: bool = True) -> dict:
+    """Intervals over seeds *and* units for the mean of a per-unit quantity, for two arms and their difference.
+
+    arms: {label: [(U,) values, one array per seed]}, two labels; a unit is whatever the quantity is measured
+    on (a test image, a mini-batch, an MC mask, a grid point). The statistic is the mean over seeds of the
+    mean over units. Each resample draws as many seeds as an arm has, with replacement, then U units with
+    replacement for each drawn seed; paired=True uses the same unit draws for both arms (the units are the same
+    images or batches in both, so their difficulty cancels) and needs the same U everywhere. Returns the
+    layout of hierarchical_bootstrap with the key "mean": {label: {"mean": (estimate, low, high)}, "<b> - <a>":
+    {...}, "seeds": {label: S}}."""
+    labels = list(arms)
+    if len(labels) != 2:
+        raise ValueError(f"hierarchical_mean compares two arms, got {len(labels)}: {labels}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    values = {k: [torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in runs] for k, runs in arms.items()}
+    sizes = {len(v) for runs in values.values() for v in runs}
+    if any(not runs for runs in values.values()) or 0 in sizes:
+        raise ValueError("every arm needs at least one seed with at least one unit")
+    if paired and len(sizes) > 1:
+        raise ValueError(f"paired resampling needs the same units in every seed and arm, got unit counts "
+                         f"{sorted(sizes)}: pass paired=False for independent units")
+    g = torch.Generator().manual_seed(seed)
+    draws, shared = {}, {}
+    for k in labels:
+        S = len(values[k])
+        pick = torch.randint(0, S, (n_boot, S), generator=g)  # (R, S) seeds drawn
+        total = torch.zeros(n_boot, dtype=torch.float64)
+        for j in range(S):
+            for s, v in enumerate(values[k]):
+                rows = (pick[:, j] == s).nonzero().squeeze(1)
+                if not len(rows):
+                    continue
+                key = (j, len(v))
+                if paired and key not in shared:
+                    shared[key] = torch.randint(0, len(v), (n_boot, len(v)), generator=g)
+                idx = shared[key][rows] if paired else torch.randint(0, len(v), (len(rows), len(v)), generator=g)
+                total[rows] += v[idx].mean(1)
+        draws[k] = total / S
+    point = {k: float(torch.stack([v.mean() for v in runs]).mean()) for k, runs in values.items()}
+    q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64)
+
+    def summarise(est, samples):
+        lo, hi = torch.quantile(samples, q)
+        return float(est), float(lo), float(hi)
+
+    a, b = labels
+    out = {k: {"mean": summarise(point[k], draws[k])} for k in labels}
+    out[f"{b} - {a}"] = {"mean": summarise(point[b] - point[a], draws[b] - draws[a])}
+    out["seeds"] = {k: len(v) for k, v in values.items()}
+    return out
+
+
 VERDICTS = ("supported", "contradicted", "not resolved")
 
 
-def verdict(interval: tuple, better: str = "lower") -> str:
+def verdict(interval: tuple, better: str = "lower", margin: float = 0.0) -> str:
     """The verdict of a claim from the interval (estimate, low, high) of a difference "claimed arm - other arm":
     supported if the interval excludes 0 in the claimed direction (better="lower": below 0, for NLL and ECE;
-    "higher": above 0, for accuracy), contradicted if it excludes 0 the other way, else not resolved."""
+    "higher": above 0, for accuracy), contradicted if it excludes 0 the other way, else not resolved.
+
+    margin > 0 reads the claim as "not worse by more than margin" (a claim that one arm *matches* another):
+    supported if the whole interval is better than `margin` on the worse side, contradicted if the whole
+    interval is worse than that."""
     if better not in ("lower", "higher"):
         raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+    if not (isinstance(margin, (int, float)) and margin >= 0):
+        raise ValueError(f"margin must be a number >= 0, got {margin!r}")
     _, low, high = interval
-    if high < 0:
-        return VERDICTS[0] if better == "lower" else VERDICTS[1]
-    if low > 0:
-        return VERDICTS[0] if better == "higher" else VERDICTS[1]
+    if better == "higher":  # mirror: "higher is better" with margin m is "lower is better" of the negation
+        low, high = -high, -low
+    if high < margin:
+        return VERDICTS[0]
+    if low > margin:
+        return VERDICTS[1]
     return VERDICTS[2]

@@ -88,6 +88,7 @@ def load_set(path, overrides=()) -> tuple:
     `set.export=FOLDER`. Networks come seed by seed (every variant of seed 0 first), so that a set stopped
     half-way has each variant at least once. Every problem of the file is reported together."""
     raw = configs.read_config_file(path)
+    raw.pop("paper", None)  # how `make paper` analyses the set (ops.paper.settings): not part of the recipe
     spec = raw.pop("set", None)
     if spec is None:
         raise SetError(f"{path} has no `set` section (name, seeds, networks): it is a run config; train it with "

@@ -62,6 +62,9 @@ def test_top_eigenvalues_match_the_explicit_hessian(dropout):
     res = hessians.top_eigenvalues(op, k=2, max_iter=500, tol=1e-10, seed=0)  # |l3 / l2| ~ 0.8: quick
     np.testing.assert_allclose(res["eigenvalues"], exact[:2], rtol=1e-5)
     assert all(res["converged"])
+    # the history is each iteration's estimate: it ends at the eigenvalue, one entry per iteration
+    assert [len(h) for h in res["history"]] == res["iterations"]
+    assert [h[-1] for h in res["history"]] == res["eigenvalues"]
     H = explicit_hessian(model, x, y)
     for lam, v in zip(res["eigenvalues"], res["eigenvectors"]):  # they are eigenvectors, not just values
         torch.testing.assert_close(H @ v, lam * v, rtol=0, atol=1e-5 * abs(exact[0]))

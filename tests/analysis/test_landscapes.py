@@ -326,3 +326,22 @@ def test_masks_stacked_in_one_pass_give_the_same_numbers(data):
         np.testing.assert_allclose(stacked.grid("nll", m), one.grid("nll", m), rtol=1e-5)
         np.testing.assert_allclose(stacked.grid("ece", m), one.grid("ece", m), rtol=1e-4, atol=1e-6)
     assert stacked.meta["evaluations"] == one.meta["evaluations"]  # counted per (point, mask, batch) pass
+
+
+def test_the_summary_of_a_quadratic_bowl_is_its_known_rise_curvature_and_spread():
+    """loss = a (x^2 + y^2) + c_mask on a 5 x 5 grid: the second difference is exactly 2a on both axes, the mean
+    rise is a * mean(x^2 + y^2), and two masks offset by 0 and 0.2 spread by 0.1 everywhere."""
+    from ops.analysis.landscape_files import Landscape
+    from ops.analysis.landscapes import summary
+
+    xs = ys = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    a = 3.0
+    records = [{"index": i * 5 + j, "mask": m, "x": x, "y": y, "loss": a * (x * x + y * y) + 0.2 * m}
+               for m in (0, 1) for i, y in enumerate(ys) for j, x in enumerate(xs)]
+    s = summary(Landscape(xs, ys, records, {}))
+    np.testing.assert_allclose(s["curvature"], [2 * a, 2 * a])
+    np.testing.assert_allclose(s["rise"], [a * 2 * np.mean(np.square(xs))] * 2)
+    np.testing.assert_allclose(s["spread"], np.full(25, 0.1))
+    assert s["mean_curvature"] == pytest.approx(2 * a)
+    with pytest.raises(ValueError, match="odd number"):
+        summary(Landscape(xs[:4], ys[:4], [r for r in records if r["x"] != 1.0 and r["y"] != 1.0], {}))

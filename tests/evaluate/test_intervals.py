@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ops.evaluate.intervals import bootstrap, hierarchical_bootstrap, verdict
+from ops.evaluate.intervals import bootstrap, hierarchical_bootstrap, hierarchical_mean, verdict
 
 
 def _arm(shift, seed, targets, classes=10):
@@ -56,3 +56,50 @@ def test_bad_bootstrap_arguments_are_named():
         bootstrap({"a": lp}, targets[:4])
     with pytest.raises(ValueError, match="two arms"):
         hierarchical_bootstrap({"a": [lp]}, targets)
+
+
+@pytest.mark.parametrize("interval, better, margin, expected", [
+    ((0.002, 0.001, 0.004), "lower", 0.01, "supported"),      # resolvably worse, but by less than the margin
+    ((0.02, 0.015, 0.03), "lower", 0.01, "contradicted"),     # worse than the margin everywhere
+    ((0.01, 0.002, 0.02), "lower", 0.01, "not resolved"),
+    ((-0.3, -0.4, -0.2), "higher", 0.25, "not resolved"),     # accuracy: 0.2-0.4 points lower, margin 0.25
+    ((-0.1, -0.2, 0.1), "higher", 0.25, "supported")])
+def test_a_margin_reads_the_claim_as_not_worse_by_more_than_it(interval, better, margin, expected):
+    assert verdict(interval, better, margin) == expected
+
+
+def test_the_hierarchical_mean_with_one_seed_is_the_percentile_bootstrap_of_the_mean():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 1.0, 2000), rng.normal(1.1, 1.0, 2000)
+    h = hierarchical_mean({"a": [a], "b": [b]}, n_boot=2000, paired=False)
+    assert h["a"]["mean"][0] == pytest.approx(a.mean())
+    assert h["b - a"]["mean"][0] == pytest.approx(b.mean() - a.mean())
+    # an independent normal-theory interval: the difference of two means of 2,000 unit-variance values
+    half = 1.96 * np.sqrt(2 / 2000)
+    low, high = h["b - a"]["mean"][1:]
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert low < b.mean() - a.mean() < high
+
+
+def test_pairing_cancels_what_the_units_share_and_seeds_widen_the_interval():
+    rng = np.random.default_rng(1)
+    difficulty = rng.normal(0, 5, 500)  # the same units (images, batches) in both arms
+    plain = [difficulty + rng.normal(0, 0.1, 500) for _ in range(3)]
+    smooth = [difficulty - 0.2 + rng.normal(0, 0.1, 500) for _ in range(3)]
+    paired = hierarchical_mean({"plain": plain, "smooth": smooth})["smooth - plain"]["mean"]
+    unpaired = hierarchical_mean({"plain": plain, "smooth": smooth}, paired=False)["smooth - plain"]["mean"]
+    assert verdict(paired) == "supported" and paired[2] - paired[1] < 0.1
+    assert verdict(unpaired) == "not resolved"  # the unit-to-unit spread swamps a 0.2 shift unpaired
+    # seeds that disagree: with no noise within seeds, the interval is the seeds' spread and nothing narrower
+    spread = hierarchical_mean({"a": [np.zeros(50)] * 3, "b": [np.full(50, v) for v in (-1.0, 0.0, 1.0)]})
+    low, high = spread["b - a"]["mean"][1:]
+    assert low < -0.3 and high > 0.3 and spread["b - a"]["mean"][0] == pytest.approx(0.0)
+
+
+def test_hierarchical_mean_names_bad_arms():
+    with pytest.raises(ValueError, match="two arms"):
+        hierarchical_mean({"a": [np.ones(3)]})
+    with pytest.raises(ValueError, match="same units"):
+        hierarchical_mean({"a": [np.ones(3)], "b": [np.ones(4)]})
+    with pytest.raises(ValueError, match="at least one seed"):
+        hierarchical_mean({"a": [], "b": [np.ones(4)]})

@@ -1,0 +1,248 @@
+"""One paper run: load the reference set, run the seven stages (resumable, each cached with the run's
+fingerprint), print progress, write the report.
+
+    run(config="configs/fashion_mnist_reference.json")        # runs/paper/<new uid>/report.md, .html, results.json
+    run(config=..., quick=True)                                # fewer images and masks (the header says so)
+    run(config=..., uid="20261202-101500-a1b2c3")              # resume that run: finished stages are kept
+
+A run folder holds run.json (settings, networks with their sha256, data, machine: the run's fingerprint),
+stages/<stage>.json (each finished stage's results under that fingerprint), figures/ and the report. Resuming a
+folder whose fingerprint differs (other settings, networks or data) is refused; one writer per folder (a lock).
+"""
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.atomic import exclusive, read_json, write_json
+from ops.common.runtime import machine_info, resolve_device
+from ops.data import corrupted_sets, datasets
+from ops.data.loaders import DeviceLoader
+from ops.evaluate.intervals import hierarchical_bootstrap, hierarchical_mean
+from ops.paper import settings as settings_mod
+from ops.paper.claims import CLAIMS
+from ops.train import pretrained, runs, sets
+
+# Forward cost of each variant relative to resnet_mcdo_18 (for the time-left estimate only).
+COST = {"mcdo": 1.0, "mcdo_smoothing": 1.25, "dnn": 0.8, "dnn_smoothing": 1.05, "mcdo_mlp": 2.5}
+PRIOR_RATE = 1500.0  # image-passes per second of resnet_mcdo_18 before anything is measured (2 cores, fp32)
+
+
+class PaperError(ValueError):
+    """The paper run cannot start as asked; the message names the problem and the fix."""
+
+
+def planned_units(s: dict, n_seeds: int) -> dict:
+    """{stage: image-passes weighted by COST}: what each stage costs, for 'time left'."""
+    sw, r, f, ls, hs = (s[k] for k in ("sweep", "robustness", "featuremaps", "landscapes", "hessians"))
+    cells = len(r["corruptions"]) * len(r["severities"]) + 1
+    return {k: n_seeds * v for k, v in {
+        "sweep": sw["images"] * sw["max_size"] * (COST["mcdo"] + COST["mcdo_smoothing"]),
+        "deterministic": sw["images"] * (COST["dnn"] + COST["dnn_smoothing"]),
+        "ensembles": 0.1 * sw["images"],
+        "robustness": cells * r["images_per_cell"] * max(r["sizes"]) * (COST["mcdo"] + COST["mcdo_smoothing"]),
+        "featuremaps": f["images"] * (f["samples"] + 1) * (COST["mcdo"] + COST["mcdo_smoothing"]),
+        "landscapes": ls["n"] ** 2 * ls["masks"] * ls["images"] * (COST["mcdo_mlp"] + COST["mcdo"]
+                                                                   + COST["mcdo_smoothing"]),
+        "hessians": hs["batches"] * hs["batch_size"] * hs["max_iter"] * 6 * (COST["mcdo"] + COST["mcdo_smoothing"]),
+    }.items()}
+
+
+def sha256(path, chunk=1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+class Context:
+    """What every stage reads (settings, data, networks) and writes through (figures, bootstraps)."""
+
+    def __init__(self, s, folder, test, train, dataset_name, paths, device, data_root, official_c):
+        self.s, self.folder, self.test, self.train = s, Path(folder), test, train
+        self.dataset_name, self.paths, self.device = dataset_name, paths, device
+        self.data_root, self.official_c = data_root, official_c
+        self.memory, self.results, self.figures, self.stage = {}, {}, {}, None
+        self._nets = {}
+
+    def nets(self, variant) -> list:
+        """[(seed, model in eval())] of the variant, loaded once."""
+        if variant not in self._nets:
+            self._nets[variant] = [(seed, pretrained.load_trained(path, self.device))
+                                   for seed, path in self.paths[variant].items()]
+        return self._nets[variant]
+
+    def loader(self, n):
+        """The first n test images, in batches of the run's batch size."""
+        return DeviceLoader(corrupted_sets.take(self.test, n), self.s["batch_size"], device=self.device)
+
+    def bootstrap(self, arms, targets):
+        return hierarchical_bootstrap(arms, targets, n_boot=self.s["n_boot"], level=self.s["level"],
+                                      seed=self.s["seed"])
+
+    def mean(self, arms, paired=True):
+        return hierarchical_mean(arms, n_boot=self.s["n_boot"], level=self.s["level"], seed=self.s["seed"],
+                                 paired=paired)
+
+    def figure(self, name, kind, *data):
+        from ops.paper import figures
+
+        paths = figures.draw(self.folder / "figures" / f"{name}.png", kind, *data)
+        self.figures.setdefault(self.stage, []).extend(str(p.relative_to(self.folder)) for p in paths)
+
+    def gifs(self, lands) -> list:
+        from ops.plots.landscapes import animate_masks
+
+        out = []
+        for label, land in lands.items():
+            name = label.lower().replace(", ", "_").replace(" + ", "_").replace(" ", "_")
+            path = animate_masks({label: land}, self.folder / "figures" / f"landscape_{name}.gif")
+            out.append(str(path.relative_to(self.folder)))
+        self.figures.setdefault(self.stage, []).extend(out)
+        return out
+
+
+DEFAULT_CONFIG = "configs/fashion_mnist_reference.json"
+
+
+def duration(seconds) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def network_paths(spec, seeds, dataset, resources) -> dict:
+    """{variant: {seed: checkpoint}} of the five reference variants; raises naming everything missing."""
+    missing_variants = [v for v in pretrained.REFERENCE_VARIANTS if v not in spec["networks"]]
+    if missing_variants:
+        raise PaperError(f"the set config has no variants {missing_variants}: the report needs all of "
+                         f"{list(pretrained.REFERENCE_VARIANTS)} (dnn, dnn_smoothing, mcdo, mcdo_smoothing, mcdo_mlp)")
+    paths, missing = {}, []
+    for v in pretrained.REFERENCE_VARIANTS:
+        paths[v] = {}
+        for seed in seeds:
+            try:
+                paths[v][seed] = pretrained.reference_path(v, seed, dataset, spec["name"], resources)
+            except FileNotFoundError:
+                missing.append(f"{v} seed {seed}")
+    if missing:
+        raise PaperError(f"{len(missing)} reference networks are missing in {resources}: {', '.join(missing)}. "
+                         f"Train them with `python -m ops.run train-set <the set config>` (finished ones are "
+                         f"skipped), or pass --seeds with the seeds that are complete (the report says which)")
+    return paths
+
+
+def load_data(cfg, smoke):
+    """(train, test) of the set's dataset (synthetic stand-ins for the smoke run)."""
+    if smoke:
+        return datasets.get_dataset("synthetic", n_train=512, n_test=256)
+    d = cfg["dataset"]
+    try:
+        return datasets.get_dataset(d["name"], root=d.get("root", "./data"), mean=d.get("mean"), std=d.get("std"))
+    except FileNotFoundError as exc:
+        raise PaperError(f"the test data of {d['name']} are not here: {exc}") from None
+
+
+def _fingerprint(meta) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe(config, s, seeds, paths, dataset, test) -> dict:
+    """What the run is: settings, networks with their sha256, data. Its hash is the run's fingerprint."""
+    nets = {v: {str(seed): {"path": str(p), "sha256": sha256(p)} for seed, p in by.items()} for v, by in paths.items()}
+    return {"config": str(config), "settings": s, "dataset": dataset, "seeds": list(seeds), "networks": nets,
+            "test": {"n": len(test), "sha1": corrupted_sets.fingerprint(test.images, test.labels)}}
+
+
+def _open_run(folder, meta):
+    """Write run.json, or check that the folder's run is this one (a resumed run must not mix results)."""
+    path = folder / "run.json"
+    if path.exists():
+        old = read_json(path, what="paper run description")
+        if old.get("fingerprint") != meta["fingerprint"]:
+            raise PaperError(f"{folder} holds a paper run with other settings, networks or data (fingerprint "
+                             f"{old.get('fingerprint')} vs {meta['fingerprint']}): start a new run (no --uid)")
+    write_json(path, meta)
+
+
+def _stage_rate(done_units, seconds):
+    return done_units / seconds if seconds > 0 else PRIOR_RATE
+
+
+def run_stages(ctx, fingerprint, plan) -> dict:
+    """Run (or keep, if finished under this fingerprint) every stage, printing stage i of 7 and the time left."""
+    from ops.paper import stages
+
+    timings, done_units, measured = {}, 0.0, 0.0
+    keys = list(settings_mod.STAGES)
+    for i, key in enumerate(keys, 1):
+        title = CLAIMS[i - 1].title
+        cached = ctx.folder / "stages" / f"{key}.json"
+        saved = read_json(cached, what="paper stage") if cached.exists() else None
+        if saved is not None and saved.get("fingerprint") == fingerprint:
+            ctx.results[key], ctx.figures[key], timings[key] = saved["result"], saved["figures"], saved["seconds"]
+            print(f"[stage {i} of {len(keys)}] {title}: finished earlier, kept", flush=True)
+            continue
+        left = sum(plan[k] for k in keys[i - 1:]) / _stage_rate(done_units, measured)
+        print(f"[stage {i} of {len(keys)}] {title}; time left: about {duration(left)}", flush=True)
+        ctx.stage, start = key, time.time()
+        result = json.loads(json.dumps(_jsonable(stages.STAGES[key](ctx))))
+        timings[key] = time.time() - start
+        done_units, measured = done_units + plan[key], measured + timings[key]
+        write_json(cached, {"fingerprint": fingerprint, "result": result, "figures": ctx.figures.get(key, []),
+                            "seconds": timings[key]})
+        ctx.results[key] = result
+    return timings
+
+
+def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=None, out="runs/paper", uid=None,
+        device=None) -> Path:
+    """Run the report (see the module docstring); returns the run folder."""
+    from ops.paper import report, smoke as smoke_set
+    from ops.train import configs
+
+    paper_section = configs.read_config_file(config).get("paper")
+    s = settings_mod.resolve(paper_section, quick=quick, smoke=smoke)
+    spec, networks = sets.load_set(config)
+    cfg = networks[0].cfg
+    device = resolve_device(device)
+    uid, folder = runs.output_folder(out, uid)
+    with exclusive(folder / "lock", f"the paper run {folder}"):
+        seeds = list(seeds or ([0, 1] if smoke else spec["seeds"]))
+        dataset = "synthetic" if smoke else datasets.canonical_name(cfg["dataset"]["name"])
+        if smoke:
+            resources = smoke_set.make_set(folder / "models", spec, seeds)
+        resources = Path(resources or spec["export"])
+        paths = network_paths(spec, seeds, dataset, resources)
+        train, test = load_data(cfg, smoke)
+        meta = describe(config, s, seeds, paths, dataset, test)
+        meta["fingerprint"] = _fingerprint(meta)
+        meta["uid"], meta["machine"] = uid, machine_info(device)
+        _open_run(folder, meta)
+        official = Path(cfg["dataset"].get("root", "./data")) if dataset in ("cifar10", "cifar100") else None
+        ctx = Context(s, folder, test, train, dataset, paths, device, Path(out) / "data", official)
+        print(f"paper run {uid} ({s['mode']}): {dataset}, seeds {seeds}, {len(test)} test images; {folder}")
+        start = time.time()
+        timings = run_stages(ctx, meta["fingerprint"], planned_units(s, len(seeds)))
+        report.write(folder, meta, ctx.results, ctx.figures, timings, time.time() - start)
+    print(f"report: {folder / 'report.md'} (and report.html, results.json)")
+    return folder

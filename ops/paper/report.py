@@ -1,0 +1,163 @@
+"""The report of a paper run: report.md, report.html (figures embedded) and results.json, from the stages'
+results. The document is a list of blocks (heading, paragraph, table, image) rendered twice, so the Markdown and
+the HTML always say the same."""
+import base64
+import datetime
+import html
+import json
+from pathlib import Path
+
+from models.atomic import write_json, write_text
+from ops.paper.claims import CLAIMS
+
+PERCENT = {"acc", "ece", "error"}
+METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test units. Values are means over "
+          "seeds; the interval of a difference is a 95% percentile interval of a hierarchical bootstrap: each "
+          "resample draws the seeds (independently trained networks) with replacement, then the test images (or "
+          "mini-batches, MC masks, grid points) within each drawn seed, the same unit draws for both arms where "
+          "the units are the same. Verdict: *supported* if the interval of b - a excludes 0 in the claimed "
+          "direction, *contradicted* if it excludes 0 the other way, *not resolved* otherwise; a claim that b "
+          "*matches* a reads as 'not worse by more than a margin' (NLL {nll}, accuracy {acc} points, ECE {ece} "
+          "points): supported if the whole interval is within that, contradicted if it is entirely worse. With "
+          "{seeds} seeds the seed level has few distinct draws, so intervals are wide where seeds disagree.")
+
+
+def fmt(metric, value) -> str:
+    """'estimate [low, high]' in the metric's units (accuracy, ECE and error in percent)."""
+    if isinstance(value, (list, tuple)):
+        est, low, high = value
+        return f"{fmt(metric, est)} [{fmt(metric, low)}, {fmt(metric, high)}]"
+    if metric in PERCENT:
+        return f"{100 * value:.2f}"
+    if metric == "nll":
+        return f"{value:.4f}"
+    return f"{value:.3g}"
+
+
+def _row_cells(r) -> list:
+    if r.get("combined"):
+        return [r["quantity"], "", "", f"per size: see below ({len(r['sizes'])} sizes)", f"**{r['verdict']}**"]
+    unit = " (points)" if r["metric"] in PERCENT else ""
+    return [r["quantity"] + unit, f"{r['a']}: {fmt(r['metric'], r['value_a'])}",
+            f"{r['b']}: {fmt(r['metric'], r['value_b'])}", fmt(r["metric"], r["difference"]), f"**{r['verdict']}**"]
+
+
+def _verdict_table(results) -> tuple:
+    rows = []
+    for c in CLAIMS:
+        for r in (x for x in results.get(c.key, {}).get("rows", []) if x.get("primary")):
+            diff = "" if r.get("combined") else fmt(r["metric"], r["difference"])
+            rows.append([str(c.number), c.title, r["quantity"], diff, f"**{r['verdict']}**"])
+    return ("table", ["#", "claim", "measured (claimed arm - other)", "difference [95% interval]", "verdict"], rows)
+
+
+def _header(meta, timings, total) -> list:
+    s, m = meta["settings"], meta["machine"]
+    mode = {"full": "full", "quick": "QUICK=1 (fewer images, masks and batches than the full report: less precise)",
+            "smoke": "smoke test (tiny untrained networks, synthetic data: the numbers mean nothing)"}[s["mode"]]
+    blocks = [("h1", f"Spatial smoothing: the original's claims on {meta['dataset']}"),
+              ("p", f"Run `{meta['uid']}`, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; mode: {mode}. "
+                    f"Networks: the reference set of `{meta['config']}`, seeds {meta['seeds']} "
+                    f"({len(meta['networks'])} variants). Test images: {s['sweep']['images']} of {meta['test']['n']} "
+                    f"for the sweeps; {s['robustness']['images_per_cell']} per corrupted cell; "
+                    f"{s['landscapes']['n']}x{s['landscapes']['n']} landscape grid, {s['landscapes']['images']} "
+                    f"training images, {s['landscapes']['masks']} MC masks; {s['hessians']['batches']} Hessian "
+                    f"mini-batches of {s['hessians']['batch_size']}; {s['n_boot']} bootstrap resamples."),
+              ("p", f"Machine: {m.get('cpu')} ({m.get('cpu_capability')}, {m.get('threads')} threads, torch "
+                    f"{m.get('torch')}{', imitation ' + str(m['imitation']) if m.get('imitation') else ''}). "
+                    f"Time: {total / 60:.1f} min in all; " + ", ".join(f"{k} {v / 60:.1f} min"
+                                                                      for k, v in timings.items()) + ".")]
+    if meta["dataset"] not in ("cifar10", "cifar100"):
+        blocks.append(("p", "The paper's own setting, CIFAR-100 with `configs/cifar100_reference.json` (ResNet-18 "
+                            "at width 64, the official CIFAR-100-C), is validated here by `python -m ops.paper "
+                            "--check --config configs/cifar100_reference.json` but not run: it needs a GPU, the "
+                            "data and that trained set."))
+    return blocks
+
+
+def _claim_blocks(c, result, figures) -> list:
+    blocks = [("h2", f"Claim {c.number}: {c.title}"), ("p", c.words)]
+    rows = result.get("rows", [])
+    primary = [r for r in rows if r.get("primary")]
+    if primary:
+        blocks.append(("p", "Verdict: " + "; ".join(f"{r['quantity']}: **{r['verdict']}**" for r in primary) + "."))
+    for f in figures:
+        blocks.append(("img", f, f"claim {c.number}"))
+    blocks.append(("p", c.paper))
+    header = ["quantity", "a", "b (claimed)", "b - a [95% interval]", "verdict"]
+    blocks.append(("table", header, [_row_cells(r) for r in rows]))
+    return blocks
+
+
+def blocks(meta, results, figures, timings, total) -> list:
+    s = meta["settings"]
+    out = _header(meta, timings, total)
+    out += [("h2", "Verdicts"), _verdict_table(results),
+            ("p", METHOD.format(nll=s["margins"]["nll"], acc=100 * s["margins"]["acc"], ece=100 * s["margins"]["ece"],
+                                seeds=len(meta["seeds"])))]
+    for c in CLAIMS:
+        out += _claim_blocks(c, results.get(c.key, {}), figures.get(c.key, []))
+    return out
+
+
+def to_markdown(doc) -> str:
+    lines = []
+    for b in doc:
+        if b[0] in ("h1", "h2"):
+            lines += ["#" * int(b[0][1]) + " " + b[1], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "img":
+            lines += [f"![{b[2]}]({b[1]})", ""]
+        elif b[0] == "table":
+            lines += ["| " + " | ".join(b[1]) + " |", "|" + " --- |" * len(b[1])]
+            lines += ["| " + " | ".join(cell.replace("|", "/") for cell in r) + " |" for r in b[2]] + [""]
+    return "\n".join(lines)
+
+
+def _inline(text) -> str:
+    """Escape, then the two inline marks the report uses: **bold** and `code`."""
+    out, parts = [], html.escape(text).split("**")
+    for i, part in enumerate(parts):
+        code = part.split("`")
+        part = "".join(f"<code>{p}</code>" if j % 2 else p for j, p in enumerate(code))
+        out.append(f"<b>{part}</b>" if i % 2 else part)
+    return "".join(out)
+
+
+def to_html(doc, folder) -> str:
+    body = []
+    for b in doc:
+        if b[0] in ("h1", "h2"):
+            body.append(f"<{b[0]}>{_inline(b[1])}</{b[0]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "img":
+            data = base64.b64encode((Path(folder) / b[1]).read_bytes()).decode()
+            kind = "gif" if b[1].endswith(".gif") else "png"
+            body.append(f'<p><img alt="{html.escape(b[2])}" src="data:image/{kind};base64,{data}"></p>')
+        elif b[0] == "table":
+            head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.4}table{border-collapse:"
+             "collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" \
+           + "\n".join(body) + "</body></html>\n"
+
+
+def write(folder, meta, results, figures, timings, total) -> Path:
+    """report.md, report.html and results.json in `folder`; returns the Markdown's path."""
+    folder = Path(folder)
+    doc = blocks(meta, results, figures, timings, total)
+    write_json(folder / "results.json", {"run": meta, "seconds": timings, "total_seconds": total,
+                                         "claims": {c.key: results.get(c.key) for c in CLAIMS}})
+    write_text(folder / "report.html", to_html(doc, folder))
+    return write_text(folder / "report.md", to_markdown(doc))
+
+
+def verdicts(results_json) -> list:
+    """[(claim number, title, quantity, verdict)] of the primary rows of a results.json (for the README)."""
+    data = json.loads(Path(results_json).read_text()) if not isinstance(results_json, dict) else results_json
+    return [(c.number, c.title, r["quantity"], r["verdict"]) for c in CLAIMS
+            for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")]

@@ -1,0 +1,136 @@
+"""What `make paper` measures and how much of it: the settings of each stage, the quick and smoke variants, and
+their validation.
+
+A paper run is described by a set config (ops.train.sets: the recipe, the variants and seeds, where the trained
+networks were exported) plus these settings. A set config may carry a `paper` section that overrides them
+(`"paper": {"sweep": {"images": 5000}}`); QUICK=1 applies QUICK on top, the CI smoke run SMOKE. Units: images
+and batches are counts, margins are in the metric's own units (NLL in nats, accuracy and ECE as fractions).
+"""
+import copy
+import math
+
+from ops.data.corruptions import CORRUPTIONS
+
+FULL = {
+    "seed": 0,            # MC masks, bootstrap draws, image subsets and directions all derive from it
+    "n_boot": 1000,       # bootstrap resamples per interval
+    "level": 0.95,
+    "batch_size": 128,    # evaluation batch (on a CPU, 128-image passes are the fastest: ops.evaluate.engine)
+    # "matches" claims read as "not worse by more than": NLL in nats, accuracy and ECE as fractions
+    "margins": {"nll": 0.005, "acc": 0.0025, "ece": 0.0025},
+    "sweep": {"images": 10000, "max_size": 50, "interval_sizes": [1, 2, 3, 4, 5, 10, 20, 30, 40, 50]},
+    "robustness": {"images_per_cell": 1000, "corruptions": list(CORRUPTIONS), "severities": [1, 2, 3, 4, 5],
+                   "sizes": [1, 2, 3], "profile": "cifar"},
+    "featuremaps": {"images": 256, "groups": 16, "samples": 10},
+    "landscapes": {"n": 9, "scale": 1.0, "images": 256, "masks": 4},
+    "hessians": {"batches": 16, "batch_size": 64, "max_iter": 30, "tol": 1e-3},
+}
+
+# QUICK=1: fewer images, masks and batches (the report says so in its header); within 10 minutes here.
+QUICK = {
+    "n_boot": 300,
+    "sweep": {"images": 1000, "max_size": 50, "interval_sizes": [1, 2, 5, 10, 50]},
+    "robustness": {"images_per_cell": 100, "sizes": [1, 2]},
+    "featuremaps": {"images": 64, "groups": 8, "samples": 5},
+    "landscapes": {"n": 5, "images": 64, "masks": 2},
+    "hessians": {"batches": 4, "max_iter": 10},
+}
+
+# The CI smoke run: tiny untrained networks on synthetic data, every stage and section in seconds.
+SMOKE = {
+    "n_boot": 50,
+    "batch_size": 32,
+    "sweep": {"images": 64, "max_size": 4, "interval_sizes": [1, 2, 4]},
+    "robustness": {"images_per_cell": 16, "corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5],
+                   "sizes": [1, 2]},
+    "featuremaps": {"images": 16, "groups": 4, "samples": 3},
+    "landscapes": {"n": 3, "images": 16, "masks": 2},
+    "hessians": {"batches": 2, "batch_size": 8, "max_iter": 3},
+}
+
+STAGES = ("sweep", "deterministic", "ensembles", "robustness", "featuremaps", "landscapes", "hessians")
+
+
+def merged(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override`'s keys replaced, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _positive_int(value):
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+def _problems(settings, path="", reference=FULL) -> list:
+    """Unknown keys and values of the wrong kind, each named with its path and what it should be."""
+    problems = []
+    for key, value in settings.items():
+        where = f"{path}{key}"
+        if key not in reference:
+            problems.append(f"paper.{where} is not a setting (known here: {', '.join(sorted(reference))})")
+        elif isinstance(reference[key], dict):
+            if not isinstance(value, dict):
+                problems.append(f"paper.{where} must be an object like {reference[key]}")
+            else:
+                problems += _problems(value, f"{where}.", reference[key])
+        elif isinstance(reference[key], list):
+            if not isinstance(value, list) or not value:
+                problems.append(f"paper.{where} must be a non-empty list, got {value!r}")
+        elif isinstance(reference[key], int) and not _positive_int(value) and key != "seed":
+            problems.append(f"paper.{where} must be a positive integer, got {value!r}")
+        elif isinstance(reference[key], float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                        and math.isfinite(value) and value > 0):
+            problems.append(f"paper.{where} must be a positive number, got {value!r}")
+    return problems
+
+
+def _consistency(s) -> list:
+    problems = []
+    if not (0 < s["level"] < 1):
+        problems.append(f"paper.level must be between 0 and 1 (e.g. 0.95), got {s['level']!r}")
+    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or s["seed"] < 0:
+        problems.append(f"paper.seed must be an integer >= 0, got {s['seed']!r}")
+    sizes = s["sweep"]["interval_sizes"]
+    if not all(_positive_int(n) and n <= s["sweep"]["max_size"] for n in sizes) or 2 not in sizes:
+        problems.append(f"paper.sweep.interval_sizes must be sizes from 1 to sweep.max_size "
+                        f"({s['sweep']['max_size']}) and include 2 (the headline), got {sizes!r}")
+    if s["sweep"]["max_size"] < 2:
+        problems.append("paper.sweep.max_size must be at least 2 (the headline compares 2 samples)")
+    unknown = [c for c in s["robustness"]["corruptions"] if c not in CORRUPTIONS]
+    if unknown:
+        problems.append(f"paper.robustness.corruptions: {unknown} are not corruptions (known: {list(CORRUPTIONS)})")
+    if not all(n in (1, 2, 3, 4, 5) for n in s["robustness"]["severities"]):
+        problems.append(f"paper.robustness.severities must be among 1-5, got {s['robustness']['severities']!r}")
+    if not all(_positive_int(n) for n in s["robustness"]["sizes"]):
+        problems.append(f"paper.robustness.sizes must be positive integers, got {s['robustness']['sizes']!r}")
+    land = s["landscapes"]
+    if land["n"] < 3 or land["n"] % 2 == 0:
+        problems.append(f"paper.landscapes.n must be odd and >= 3 (the trained weights at the centre), got "
+                        f"{land['n']!r}")
+    if s["featuremaps"]["groups"] > s["featuremaps"]["images"]:
+        problems.append("paper.featuremaps.groups must not exceed paper.featuremaps.images")
+    if s["featuremaps"]["samples"] < 2:
+        problems.append("paper.featuremaps.samples must be at least 2 (a variance over MC samples)")
+    return problems
+
+
+def resolve(override: dict = None, quick: bool = False, smoke: bool = False) -> dict:
+    """FULL with a config's `paper` section, then QUICK or SMOKE, applied and checked; raises a ValueError
+    listing every problem."""
+    if override is not None and not isinstance(override, dict):
+        raise ValueError(f"the config's `paper` section must be an object of settings, got {override!r}")
+    problems = _problems(override or {})
+    if problems:
+        raise ValueError("; ".join(problems))
+    s = merged(FULL, override)
+    s = merged(s, SMOKE if smoke else QUICK if quick else {})
+    problems = _consistency(s)
+    if problems:
+        raise ValueError("; ".join(problems))
+    s["mode"] = "smoke" if smoke else "quick" if quick else "full"
+    return s

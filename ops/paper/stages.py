@@ -1,0 +1,345 @@
+"""The seven measurements of `make paper`, one function per claim: each runs its analysis on the reference
+networks of every seed and returns JSON-able results with the claim's rows.
+
+A row is one paired comparison "claimed arm (b) - other arm (a)": both arms' values and their difference, each
+(estimate, low, high) with a 95% interval over seeds and test units, and the verdict computed from the
+difference's interval (ops.evaluate.intervals.verdict). `primary` rows decide the claim; the others show
+detail. Each function receives the run's Context (ops.paper.pipeline) and writes its figures through it.
+"""
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from ops.analysis import featuremaps as fm
+from ops.analysis import hessians, landscapes, robustness
+from ops.data import corrupted_sets
+from ops.data.loaders import DeviceLoader
+from ops.evaluate import engine, metrics
+from ops.evaluate.intervals import verdict
+
+KEYS = ("nll", "acc", "ece")
+NAMES = {"nll": "NLL", "acc": "accuracy", "ece": "ECE"}
+LABELS = {"mcdo": "MC dropout", "mcdo_smoothing": "MC dropout + smoothing", "dnn": "deterministic",
+          "dnn_smoothing": "deterministic + smoothing", "mcdo_mlp": "MC dropout, MLP head"}
+
+
+def better(metric: str) -> str:
+    return "higher" if metric == "acc" else "lower"
+
+
+def row(h, a, b, metric, quantity, primary=False, margin=0.0, stat=None, direction=None) -> dict:
+    """A row from a hierarchical bootstrap `h` (arms a and b, b the claimed arm); stat: the key in `h`."""
+    stat = stat or metric
+    diff = h[f"{b} - {a}"][stat]
+    direction = direction or better(metric)
+    return {"quantity": quantity, "metric": metric, "a": a, "b": b, "value_a": h[a][stat], "value_b": h[b][stat],
+            "difference": diff, "better": direction, "margin": margin, "verdict": verdict(diff, direction, margin),
+            "primary": primary, "seeds": h["seeds"]}
+
+
+def combined(verdicts) -> str:
+    """"X at every size": supported if supported everywhere, contradicted if contradicted anywhere."""
+    verdicts = list(verdicts)
+    if verdicts and all(v == "supported" for v in verdicts):
+        return "supported"
+    return "contradicted" if "contradicted" in verdicts else "not resolved"
+
+
+def _curve_means(curves) -> dict:
+    """{seed: {n: {key: value}}} -> {n: {key: mean over seeds}}."""
+    seeds = list(curves)
+    sizes = sorted(curves[seeds[0]], key=int)
+    return {int(n): {k: float(np.mean([curves[s][n][k] for s in seeds])) for k in KEYS} for n in sizes}
+
+
+def _predictions(ctx, variant, sizes, images):
+    """[{n: (N, C) log-probs} per seed], targets: a seeded sweep of every seed of `variant`."""
+    loader, out, targets = ctx.loader(images), [], None
+    for seed, net in ctx.nets(variant):
+        kept = {}
+        engine.sweep(net, loader, sizes=sizes, keep_predictions=kept, seed=ctx.s["seed"], progress=True)
+        out.append({n: kept[n] for n in sizes})
+        targets = kept["targets"]
+    return out, targets
+
+
+def sweep(ctx) -> dict:
+    """Claim 1: MC dropout vs MC dropout + smoothing at every ensemble size, and 2-sample smoothing vs the
+    plain network's largest size."""
+    s = ctx.s["sweep"]
+    sizes, M = list(range(1, s["max_size"] + 1)), s["max_size"]
+    keep = sorted(set(s["interval_sizes"]) | {1, 2, M})
+    curves, preds, targets = {}, {}, None
+    for variant in ("mcdo", "mcdo_smoothing"):
+        curves[variant], preds[variant] = {}, []
+        for seed, net in ctx.nets(variant):
+            kept = {}
+            res = engine.sweep(net, ctx.loader(s["images"]), sizes=sizes, keep_predictions=kept, seed=ctx.s["seed"],
+                               progress=True)
+            curves[variant][seed] = {n: {k: float(res[n][k]) for k in KEYS} for n in sizes}
+            preds[variant].append({n: kept[n] for n in keep})
+            targets = kept["targets"]
+    ctx.memory["sweep"] = (preds, targets)
+    plain, smooth = LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    a, b = f"{plain}, {M} samples", f"{smooth}, 2 samples"
+    h = ctx.bootstrap({a: [p[M] for p in preds["mcdo"]], b: [p[2] for p in preds["mcdo_smoothing"]]}, targets)
+    rows = [row(h, a, b, k, f"{NAMES[k]}: smoothing with 2 samples vs MC dropout with {M}", primary=k == "nll",
+                margin=ctx.s["margins"][k]) for k in KEYS]
+    bands, every = {plain: {}, smooth: {}}, []
+    for n in s["interval_sizes"]:
+        a, b = f"{plain}, {n}", f"{smooth}, {n}"
+        h = ctx.bootstrap({a: [p[n] for p in preds["mcdo"]], b: [p[n] for p in preds["mcdo_smoothing"]]}, targets)
+        bands[plain][n], bands[smooth][n] = h[a], h[b]
+        every += [dict(row(h, a, b, k, f"{NAMES[k]}: smoothing - plain at {n} samples"), size=n) for k in KEYS]
+    for k in KEYS:
+        per_size = [r for r in every if r["metric"] == k]
+        rows.append({"quantity": f"{NAMES[k]}: smoothing better at every size tested ({per_size[0]['size']}-"
+                                 f"{per_size[-1]['size']})", "metric": k, "combined": True, "primary": k == "nll",
+                     "verdict": combined(r["verdict"] for r in per_size), "sizes": [r["size"] for r in per_size]})
+    a, b = f"{plain}, 1 sample", f"{plain}, {M} samples"
+    h = ctx.bootstrap({a: [p[1] for p in preds["mcdo"]], b: [p[M] for p in preds["mcdo"]]}, targets)
+    rows.append(row(h, a, b, "nll", f"NLL: MC dropout with {M} samples vs 1 (context: what MC sampling gains)"))
+    means = {LABELS[v]: _curve_means(c) for v, c in curves.items()}
+    ctx.figure("ensemble_size", "ensemble_size", means, bands)
+    return {"rows": rows + every, "curves": curves, "images": len(targets)}
+
+
+def deterministic(ctx) -> dict:
+    """Claim 2: deterministic networks with and without smoothing (one pass each)."""
+    n = ctx.s["sweep"]["images"]
+    plain, t = _predictions(ctx, "dnn", [1], n)
+    smooth, _ = _predictions(ctx, "dnn_smoothing", [1], n)
+    ctx.memory["dnn"] = (plain, t)
+    a, b = LABELS["dnn"], LABELS["dnn_smoothing"]
+    h = ctx.bootstrap({a: [p[1] for p in plain], b: [p[1] for p in smooth]}, t)
+    rows = [row(h, a, b, k, f"{NAMES[k]}: deterministic + smoothing vs deterministic", primary=k == "nll")
+            for k in KEYS]
+    ctx.figure("deterministic", "forest", rows, "Deterministic networks: smoothing - plain")
+    return {"rows": rows, "values": {a: h[a], b: h[b]}, "images": len(t)}
+
+
+def _deep_ensembles(members, k):
+    """Log-probabilities of every deep ensemble of k of the members (all combinations): [(N, C)]."""
+    out = []
+    for combo in itertools.combinations(range(len(members)), k):
+        lp = torch.stack([members[i] for i in combo])  # (k, N, C)
+        out.append(torch.logsumexp(lp, 0) - math.log(k))
+    return out
+
+
+def ensembles(ctx) -> dict:
+    """Claim 3: deep ensembles of independently trained deterministic networks beside MC dropout (+ smoothing)."""
+    n_img = ctx.s["sweep"]["images"]
+    if "dnn" in ctx.memory:
+        dnn, targets = ctx.memory["dnn"]
+    else:
+        dnn, targets = _predictions(ctx, "dnn", [1], n_img)
+    if "sweep" in ctx.memory:
+        preds, _ = ctx.memory["sweep"]
+    else:
+        preds = {v: _predictions(ctx, v, [1, 2], n_img)[0] for v in ("mcdo", "mcdo_smoothing")}
+    members = [p[1] for p in dnn]
+    S = len(members)
+    de = {k: _deep_ensembles(members, k) for k in range(1, S + 1)}
+    curve = {k: {m: float(np.mean([metrics.summarize(lp.exp(), targets, log_probs=lp)[m] for lp in de[k]]))
+                 for m in KEYS} for k in de}
+    smooth2 = [p[2] for p in preds["mcdo_smoothing"]]
+    plain2 = [p[2] for p in preds["mcdo"]]
+    rows = []
+    for k in sorted({min(2, S), S}):
+        a, b = f"deep ensemble of {k}", f"{LABELS['mcdo_smoothing']}, 2 samples"
+        h = ctx.bootstrap({a: de[k], b: smooth2}, targets)
+        rows += [row(h, a, b, m, f"{NAMES[m]}: smoothing with 2 samples vs a deep ensemble of {k}",
+                     primary=(m == "nll" and k == min(2, S)), margin=ctx.s["margins"][m]) for m in KEYS]
+    a, b = f"deep ensemble of {min(2, S)}", f"{LABELS['mcdo']}, 2 samples"
+    h = ctx.bootstrap({a: de[min(2, S)], b: plain2}, targets)
+    rows.append(row(h, a, b, "nll", f"NLL: plain MC dropout with 2 samples vs a deep ensemble of {min(2, S)} "
+                                    f"(context)", margin=ctx.s["margins"]["nll"]))
+    mc = ctx.results.get("sweep", {}).get("curves", {})
+    lines = {LABELS[v]: _curve_means(c) for v, c in mc.items()}
+    lines["deep ensemble (deterministic)"] = curve
+    ctx.figure("ensembles", "ensemble_size", lines, None)
+    return {"rows": rows, "deep_ensemble": curve, "members": S, "images": len(targets)}
+
+
+def _corrupted_set(ctx, clean):
+    r = ctx.s["robustness"]
+    if ctx.official_c is not None:
+        return corrupted_sets.load_cifar_c(ctx.official_c, ctx.dataset_name)
+    return corrupted_sets.generate_corrupted(clean, ctx.data_root, corruptions=r["corruptions"],
+                                             severities=r["severities"], profile=r["profile"], seed=ctx.s["seed"],
+                                             workers=2)
+
+
+def _cells_of(ctx, net, cset, clean, cells, sizes):
+    """Per-image errors and NLL {n: (K, N)} over the K cells, the clean ones {n: (N,)}, and each cell's metrics."""
+    n = ctx.s["robustness"]["images_per_cell"]
+    bs = ctx.s["batch_size"]
+    example = next(iter(DeviceLoader(corrupted_sets.take(clean, bs), bs)))[0]
+    prepared, stochastic = robustness.prepare(net, example, channels_last=True)
+    kw = dict(sizes=sizes, fuse_bn=False, channels_last=True, mc=stochastic, seed=ctx.s["seed"])
+
+    def score(ds):
+        kept = {}
+        res = engine.sweep(prepared, DeviceLoader(ds, bs), keep_predictions=kept, **kw)
+        t = kept["targets"]
+        err = {m: (kept[m].argmax(1) != t).double() for m in sizes}
+        nll = {m: -kept[m].double().gather(1, t[:, None]).squeeze(1) for m in sizes}
+        return err, nll, {m: {k: float(res[m][k]) for k in KEYS} for m in sizes}
+
+    clean_err, clean_nll, clean_metrics = score(corrupted_sets.take(clean, n))
+    errs, nlls, cell_metrics = {m: [] for m in sizes}, {m: [] for m in sizes}, {}
+    for c, sev in cells:
+        e, nl, mt = score(cset.dataset(c, sev, clean.mean, clean.std, classes=clean.classes, n=n))
+        for m in sizes:
+            errs[m].append(e[m])
+            nlls[m].append(nl[m])
+        cell_metrics[f"{c}/{sev}"] = mt
+    return ({m: torch.stack(v) for m, v in errs.items()}, {m: torch.stack(v) for m, v in nlls.items()},
+            clean_err, clean_metrics, cell_metrics)
+
+
+def robustness_stage(ctx) -> dict:
+    """Claim 4: corrupted test images (15 corruptions x 5 severities): mCE, relative mCE and NLL, per size."""
+    r = ctx.s["robustness"]
+    clean = corrupted_sets.take(ctx.test, r["images_per_cell"])
+    cset = _corrupted_set(ctx, clean)
+    cells = [(c, s) for c in r["corruptions"] if c in cset.corruptions for s in r["severities"]]
+    sizes = sorted(set(r["sizes"]))
+    units = {v: {"mce": {m: [] for m in sizes}, "rel": {m: [] for m in sizes}, "nll": {m: [] for m in sizes}}
+             for v in ("mcdo", "mcdo_smoothing")}
+    per_cell = {}
+    for variant in units:
+        per_cell[variant] = {}
+        for seed, net in ctx.nets(variant):
+            errs, nlls, clean_err, clean_m, cell_m = _cells_of(ctx, net, cset, clean, cells, sizes)
+            for m in sizes:
+                units[variant]["mce"][m].append(errs[m].mean(0))          # (N,): mean error over the cells
+                units[variant]["rel"][m].append(errs[m].mean(0) - clean_err[m])
+                units[variant]["nll"][m].append(nlls[m].mean(0))
+            per_cell[variant][seed] = {"clean": clean_m, "cells": cell_m}
+    a, b = LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    rows = []
+    for m in sizes:
+        for key, what, metric in (("mce", "mCE (mean corruption error)", "error"),
+                                  ("rel", "relative mCE (corruption error - clean error)", "error"),
+                                  ("nll", "NLL on corrupted images", "nll")):
+            h = ctx.mean({a: units["mcdo"][key][m], b: units["mcdo_smoothing"][key][m]})
+            rows.append(row(h, a, b, metric, f"{what}, {m} sample{'s' * (m > 1)}", stat="mean", direction="lower",
+                            primary=(key == "mce" and m == sizes[0])))
+    severity = _by_severity(per_cell, r["severities"], sizes)
+    ctx.figure("robustness", "severity", severity, sizes)
+    return {"rows": rows, "cells": [f"{c}/{s}" for c, s in cells], "images_per_cell": r["images_per_cell"],
+            "per_cell": per_cell, "by_severity": severity, "set": str(cset)}
+
+
+def _by_severity(per_cell, severities, sizes) -> dict:
+    """{label: {size: {severity (0 = clean): {key: mean over corruptions and seeds}}}}."""
+    out = {}
+    for variant, by_seed in per_cell.items():
+        out[LABELS[variant]] = {}
+        for m in sizes:
+            curve = {0: {k: float(np.mean([v["clean"][m][k] for v in by_seed.values()])) for k in KEYS}}
+            for sev in severities:
+                vals = [cell[m] for v in by_seed.values() for name, cell in v["cells"].items()
+                        if name.endswith(f"/{sev}")]
+                curve[sev] = {k: float(np.mean([x[k] for x in vals])) for k in KEYS}
+            out[LABELS[variant]][m] = curve
+    return out
+
+
+def featuremaps(ctx) -> dict:
+    """Claim 5: MC variance of the stage outputs and their high-frequency amplitude, smoothing vs plain."""
+    f = ctx.s["featuremaps"]
+    images = next(iter(DeviceLoader(corrupted_sets.take(ctx.test, f["images"]), f["images"])))[0]
+    groups = images.chunk(f["groups"])
+    points = fm.stage_points(ctx.nets("mcdo")[0][1], images[:1])
+    variance, profiles = {}, {}
+    for variant in ("mcdo", "mcdo_smoothing"):
+        variance[variant], profiles[variant] = [], []
+        for seed, net in ctx.nets(variant):
+            variance[variant].append([fm.mc_variance(net, g, points, samples=f["samples"], seed=ctx.s["seed"])
+                                      for g in groups])
+            profiles[variant].append([fm.fourier_profiles(net, g, points, seed=ctx.s["seed"]) for g in groups])
+    at = {p: min(float(prof[p][0][-1]) for runs in profiles.values() for seed in runs for prof in seed)
+          for p in points}  # each stage at the highest frequency every map of it reaches
+    units = {v: {"variance": [np.array([np.mean([np.log10(g[p]["relative"]) for p in points]) for g in seed])
+                              for seed in variance[v]],
+                 "high": [np.array([np.mean([fm.profile_at(*prof[p], at[p]) for p in points]) for prof in seed])
+                          for seed in profiles[v]]} for v in variance}
+    a, b = LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    rows = []
+    for key, what in (("variance", "log10 relative MC variance of the stage outputs (mean over stages)"),
+                      ("high", "high-frequency log amplitude of the stage outputs (mean over stages)")):
+        h = ctx.mean({a: units["mcdo"][key], b: units["mcdo_smoothing"][key]})
+        rows.append(row(h, a, b, key, what, stat="mean", direction="lower", primary=True))
+    for p in points:
+        per = {v: [np.array([np.log10(g[p]["relative"]) for g in seed]) for seed in variance[v]] for v in variance}
+        h = ctx.mean({a: per["mcdo"], b: per["mcdo_smoothing"]})
+        rows.append(row(h, a, b, "variance", f"log10 relative MC variance after {p}", stat="mean", direction="lower"))
+    summary = {LABELS[v]: {p: {k: float(np.mean([g[p][k] for seed in variance[v] for g in seed]))
+                               for k in ("variance", "power", "relative")} for p in points} for v in variance}
+    mean_profiles = {LABELS[v]: {p: (profiles[v][0][0][p][0], torch.stack([g[p][1] for seed in profiles[v]
+                                                                             for g in seed]).mean(0))
+                                 for p in points} for v in profiles}
+    ctx.figure("featuremaps", "featuremaps", summary, mean_profiles)
+    return {"rows": rows, "points": points, "variance": summary, "frequencies": at}
+
+
+def landscapes_stage(ctx) -> dict:
+    """Claim 6: loss landscapes of the MLP head, the GAP head and GAP + smoothing: rise, curvature, mask spread."""
+    ls = ctx.s["landscapes"]
+    summaries, first = {}, {}
+    for variant in ("mcdo_mlp", "mcdo", "mcdo_smoothing"):
+        summaries[variant] = []
+        for seed, net in ctx.nets(variant):
+            land = landscapes.landscape(net, ctx.train, n=ls["n"], scale=ls["scale"], n_masks=ls["masks"],
+                                        seed=ctx.s["seed"], n_images=ls["images"], batch_size=ctx.s["batch_size"],
+                                        path=ctx.folder / "landscapes" / f"{variant}-s{seed}", progress=True)
+            summaries[variant].append(landscapes.summary(land))
+            first.setdefault(variant, land)
+    rows = []
+    label = {**LABELS, "mcdo": "MC dropout, GAP head"}
+    for lo, hi, name in (("mcdo_mlp", "mcdo", "GAP head vs MLP head"), ("mcdo", "mcdo_smoothing",
+                                                                          "GAP + smoothing vs GAP head")):
+        a, b = label[lo], label[hi]
+        for key, what in (("rise", "mean rise of the loss over the grid"), ("curvature", "curvature at the centre"),
+                          ("spread", "spread of the loss across MC masks")):
+            h = ctx.mean({a: [np.array(s[key]) for s in summaries[lo]], b: [np.array(s[key]) for s in summaries[hi]]},
+                         paired=False)
+            rows.append(row(h, a, b, key, f"{name}: {what}", stat="mean", direction="lower",
+                            primary=key in ("rise", "spread")))
+    gifs = ctx.gifs({label[v]: land for v, land in first.items()})
+    return {"rows": rows, "summaries": {v: [{k: s[f"mean_{k}"] for k in ("rise", "curvature", "spread")}
+                                            for s in runs] for v, runs in summaries.items()}, "gifs": gifs}
+
+
+def hessians_stage(ctx) -> dict:
+    """Claim 7: the top Hessian eigenvalue of each mini-batch (the same batches for both), plain vs smoothing."""
+    hs = ctx.s["hessians"]
+    spectra = {}
+    for variant in ("mcdo", "mcdo_smoothing"):
+        spectra[variant] = []
+        for seed, net in ctx.nets(variant):
+            spec = hessians.max_eigenvalue_spectrum(net, ctx.train, n_batches=hs["batches"],
+                                                    batch_size=hs["batch_size"], max_iter=hs["max_iter"],
+                                                    tol=hs["tol"], seed=ctx.s["seed"], progress=True)
+            spectra[variant].append(spec)
+    a, b = LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    rows = []
+    for key, what, primary in (("eigenvalues", "top Hessian eigenvalue per mini-batch (mean)", True),
+                               ("normalised", "top eigenvalue x ||w||^2 per mini-batch (scale-free, mean)", False)):
+        h = ctx.mean({a: [np.array(s[key]) for s in spectra["mcdo"]], b: [np.array(s[key]) for s in
+                                                                            spectra["mcdo_smoothing"]]})
+        rows.append(row(h, a, b, key, what, stat="mean", direction="lower", primary=primary))
+    keep = ("eigenvalues", "normalised", "iterations", "converged", "history", "weight_norm_sq")
+    out = {LABELS[v]: [{k: s[k] for k in keep} for s in runs] for v, runs in spectra.items()}
+    ctx.figure("hessians", "hessians", out)
+    converged = {label: float(np.mean([c for s in runs for c in s["converged"]])) for label, runs in out.items()}
+    return {"rows": rows, "spectra": out, "converged": converged}
+
+
+STAGES = {"sweep": sweep, "deterministic": deterministic, "ensembles": ensembles, "robustness": robustness_stage,
+          "featuremaps": featuremaps, "landscapes": landscapes_stage, "hessians": hessians_stage}

@@ -1,0 +1,139 @@
+"""`make paper`: the smoke report has every claim with numbers, an interval and a verdict computed from it; a
+killed run resumes with its finished stages; settings and configs are checked at the boundary."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ops.paper import PaperError, check, pipeline, settings, stages
+from ops.paper.__main__ import main
+from ops.train import sets
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "fashion_mnist_reference.json"
+CIFAR = ROOT / "configs" / "cifar100_reference.json"
+
+
+def _rule(interval, better, margin):
+    """The verdict rule written out independently of ops.evaluate.intervals.verdict."""
+    _, low, high = interval
+    if better == "higher":
+        low, high = -high, -low
+    return "supported" if high < margin else "contradicted" if low > margin else "not resolved"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A smoke run killed in stage 5, then resumed under its uid (the finished stages are kept)."""
+    out = tmp_path_factory.mktemp("paper")
+    original = stages.STAGES["featuremaps"]
+
+    def killed(ctx):
+        raise KeyboardInterrupt("killed in stage 5")
+
+    stages.STAGES["featuremaps"] = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run(CONFIG, smoke=True, out=out)
+    finally:
+        stages.STAGES["featuremaps"] = original
+    (folder,) = [p for p in out.iterdir() if p.name != "data"]
+    finished = sorted(p.name for p in (folder / "stages").iterdir())
+    return pipeline.run(CONFIG, smoke=True, out=out, uid=folder.name), finished
+
+
+def test_the_smoke_report_has_every_claim_with_numbers_an_interval_and_a_verdict(smoke_run):
+    folder, _ = smoke_run
+    md = (folder / "report.md").read_text()
+    sections = re.split(r"\n## Claim \d+: ", md)
+    assert len(sections) == 8  # the header (with the verdict table) and seven claims
+    for section in sections[1:]:
+        assert re.search(r"\*\*(supported|contradicted|not resolved)\*\*", section)
+        assert re.search(r"-?\d+\.\d+ \[-?\d+\.\d+(e-?\d+)?, -?\d+\.\d+(e-?\d+)?\]", section)  # estimate [low, high]
+        assert "Paper" in section  # the paper's CIFAR-100 line beside our figures
+        assert "![claim" in section
+    results = json.loads((folder / "results.json").read_text())
+    assert set(results["claims"]) == set(settings.STAGES)
+    for key, claim in results["claims"].items():
+        primary = [r for r in claim["rows"] if r.get("primary")]
+        assert primary, f"claim {key} has no primary row"
+        for r in claim["rows"]:
+            if "difference" in r:
+                est, low, high = r["difference"]
+                assert low <= high
+                assert r["verdict"] == _rule(r["difference"], r["better"], r["margin"])
+    html = (folder / "report.html").read_text()
+    assert html.count("data:image/gif;base64,") == 3  # MLP head, GAP head, GAP + smoothing
+    assert html.count("data:image/png;base64,") >= 7
+    assert "smoke test" in md and "--check --config configs/cifar100_reference.json" in md
+
+
+def test_a_killed_run_resumes_with_its_finished_stages_and_refuses_other_settings(smoke_run, tmp_path, capsys):
+    folder, finished_before = smoke_run
+    assert finished_before == ["deterministic.json", "ensembles.json", "robustness.json", "sweep.json"]
+    assert sorted(p.stem for p in (folder / "stages").iterdir()) == sorted(settings.STAGES)
+    capsys.readouterr()
+    pipeline.run(CONFIG, smoke=True, out=folder.parent, uid=folder.name)  # everything finished: kept
+    assert capsys.readouterr().out.count("finished earlier, kept") == 7
+    other = tmp_path / "config.json"
+    other.write_text(json.dumps({**json.loads(CONFIG.read_text()), "paper": {"level": 0.9}}))
+    with pytest.raises(PaperError, match="other settings"):
+        pipeline.run(other, smoke=True, out=folder.parent, uid=folder.name)
+
+
+def test_the_stages_print_their_number_and_the_time_left(smoke_run, capsys):
+    folder, _ = smoke_run
+    pipeline.run(CONFIG, smoke=True, out=folder.parent / "again")
+    out = capsys.readouterr().out
+    for i in range(1, 8):
+        assert re.search(rf"\[stage {i} of 7\] .*; time left: about \d+m\d\ds", out)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"sweep": {"imgs": 10}}, r"paper.sweep.imgs is not a setting \(known here: images"),
+    ({"sweep": {"interval_sizes": [1, 5]}}, "include 2"),
+    ({"landscapes": {"n": 4}}, "must be odd"),
+    ({"level": 1.5}, "between 0 and 1"),
+    ({"robustness": {"corruptions": ["fogg"]}}, r"\['fogg'\] are not corruptions"),
+    ({"n_boot": 0}, "paper.n_boot must be a positive integer"),
+    ("all", "must be an object")])
+def test_bad_settings_are_named_with_the_fix(override, message):
+    with pytest.raises(ValueError, match=message):
+        settings.resolve(override)
+
+
+def test_quick_and_smoke_shrink_the_full_settings():
+    full, quick = settings.resolve(), settings.resolve(quick=True)
+    assert full["sweep"]["images"] == 10000 and full["robustness"]["images_per_cell"] >= 1000
+    assert len(full["robustness"]["corruptions"]) * len(full["robustness"]["severities"]) == 75
+    assert quick["sweep"]["images"] < full["sweep"]["images"] and quick["mode"] == "quick"
+    assert quick["landscapes"]["masks"] < full["landscapes"]["masks"]
+
+
+def test_missing_networks_are_all_named_with_the_command_that_trains_them(tmp_path):
+    spec, _ = sets.load_set(CONFIG)
+    with pytest.raises(PaperError) as err:
+        pipeline.network_paths(spec, [0, 1, 2], "fashion_mnist", tmp_path)
+    assert "15 reference networks are missing" in str(err.value) and "mcdo_mlp seed 2" in str(err.value)
+    assert "train-set" in str(err.value) and "--seeds" in str(err.value)
+
+
+def test_the_cifar100_config_is_valid_and_the_check_says_what_a_run_lacks(tmp_path, capsys):
+    result = check.check(CIFAR, resources=tmp_path)
+    assert result["config"] == []
+    missing = " ".join(result["missing"])
+    assert "15 reference networks are missing" in missing and "CIFAR-100-C" in missing
+    assert main(["--check", "--config", str(CIFAR), "--resources", str(tmp_path)]) == 0
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**json.loads(CIFAR.read_text()), "paper": {"sweep": {"max_size": 0}}}))
+    assert main(["--check", "--config", str(broken)]) == 2
+    assert "paper.sweep.max_size must be a positive integer" in capsys.readouterr().out
+
+
+def test_train_set_ignores_the_paper_section(tmp_path):
+    cfg = tmp_path / "set.json"
+    cfg.write_text(json.dumps({**json.loads(CONFIG.read_text()), "paper": {"n_boot": 10}}))
+    _, with_paper = sets.load_set(cfg)
+    _, without = sets.load_set(CONFIG)
+    assert [n.cfg for n in with_paper] == [n.cfg for n in without]
