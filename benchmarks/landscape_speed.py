@@ -12,7 +12,9 @@ ours:  ops.landscapes.landscape: weights set in place, masks drawn once and repl
 Timing: every variant first runs once on one point (the warm-up, where torch.compile compiles; reported apart).
 Then `--rounds` rounds each run the naive loop and every variant on the same n x n grid, one after the other, so
 that a busy neighbour on a shared machine slows them alike; the summary takes medians of seconds per point.
-`ratio` = naive / ours per point; `ratio_121_points_with_warmup` charges the warm-up to a 121-point grid (the
+`ratio` = naive / ours per point; `cost_over_forward_floor` = ours / the forward passes alone (every batch
+under every mask at fixed weights, masks replayed, no metrics: what a point cannot cost less than);
+`ratio_121_points_with_warmup` charges the warm-up to a 121-point grid (the
 notebook's 11 x 11). Each line of output is JSON; the last one holds the summary. The share of CPU time taken by
 other processes during each run is printed too (`others_cpu_share`, from /proc/stat and our own CPU time).
 
@@ -40,6 +42,28 @@ from ops.data import datasets  # noqa: E402
 from ops.train import pretrained
 from ops.analysis import landscapes as L  # noqa: E402
 from benchmarks.naive_landscape import naive_landscape  # noqa: E402
+from ops.analysis.fixed import FixedMasks, prepare_batches  # noqa: E402
+
+
+@torch.no_grad()
+def forward_floor(model, data, images, batch_size, masks, device):
+    """Seconds of the forward passes one grid point needs and nothing else: every batch under every MC mask
+    (masks replayed as the landscape does, channels_last, eval), no weight update, no metrics."""
+    batches = prepare_batches(data, images, batch_size, seed=0, device=device)
+    batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+    model = model.eval().to(memory_format=torch.channels_last)
+    with FixedMasks(model, seed=0, channels_last=True) as fixed:
+        def one_point():
+            for m in range(masks):
+                for b, (x, _) in enumerate(batches):
+                    fixed.select(m, b, x)
+                    model(x)
+        one_point()  # draws and caches the masks, as the landscape's first point does
+        start = time.perf_counter()
+        one_point()
+        seconds = time.perf_counter() - start
+    model.to(memory_format=torch.contiguous_format)
+    return seconds
 
 
 def cpu_snapshot():
@@ -116,7 +140,7 @@ def main(argv=None):
         print(json.dumps({"warmup": name, "seconds": round(compile_s[name], 2)}), flush=True)
 
     # Rounds: naive then every variant on the same grid, so that a busy neighbour slows all of them alike.
-    per_point = {"naive": [], **{name: [] for name in names}}
+    per_point = {"naive": [], "floor": [], **{name: [] for name in names}}
     nll = {}
     for r in range(args.rounds):
         # The naive loop draws its masks with stock F.dropout, as the original does (our faster CPU dropout is
@@ -125,6 +149,7 @@ def main(argv=None):
             naive, s, others = timed(lambda: (naive_landscape(model, data, dirs, xs=axis, ys=axis, masks="reseed",
                                                                  **common), sync())[0])
         per_point["naive"].append(s / args.n ** 2)
+        per_point["floor"].append(forward_floor(model, data, args.images, args.batch_size, M, device))
         print(json.dumps({"round": r, "run": "naive", "seconds": round(s, 2), "others_cpu_share": others}), flush=True)
         for name in names:
             land, s, others = timed(lambda: ours(variants[name], axis, axis))
@@ -135,11 +160,13 @@ def main(argv=None):
 
     naive_pp = float(np.median(per_point["naive"]))
     summary = {"grid": f"{args.n}x{args.n}", "images": args.images, "masks": M, "batch_size": args.batch_size,
-               "rounds": args.rounds, "naive_s_per_point": round(naive_pp, 3)}
+               "rounds": args.rounds, "naive_s_per_point": round(naive_pp, 3),
+               "floor_s_per_point": round(float(np.median(per_point["floor"])), 3)}
     for name in names:
         pp = float(np.median(per_point[name]))
         summary[name] = {
             "s_per_point": round(pp, 3), "ratio": round(naive_pp / pp, 2), "warmup_seconds": round(compile_s[name], 1),
+            "cost_over_forward_floor": round(pp / float(np.median(per_point["floor"])), 2),
             # a whole grid of args.total_points points, the warm-up (compilation) included
             f"ratio_{args.total_points}_points_with_warmup": round(
                 naive_pp * args.total_points / (pp * args.total_points + compile_s[name]), 2),
