@@ -17,6 +17,7 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "tensorboard>=2.12",
+        "scipy>=1.9",  # Student's t for intervals over a few seeds (ops.evaluate.intervals)
     ],
     extras_require={
         "train": ["timm>=0.9"],

@@ -30,7 +30,9 @@ CLAIMS = (
     Claim(3, "ensembles", "Blurs behave like ensembles",
           "The paper's title: spatial smoothing ensembles neighbouring feature-map points, so MC dropout + "
           "smoothing with few samples behaves like a larger ensemble. Compared here with deep ensembles of "
-          "1-3 independently trained deterministic networks.",
+          "1-3 independently trained deterministic networks (the ensembles of 2 are the 3 pairs of the 3 seeds; "
+          "they share members, so their spread understates training noise, and the one ensemble of all 3 has "
+          "no seed level).",
           "Paper: no deep-ensemble number in the original README (its figures compare MC dropout sizes)."),
     Claim(4, "robustness", "Smoothing improves robustness to corruptions",
           "\"Spatial smoothing improves the predictive performance for corrupted data. Moreover, it undoubtedly "

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.atomic import exclusive, read_json, write_json
+from models.atomic import exclusive, read_json, save_array, write_json
+from models.naming import plain_name
 from ops.common.runtime import machine_info, resolve_device
 from ops.data import corrupted_sets, datasets
 from ops.data.loaders import DeviceLoader
@@ -94,9 +95,21 @@ class Context:
         """The first n test images, in batches of the run's batch size."""
         return DeviceLoader(corrupted_sets.take(self.test, n), self.s["batch_size"], device=self.device)
 
-    def bootstrap(self, arms, targets):
+    def bootstrap(self, arms, targets, paired_seeds=False):
         return hierarchical_bootstrap(arms, targets, n_boot=self.s["n_boot"], level=self.s["level"],
-                                      seed=self.s["seed"])
+                                      seed=self.s["seed"], paired_seeds=paired_seeds)
+
+    def save_arrays(self, stage, arrays):
+        """Tensors a later stage needs again after a resume: arrays/<stage>/<name>.npy (no pickles)."""
+        for name, t in arrays.items():
+            save_array(self.folder / "arrays" / stage / f"{plain_name(name)}.npy", t.numpy())
+
+    def load_arrays(self, stage) -> dict:
+        folder = self.folder / "arrays" / stage
+        if not folder.is_dir():
+            raise PaperError(f"{folder} is missing: stage {stage!r} of this run kept no predictions; start a new "
+                             f"run (no --uid)")
+        return {p.stem: torch.from_numpy(np.load(p, allow_pickle=False)) for p in sorted(folder.glob("*.npy"))}
 
     def mean(self, arms, paired=True):
         return hierarchical_mean(arms, n_boot=self.s["n_boot"], level=self.s["level"], seed=self.s["seed"],
@@ -163,13 +176,17 @@ def load_data(cfg, smoke):
 
 
 def _fingerprint(meta) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    kept = {k: v for k, v in meta.items() if k != "config"}  # the path may be written another way; its content counts
+    kept["networks"] = {v: {seed: n["sha256"] for seed, n in by.items()} for v, by in meta["networks"].items()}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def describe(config, s, seeds, paths, dataset, test) -> dict:
-    """What the run is: settings, networks with their sha256, data. Its hash is the run's fingerprint."""
+def describe(config, s, seeds, paths, dataset, test, device) -> dict:
+    """What the run is: settings, the config's content, networks with their sha256, data, device and torch (MC
+    streams differ between devices and versions). Its hash is the run's fingerprint."""
     nets = {v: {str(seed): {"path": str(p), "sha256": sha256(p)} for seed, p in by.items()} for v, by in paths.items()}
-    return {"config": str(config), "settings": s, "dataset": dataset, "seeds": list(seeds), "networks": nets,
+    return {"config": str(config), "config_sha256": sha256(config), "settings": s, "dataset": dataset,
+            "seeds": list(seeds), "networks": nets, "device": str(device), "torch": torch.__version__,
             "test": {"n": len(test), "sha1": corrupted_sets.fingerprint(test.images, test.labels)}}
 
 
@@ -182,6 +199,23 @@ def _open_run(folder, meta):
             raise PaperError(f"{folder} holds a paper run with other settings, networks or data (fingerprint "
                              f"{old.get('fingerprint')} vs {meta['fingerprint']}): start a new run (no --uid)")
     write_json(path, meta)
+
+
+def _check_figures(folder, figures):
+    """A stage file names its figures; they must be files of this run folder (the report embeds them)."""
+    if not isinstance(figures, list) or not all(
+            isinstance(f, str) and (folder / f).resolve().is_relative_to(folder.resolve()) and (folder / f).is_file()
+            for f in figures):
+        raise PaperError(f"a stage file of {folder} names figures outside the run folder or missing ({figures!r}): "
+                         f"start a new run (no --uid)")
+
+
+def corrupted_root(out, s, test) -> Path:
+    """Where the generated -C set of these settings is cached: one folder per source images and corruption
+    settings, so that runs with other settings (QUICK, an override) never meet a set they would refuse."""
+    r = {k: v for k, v in s["robustness"].items() if k != "sizes"}
+    key = json.dumps([r, s["seed"], corrupted_sets.fingerprint(test.images, test.labels)], sort_keys=True)
+    return Path(out) / "data" / f"c-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def _stage_rate(done_units, seconds):
@@ -199,6 +233,7 @@ def run_stages(ctx, fingerprint, plan) -> dict:
         cached = ctx.folder / "stages" / f"{key}.json"
         saved = read_json(cached, what="paper stage") if cached.exists() else None
         if saved is not None and saved.get("fingerprint") == fingerprint:
+            _check_figures(ctx.folder, saved.get("figures"))
             ctx.results[key], ctx.figures[key], timings[key] = saved["result"], saved["figures"], saved["seconds"]
             print(f"[stage {i} of {len(keys)}] {title}: finished earlier, kept", flush=True)
             continue
@@ -225,21 +260,26 @@ def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=N
     spec, networks = sets.load_set(config)
     cfg = networks[0].cfg
     device = resolve_device(device)
+    if uid is not None and not (Path(out) / uid / "run.json").is_file():
+        raise PaperError(f"there is no paper run {uid!r} in {out} to resume (no run.json); leave out --uid to start "
+                         f"a new one")
     uid, folder = runs.output_folder(out, uid)
     with exclusive(folder / "lock", f"the paper run {folder}"):
         seeds = list(seeds or ([0, 1] if smoke else spec["seeds"]))
+        if len(set(seeds)) != len(seeds):
+            raise PaperError(f"--seeds lists a seed twice: {seeds}")
         dataset = "synthetic" if smoke else datasets.canonical_name(cfg["dataset"]["name"])
         if smoke:
             resources = smoke_set.make_set(folder / "models", spec, seeds)
         resources = Path(resources or spec["export"])
         paths = network_paths(spec, seeds, dataset, resources)
         train, test = load_data(cfg, smoke)
-        meta = describe(config, s, seeds, paths, dataset, test)
+        meta = describe(config, s, seeds, paths, dataset, test, device)
         meta["fingerprint"] = _fingerprint(meta)
         meta["uid"], meta["machine"] = uid, machine_info(device)
         _open_run(folder, meta)
         official = Path(cfg["dataset"].get("root", "./data")) if dataset in ("cifar10", "cifar100") else None
-        ctx = Context(s, folder, test, train, dataset, paths, device, Path(out) / "data", official)
+        ctx = Context(s, folder, test, train, dataset, paths, device, corrupted_root(out, s, test), official)
         print(f"paper run {uid} ({s['mode']}): {dataset}, seeds {seeds}, {len(test)} test images; {folder}")
         start = time.time()
         timings = run_stages(ctx, meta["fingerprint"], planned_units(s, len(seeds)))

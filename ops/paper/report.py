@@ -12,14 +12,18 @@ from ops.paper.claims import CLAIMS
 
 PERCENT = {"acc", "ece", "error"}
 METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test units. Values are means over "
-          "seeds; the interval of a difference is a 95% percentile interval of a hierarchical bootstrap: each "
-          "resample draws the seeds (independently trained networks) with replacement, then the test images (or "
-          "mini-batches, MC masks, grid points) within each drawn seed, the same unit draws for both arms where "
-          "the units are the same. Verdict: *supported* if the interval of b - a excludes 0 in the claimed "
-          "direction, *contradicted* if it excludes 0 the other way, *not resolved* otherwise; a claim that b "
-          "*matches* a reads as 'not worse by more than a margin' (NLL {nll}, accuracy {acc} points, ECE {ece} "
-          "points): supported if the whole interval is within that, contradicted if it is entirely worse. With "
-          "{seeds} seeds the seed level has few distinct draws, so intervals are wide where seeds disagree.")
+          "seeds. An interval combines two sources of uncertainty: the seeds (independently trained networks: the "
+          "between-seed variance of the per-seed values over S) and the test units (a bootstrap of the images, "
+          "mini-batches or MC masks, the same draws for both arms where the units are the same); it is the "
+          "estimate +- Student's t with S - 1 degrees of freedom times the square root of their sum, at the "
+          "{level:g}% level (with 3 seeds t is 4.30: a percentile bootstrap over 3 seeds would be too narrow). "
+          "Verdict: *supported* if the interval of b - a excludes 0 in the claimed direction, *contradicted* if "
+          "it excludes 0 the other way, *not resolved* otherwise; where an arm has a single network (one seed, "
+          "or the one deep ensemble of all seeds) there is no seed level and the verdict is withheld (not "
+          "resolved). A claim that b *matches* a reads as 'not worse by more than a margin' (NLL {nll} nats, "
+          "accuracy {acc} points, ECE {ece} points): supported if the whole interval is better than that "
+          "margin, contradicted if it is entirely worse. Accuracy, ECE and errors are in percent, their "
+          "differences in points.")
 
 
 def fmt(metric, value) -> str:
@@ -37,8 +41,9 @@ def fmt(metric, value) -> str:
 def _row_cells(r) -> list:
     if r.get("combined"):
         return [r["quantity"], "", "", f"per size: see below ({len(r['sizes'])} sizes)", f"**{r['verdict']}**"]
-    unit = " (points)" if r["metric"] in PERCENT else ""
-    return [r["quantity"] + unit, f"{r['a']}: {fmt(r['metric'], r['value_a'])}",
+    unit = " (%)" if r["metric"] in PERCENT else ""
+    note = f" ({r['note']})" if r.get("note") else ""
+    return [r["quantity"] + unit + note, f"{r['a']}: {fmt(r['metric'], r['value_a'])}",
             f"{r['b']}: {fmt(r['metric'], r['value_b'])}", fmt(r["metric"], r["difference"]), f"**{r['verdict']}**"]
 
 
@@ -48,7 +53,7 @@ def _verdict_table(results) -> tuple:
         for r in (x for x in results.get(c.key, {}).get("rows", []) if x.get("primary")):
             diff = "" if r.get("combined") else fmt(r["metric"], r["difference"])
             rows.append([str(c.number), c.title, r["quantity"], diff, f"**{r['verdict']}**"])
-    return ("table", ["#", "claim", "measured (claimed arm - other)", "difference [95% interval]", "verdict"], rows)
+    return ("table", ["#", "claim", "measured (claimed arm - other)", "difference [interval]", "verdict"], rows)
 
 
 def _header(meta, timings, total) -> list:
@@ -65,8 +70,12 @@ def _header(meta, timings, total) -> list:
                     f"mini-batches of {s['hessians']['batch_size']}; {s['n_boot']} bootstrap resamples."),
               ("p", f"Machine: {m.get('cpu')} ({m.get('cpu_capability')}, {m.get('threads')} threads, torch "
                     f"{m.get('torch')}{', imitation ' + str(m['imitation']) if m.get('imitation') else ''}). "
-                    f"Time: {total / 60:.1f} min in all; " + ", ".join(f"{k} {v / 60:.1f} min"
-                                                                      for k, v in timings.items()) + ".")]
+                    f"Time: {total / 60:.1f} min for this invocation; per stage (each when it ran, earlier "
+                    f"invocations of a resumed run included): " + ", ".join(f"{k} {v / 60:.1f} min"
+                                                                           for k, v in timings.items()) + ".")]
+    if len(meta["seeds"]) < 2:
+        blocks.append(("p", "**One seed**: no interval covers training-to-training variation, so every verdict is "
+                            "withheld (not resolved); the numbers describe these networks only."))
     if meta["dataset"] not in ("cifar10", "cifar100"):
         blocks.append(("p", "The paper's own setting, CIFAR-100 with `configs/cifar100_reference.json` (ResNet-18 "
                             "at width 64, the official CIFAR-100-C), is validated here by `python -m ops.paper "
@@ -84,7 +93,7 @@ def _claim_blocks(c, result, figures) -> list:
     for f in figures:
         blocks.append(("img", f, f"claim {c.number}"))
     blocks.append(("p", c.paper))
-    header = ["quantity", "a", "b (claimed)", "b - a [95% interval]", "verdict"]
+    header = ["quantity", "a", "b (claimed)", "b - a [interval]", "verdict"]
     blocks.append(("table", header, [_row_cells(r) for r in rows]))
     return blocks
 
@@ -94,7 +103,7 @@ def blocks(meta, results, figures, timings, total) -> list:
     out = _header(meta, timings, total)
     out += [("h2", "Verdicts"), _verdict_table(results),
             ("p", METHOD.format(nll=s["margins"]["nll"], acc=100 * s["margins"]["acc"], ece=100 * s["margins"]["ece"],
-                                seeds=len(meta["seeds"])))]
+                                level=100 * s["level"]))]
     for c in CLAIMS:
         out += _claim_blocks(c, results.get(c.key, {}), figures.get(c.key, []))
     return out

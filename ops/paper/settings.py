@@ -9,7 +9,7 @@ and batches are counts, margins are in the metric's own units (NLL in nats, accu
 import copy
 import math
 
-from ops.data.corruptions import CORRUPTIONS
+from ops.data.corruptions import CORRUPTIONS, PROFILES
 
 FULL = {
     "seed": 0,            # MC masks, bootstrap draws, image subsets and directions all derive from it
@@ -81,11 +81,14 @@ def _problems(settings, path="", reference=FULL) -> list:
         elif isinstance(reference[key], list):
             if not isinstance(value, list) or not value:
                 problems.append(f"paper.{where} must be a non-empty list, got {value!r}")
+        elif isinstance(reference[key], str):
+            if not isinstance(value, str):
+                problems.append(f"paper.{where} must be a string, got {value!r}")
         elif isinstance(reference[key], int) and not _positive_int(value) and key != "seed":
             problems.append(f"paper.{where} must be a positive integer, got {value!r}")
         elif isinstance(reference[key], float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                                        and math.isfinite(value) and value > 0):
-            problems.append(f"paper.{where} must be a positive number, got {value!r}")
+                                                        and math.isfinite(value) and value >= 0):
+            problems.append(f"paper.{where} must be a number >= 0, got {value!r}")
     return problems
 
 
@@ -108,6 +111,10 @@ def _consistency(s) -> list:
         problems.append(f"paper.robustness.severities must be among 1-5, got {s['robustness']['severities']!r}")
     if not all(_positive_int(n) for n in s["robustness"]["sizes"]):
         problems.append(f"paper.robustness.sizes must be positive integers, got {s['robustness']['sizes']!r}")
+    if s["robustness"]["profile"] not in PROFILES:
+        problems.append(f"paper.robustness.profile must be one of {PROFILES}, got {s['robustness']['profile']!r}")
+    if s["n_boot"] < 2:
+        problems.append("paper.n_boot must be at least 2")
     land = s["landscapes"]
     if land["n"] < 3 or land["n"] % 2 == 0:
         problems.append(f"paper.landscapes.n must be odd and >= 3 (the trained weights at the centre), got "

@@ -6,6 +6,7 @@ A row is one paired comparison "claimed arm (b) - other arm (a)": both arms' val
 difference's interval (ops.evaluate.intervals.verdict). `primary` rows decide the claim; the others show
 detail. Each function receives the run's Context (ops.paper.pipeline) and writes its figures through it.
 """
+import copy
 import itertools
 import math
 
@@ -30,13 +31,20 @@ def better(metric: str) -> str:
 
 
 def row(h, a, b, metric, quantity, primary=False, margin=0.0, stat=None, direction=None) -> dict:
-    """A row from a hierarchical bootstrap `h` (arms a and b, b the claimed arm); stat: the key in `h`."""
+    """A row from a hierarchical interval `h` (arms a and b, b the claimed arm); stat: the key in `h`. Without
+    a seed level (an arm of one network) the verdict is withheld: 'not resolved', with a note."""
     stat = stat or metric
     diff = h[f"{b} - {a}"][stat]
     direction = direction or better(metric)
-    return {"quantity": quantity, "metric": metric, "a": a, "b": b, "value_a": h[a][stat], "value_b": h[b][stat],
-            "difference": diff, "better": direction, "margin": margin, "verdict": verdict(diff, direction, margin),
-            "primary": primary, "seeds": h["seeds"]}
+    if margin:
+        quantity += f" (matches: not worse by more than {100 * margin:g} points)" if metric in ("acc", "ece") \
+            else f" (matches: not worse by more than {margin:g})"
+    out = {"quantity": quantity, "metric": metric, "a": a, "b": b, "value_a": h[a][stat], "value_b": h[b][stat],
+           "difference": diff, "better": direction, "margin": margin, "verdict": verdict(diff, direction, margin),
+           "primary": primary, "seeds": h["seeds"]}
+    if not h.get("seed_level", True):
+        out.update(verdict="not resolved", note="an arm has one network: the interval covers test units only")
+    return out
 
 
 def combined(verdicts) -> str:
@@ -82,6 +90,8 @@ def sweep(ctx) -> dict:
             preds[variant].append({n: kept[n] for n in keep})
             targets = kept["targets"]
     ctx.memory["sweep"] = (preds, targets)
+    ctx.save_arrays("sweep", {f"{v}-{i}-{n}": p[n] for v, runs in preds.items() for i, p in enumerate(runs)
+                              for n in (1, 2)} | {"targets": targets})
     plain, smooth = LABELS["mcdo"], LABELS["mcdo_smoothing"]
     a, b = f"{plain}, {M} samples", f"{smooth}, 2 samples"
     h = ctx.bootstrap({a: [p[M] for p in preds["mcdo"]], b: [p[2] for p in preds["mcdo_smoothing"]]}, targets)
@@ -96,10 +106,12 @@ def sweep(ctx) -> dict:
     for k in KEYS:
         per_size = [r for r in every if r["metric"] == k]
         rows.append({"quantity": f"{NAMES[k]}: smoothing better at every size tested ({per_size[0]['size']}-"
-                                 f"{per_size[-1]['size']})", "metric": k, "combined": True, "primary": k == "nll",
+                                 f"{per_size[-1]['size']}; each size at its own 95% level, uncorrected)",
+                     "metric": k, "combined": True, "primary": k == "nll",
                      "verdict": combined(r["verdict"] for r in per_size), "sizes": [r["size"] for r in per_size]})
     a, b = f"{plain}, 1 sample", f"{plain}, {M} samples"
-    h = ctx.bootstrap({a: [p[1] for p in preds["mcdo"]], b: [p[M] for p in preds["mcdo"]]}, targets)
+    h = ctx.bootstrap({a: [p[1] for p in preds["mcdo"]], b: [p[M] for p in preds["mcdo"]]}, targets,
+                      paired_seeds=True)  # the same networks in both arms
     rows.append(row(h, a, b, "nll", f"NLL: MC dropout with {M} samples vs 1 (context: what MC sampling gains)"))
     means = {LABELS[v]: _curve_means(c) for v, c in curves.items()}
     ctx.figure("ensemble_size", "ensemble_size", means, bands)
@@ -138,8 +150,10 @@ def ensembles(ctx) -> dict:
         dnn, targets = _predictions(ctx, "dnn", [1], n_img)
     if "sweep" in ctx.memory:
         preds, _ = ctx.memory["sweep"]
-    else:
-        preds = {v: _predictions(ctx, v, [1, 2], n_img)[0] for v in ("mcdo", "mcdo_smoothing")}
+    else:  # a resumed run: stage 1's own 2-sample predictions (a new sweep would draw other masks)
+        saved = ctx.load_arrays("sweep")
+        preds = {v: [{n: saved[f"{v}-{i}-{n}"] for n in (1, 2)} for i in range(len(ctx.nets(v)))]
+                 for v in ("mcdo", "mcdo_smoothing")}
     members = [p[1] for p in dnn]
     S = len(members)
     de = {k: _deep_ensembles(members, k) for k in range(1, S + 1)}
@@ -150,7 +164,7 @@ def ensembles(ctx) -> dict:
     rows = []
     for k in sorted({min(2, S), S}):
         a, b = f"deep ensemble of {k}", f"{LABELS['mcdo_smoothing']}, 2 samples"
-        h = ctx.bootstrap({a: de[k], b: smooth2}, targets)
+        h = ctx.bootstrap({a: de[k], b: smooth2}, targets)  # the C(S, k) ensembles share members: see claims
         rows += [row(h, a, b, m, f"{NAMES[m]}: smoothing with 2 samples vs a deep ensemble of {k}",
                      primary=(m == "nll" and k == min(2, S)), margin=ctx.s["margins"][m]) for m in KEYS]
     a, b = f"deep ensemble of {min(2, S)}", f"{LABELS['mcdo']}, 2 samples"
@@ -178,7 +192,8 @@ def _cells_of(ctx, net, cset, clean, cells, sizes):
     n = ctx.s["robustness"]["images_per_cell"]
     bs = ctx.s["batch_size"]
     example = next(iter(DeviceLoader(corrupted_sets.take(clean, bs), bs)))[0]
-    prepared, stochastic = robustness.prepare(net, example, channels_last=True)
+    prepared, stochastic = robustness.prepare(copy.deepcopy(net), example, channels_last=True)  # the shared
+    # network stays as it was for the later stages
     kw = dict(sizes=sizes, fuse_bn=False, channels_last=True, mc=stochastic, seed=ctx.s["seed"])
 
     def score(ds):
@@ -223,7 +238,7 @@ def robustness_stage(ctx) -> dict:
     a, b = LABELS["mcdo"], LABELS["mcdo_smoothing"]
     rows = []
     for m in sizes:
-        for key, what, metric in (("mce", "mCE (mean corruption error)", "error"),
+        for key, what, metric in (("mce", "mCE (mean error over the cells, not AlexNet-normalised)", "error"),
                                   ("rel", "relative mCE (corruption error - clean error)", "error"),
                                   ("nll", "NLL on corrupted images", "nll")):
             h = ctx.mean({a: units["mcdo"][key][m], b: units["mcdo_smoothing"][key][m]})
@@ -288,6 +303,14 @@ def featuremaps(ctx) -> dict:
     return {"rows": rows, "points": points, "variance": summary, "frequencies": at}
 
 
+def _landscape_units(summary, key):
+    """The units an interval resamples: the masks for rise and |curvature|; the grid points of the spread are
+    strongly correlated, so it counts once per network."""
+    if key == "spread":
+        return np.array([summary["mean_spread"]])
+    return np.abs(summary[key]) if key == "curvature" else np.array(summary[key])
+
+
 def landscapes_stage(ctx) -> dict:
     """Claim 6: loss landscapes of the MLP head, the GAP head and GAP + smoothing: rise, curvature, mask spread."""
     ls = ctx.s["landscapes"]
@@ -305,10 +328,11 @@ def landscapes_stage(ctx) -> dict:
     for lo, hi, name in (("mcdo_mlp", "mcdo", "GAP head vs MLP head"), ("mcdo", "mcdo_smoothing",
                                                                           "GAP + smoothing vs GAP head")):
         a, b = label[lo], label[hi]
-        for key, what in (("rise", "mean rise of the loss over the grid"), ("curvature", "curvature at the centre"),
-                          ("spread", "spread of the loss across MC masks")):
-            h = ctx.mean({a: [np.array(s[key]) for s in summaries[lo]], b: [np.array(s[key]) for s in summaries[hi]]},
-                         paired=False)
+        for key, what in (("rise", "mean rise of the loss over the grid (per mask)"),
+                          ("curvature", "|curvature| at the centre (per mask)"),
+                          ("spread", "spread of the loss across MC masks (one value per network)")):
+            h = ctx.mean({a: [_landscape_units(s, key) for s in summaries[lo]],
+                          b: [_landscape_units(s, key) for s in summaries[hi]]}, paired=False)
             rows.append(row(h, a, b, key, f"{name}: {what}", stat="mean", direction="lower",
                             primary=key in ("rise", "spread")))
     gifs = ctx.gifs({label[v]: land for v, land in first.items()})

@@ -18,16 +18,19 @@ def forest_figure(rows, title=None):
         sum(r["metric"] == m for r in rows) for m in metrics) + 1.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         mine = [r for r in rows if r["metric"] == metric]
+        scale = 100 if metric in PERCENT | {"error"} else 1  # differences of percentages in points
         for i, r in enumerate(mine):
-            est, low, high = r["difference"]
+            est, low, high = (scale * v for v in r["difference"])
             ax.errorbar(est, i, xerr=[[est - low], [high - est]], fmt="o", color=VERDICT_COLORS[r["verdict"]],
                         capsize=3)
             if r.get("margin"):
-                ax.axvline(r["margin"] if r["better"] == "lower" else -r["margin"], color="#999999", ls=":", lw=1)
+                ax.axvline(scale * (r["margin"] if r["better"] == "lower" else -r["margin"]), color="#999999",
+                           ls=":", lw=1)
         ax.axvline(0, color="black", ls="--", lw=1)
         ax.set_yticks(range(len(mine)), [r["quantity"].split(": ", 1)[-1][:48] for r in mine], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel(f"difference in {LABELS.get(metric, metric)}", fontsize=8)
+        name = LABELS.get(metric, metric).split(" (")[0]
+        ax.set_xlabel(f"Δ {name}{' (points)' if scale == 100 else ''}: claimed - other", fontsize=8)
         ax.grid(alpha=0.3, axis="x")
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLORS.items()]
     axes[0][-1].legend(handles=handles, fontsize=7, loc="best")

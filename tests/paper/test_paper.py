@@ -62,7 +62,12 @@ def test_the_smoke_report_has_every_claim_with_numbers_an_interval_and_a_verdict
             if "difference" in r:
                 est, low, high = r["difference"]
                 assert low <= high
-                assert r["verdict"] == _rule(r["difference"], r["better"], r["margin"])
+                # withheld where an arm is one network (the deep ensemble of every seed): no seed level
+                expected = "not resolved" if r.get("note") else _rule(r["difference"], r["better"], r["margin"])
+                assert r["verdict"] == expected
+    withheld = [r for r in results["claims"]["ensembles"]["rows"] if r.get("note")]
+    S = len(results["run"]["seeds"])  # the one ensemble of all seeds has no seed level; smaller ones have
+    assert withheld and all(r["a"] == f"deep ensemble of {S}" for r in withheld)
     html = (folder / "report.html").read_text()
     assert html.count("data:image/gif;base64,") == 3  # MLP head, GAP head, GAP + smoothing
     assert html.count("data:image/png;base64,") >= 7
@@ -137,3 +142,31 @@ def test_train_set_ignores_the_paper_section(tmp_path):
     _, with_paper = sets.load_set(cfg)
     _, without = sets.load_set(CONFIG)
     assert [n.cfg for n in with_paper] == [n.cfg for n in without]
+
+
+def test_a_run_that_is_not_there_duplicate_seeds_and_foreign_figures_are_refused(smoke_run, tmp_path):
+    folder, _ = smoke_run
+    with pytest.raises(PaperError, match="no paper run 'nope'"):
+        pipeline.run(CONFIG, smoke=True, out=folder.parent, uid="nope")
+    with pytest.raises(PaperError, match="lists a seed twice"):
+        pipeline.run(CONFIG, smoke=True, out=tmp_path, seeds=[0, 0])
+    stage = folder / "stages" / "sweep.json"
+    saved = json.loads(stage.read_text())
+    stage.write_text(json.dumps({**saved, "figures": ["../../../etc/passwd"]}))
+    try:
+        with pytest.raises(PaperError, match="outside the run folder"):
+            pipeline.run(CONFIG, smoke=True, out=folder.parent, uid=folder.name)
+    finally:
+        stage.write_text(json.dumps(saved))
+
+
+def test_each_corruption_setting_has_its_own_cached_set():
+    from ops.data import datasets
+
+    test = datasets.synthetic(n_train=1, n_test=32)[1]
+    full, quick = settings.resolve(), settings.resolve(quick=True)
+    assert pipeline.corrupted_root("out", full, test) != pipeline.corrupted_root("out", quick, test)
+    changed_sizes = settings.merged(full, {"robustness": {"sizes": [1]}})
+    assert pipeline.corrupted_root("out", full, test) == pipeline.corrupted_root("out", changed_sizes, test)
+    with pytest.raises(ValueError, match="profile must be one of"):
+        settings.resolve({"robustness": {"profile": "cifra"}})
