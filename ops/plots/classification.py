@@ -59,7 +59,10 @@ def ensemble_size_figure(sweeps, keys=("nll", "acc", "ece"), title=None, interva
                 ax.fill_between(have, [scale * band[n][key][1] for n in have], [scale * band[n][key][2] for n in have],
                                 color=color, alpha=0.18, linewidth=0)
         ax.set_xscale("log")
-        ax.set_xticks(sorted({n for r in sweeps.values() for n in r}))
+        sizes = sorted({n for r in sweeps.values() for n in r})
+        if len(sizes) > 12:  # 1..50: label a readable subset, not fifty overlapping numbers
+            sizes = [n for n in sizes if n in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500, 1000) or n == sizes[-1]]
+        ax.set_xticks(sizes)
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())  # no stray "3x10^0" labels
         ax.set(xlabel="Ensemble size", ylabel=LABELS.get(key, key))

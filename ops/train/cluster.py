@@ -15,8 +15,8 @@ from ops.train import sets
 class TrainTask(submitit.helpers.Checkpointable):
     """One network of a set. Requeued with the same arguments, it resumes from its run's checkpoint."""
 
-    def __call__(self, cfg: dict, export: str) -> dict:
-        return sets.train_network(cfg, export)
+    def __call__(self, cfg: dict, export: str, export_dtype: str = "float32") -> dict:
+        return sets.train_network(cfg, export, export_dtype)
 
 
 def submit(networks, export, executor="slurm", folder="runs/submitit", partition=None, gpus=1, cpus=None,
@@ -39,7 +39,7 @@ def submit(networks, export, executor="slurm", folder="runs/submitit", partition
         if partition:
             params["slurm_partition"] = partition
     ex.update_parameters(**params)
-    jobs = ex.map_array(TrainTask(), [n.cfg for n in todo], [str(export)] * len(todo))
+    jobs = ex.map_array(TrainTask(), [n.cfg for n in todo], [str(export)] * len(todo), [n.export_dtype for n in todo])
     for network, job in zip(todo, jobs):
         print(f"  job {job.job_id}: {network.label()}", flush=True)
     print(f"Logs: {folder}/<job id>/. When the jobs are done, the same train-set command lists them as "

@@ -98,15 +98,20 @@ def load_trained(checkpoint, device="cpu") -> "torch.nn.Module":  # noqa: F821 (
     return model.to(device).eval()
 
 
-def export(checkpoint, root, uid, overwrite=False):
+def export(checkpoint, root, uid, overwrite=False, dtype="float32"):
     """Copy a trained checkpoint and its card to `root` under `uid`, keeping what inference needs (name, arch,
     state_dict) and dropping the optimizer state (as large again as the weights, and useless to a reader).
     Written atomically, one writer at a time; an existing export under that uid is refused unless overwrite
     (an export without its card, left by a kill between the two files, counts as unfinished and is redone).
     Returns the new checkpoint's path. resources/ got its demo checkpoints with root=RESOURCES, uid=DEMO_UID (no
-    defaults: a call with one argument must not replace them)."""
+    defaults: a call with one argument must not replace them). dtype="float16" stores the weights in half
+    precision (half the file; they load as float32, rounded to 11 significant bits), said in the card."""
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     model = load_trained(checkpoint)  # checks that weights, card and arch agree before anything is written
     card = dict(model.card, exported_from=str(checkpoint))
+    if dtype == "float16":
+        model, card["stored_dtype"] = model.half(), "float16"
     path = models.checkpoint_path(card["dataset"], card["name"], uid, root)
     # The lock lives beside the export (a hidden file, ignored by git): a lock in a temporary folder would not be
     # seen by a process with another TMPDIR (cluster jobs often have their own).

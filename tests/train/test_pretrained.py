@@ -89,6 +89,21 @@ def test_export_keeps_weights_and_card_drops_optimizer(trained_run, tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_float16_export_is_half_the_file_and_loads_as_the_rounded_float32_weights(trained_run, tmp_path):
+    full = pretrained.export(trained_run, root=tmp_path / "a", uid="full")
+    half = pretrained.export(trained_run, root=tmp_path / "b", uid="half", dtype="float16")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    original, loaded = pretrained.load_trained(trained_run), pretrained.load_trained(half)
+    assert loaded.card["stored_dtype"] == "float16" and "stored_dtype" not in pretrained.read_card(full)
+    for key, value in original.state_dict().items():
+        got = loaded.state_dict()[key]
+        assert got.dtype == value.dtype, key  # float32 again in memory
+        if value.is_floating_point():
+            assert torch.equal(got, value.half().float()), key  # exactly the float16 rounding, nothing else
+    with pytest.raises(ValueError, match="dtype must be"):
+        pretrained.export(trained_run, root=tmp_path / "c", uid="x", dtype="bfloat16")
+
+
 def test_find_checkpoint_prefers_the_newest_run_with_a_card(trained_run, tmp_path):
     runs = tmp_path / "runs"
     old = pretrained.export(trained_run, root=runs / "a", uid="old")

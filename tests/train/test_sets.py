@@ -143,6 +143,8 @@ def test_a_run_config_without_set_section_is_refused_naming_the_train_command(tm
      r"Unknown model name 'resnet_dnn_19'\. Did you mean: resnet_dnn_18"),
     ({"networks": {"dnn": {"model": "resnet_dnn_18", "width": 4}}}, configs.ConfigError,
      r"set\.networks\.dnn must be \{'model': NAME\}"),
+    ({"networks": {"dnn": {"model": "resnet_dnn_18", "export_dtype": "int8"}}}, configs.ConfigError,
+     r"set\.networks\.dnn\.export_dtype must be one of \('float32', 'float16'\)"),
     ({"sedes": [0]}, configs.ConfigError, r"set\.sedes is not a set key"),
     ({"name": "a/b"}, configs.ConfigError, r"set\.name must be a plain name"),
 ])
@@ -280,3 +282,9 @@ def test_submitit_local_trains_in_other_processes_and_skips_finished(tmp_path, c
     assert cluster.submit(networks, spec["export"], executor="submitit-local", folder=logs, gpus=0, time_min=5,
                           wait=True) == []
     assert "2 finished" in capsys.readouterr().out and len(list(logs.glob("*/*_result.pkl"))) == 2
+
+
+def test_a_network_entry_chooses_how_its_export_is_stored():
+    _, networks = sets.load_set(ROOT / "configs" / "fashion_mnist_reference.json")
+    dtypes = {n.variant: n.export_dtype for n in networks}
+    assert dtypes["mcdo_mlp"] == "float16" and dtypes["mcdo"] == "float32"  # the 173 MB head ships at half
