@@ -6,10 +6,10 @@ networks were exported) plus these settings. A set config may carry a `paper` se
 (`"paper": {"sweep": {"images": 5000}}`); QUICK=1 applies QUICK on top, the CI smoke run SMOKE. Units: images
 and batches are counts, margins are in the metric's own units (NLL in nats, accuracy and ECE as fractions).
 """
-import copy
 import math
 
 from ops.data.corruptions import CORRUPTIONS, PROFILES
+from ops.train.configs import merge as merged  # one nested-dict merge for configs and settings
 
 FULL = {
     "seed": 0,            # MC masks, bootstrap draws, image subsets and directions all derive from it
@@ -49,17 +49,6 @@ SMOKE = {
 }
 
 STAGES = ("sweep", "deterministic", "ensembles", "robustness", "featuremaps", "landscapes", "hessians")
-
-
-def merged(base: dict, override: dict) -> dict:
-    """A copy of `base` with `override`'s keys replaced, section by section."""
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _positive_int(value):

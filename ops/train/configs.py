@@ -260,11 +260,12 @@ def validate(cfg):
     return problems
 
 
-def _merge(base, update):
+def merge(base, update):
+    """A copy of `base` with `update`'s keys replaced, section by section (nested dicts merge)."""
     out = copy.deepcopy(base)
-    for key, value in update.items():
+    for key, value in (update or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -305,7 +306,7 @@ def make_config(cfg=None, overrides=()):
     _check_keys(cfg, DEFAULTS, (), problems)
     if problems:
         raise ConfigError(problems)
-    merged = _merge(DEFAULTS, cfg)
+    merged = merge(DEFAULTS, cfg)
     problems = validate(merged)
     if problems:
         raise ConfigError(problems)
