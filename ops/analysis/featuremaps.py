@@ -39,6 +39,7 @@ import torch
 
 import models
 from models.layers import evaluating
+from ops.common.checks import is_int
 from ops.common.runtime import seeded
 from ops.evaluate.engine import model_device
 
@@ -86,7 +87,7 @@ def _check_inputs(images, points, batch_size):
                          f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
     if isinstance(points, str) or not list(points):
         raise ValueError(f"points must be a non-empty list of module names (e.g. stage_points(model)), got {points!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size, 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
@@ -117,7 +118,7 @@ def mc_variance(model, images, points, samples=10, batch_size=64, seed=0):
     two float64 sums per element of one batch. Raises if the passes do not differ (no active MC dropout). The
     masks are drawn from `seed`: the same call gives the same numbers.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+    if not is_int(samples, 2):
         raise ValueError(f"the variance over MC samples needs an integer samples >= 2, got {samples!r}")
     _check_inputs(images, points, batch_size)
     totals = {p: torch.zeros(3, dtype=torch.float64) for p in points}  # variance sum, power sum, element count
@@ -172,7 +173,7 @@ def frequencies(size):
 def fourier_profiles(model, images, points, samples=1, batch_size=64, seed=0):
     """{point: (frequencies (K,), profile (K,))}: the log amplitude averaged over all `images` and `samples`
     passes (MC dropout on, as the model predicts; masks from `seed`), then its diagonal profile."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    if not is_int(samples, 1):
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
     _check_inputs(images, points, batch_size)
     sums, count = {}, 0

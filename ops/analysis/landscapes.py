@@ -54,6 +54,7 @@ import torch.distributed as dist
 
 import models
 from models.atomic import exclusive
+from ops.common.checks import is_int
 from ops.analysis import landscape_files as files
 from ops.analysis.fixed import FixedMasks, prepare_batches
 from ops.analysis.landscape_files import Landscape
@@ -167,7 +168,7 @@ def check_directions(model, directions):
 
 def grid_axis(n=11, scale=1.0):
     """linspace(-scale, scale, n): the original's axis (n = 11 or 21)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n, 1):
         raise ValueError(f"n must be an integer >= 1 (points per axis), got {n!r}")
     return [float(v) for v in np.linspace(-scale, scale, n)]
 
@@ -333,8 +334,8 @@ def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: li
     with _evaluation_layout(model, batches, channels_last) as (batches, channels_last):
         masks = _masks(model, n_masks, seed, cache_masks, channels_last)
         meta = _identity(model, batches, len(directions)) | {
-            "xs": xs, "ys": ys, "batch_size": batch_size,
-            "scale": scale, "norm": norm, "direction_seed": direction_seed, "n_masks": n_masks, "seed": seed,
+            "xs": xs, "ys": ys, "batch_size": None if batch_size is None else int(batch_size),
+            "scale": scale, "norm": norm, "direction_seed": direction_seed, "n_masks": int(n_masks), "seed": seed,
             "weight_decay": weight_decay, "bins": bins, "cutoffs": list(cutoffs), "precision": precision,
             "stochastic": masks.active}
         with masks:
@@ -383,7 +384,7 @@ def _check_numbers(scale, weight_decay, batch_size, n_images):
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     for name, value in (("batch_size", batch_size), ("n_images", n_images)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not is_int(value, 1):
             raise ValueError(f"{name} must be a positive integer{' or None' if name == 'n_images' else ''}, "
                              f"got {value!r}")
 
@@ -394,9 +395,9 @@ def _check_passes(n_masks, points_per_pass, masks_per_pass, cache_masks, device)
         raise ValueError(f"points_per_pass must be >= 1, got {points_per_pass}")
     if masks_per_pass == "auto":
         masks_per_pass = n_masks if device.type == "cuda" else 1
-    if not isinstance(masks_per_pass, int) or masks_per_pass < 1:
+    if not is_int(masks_per_pass, 1):
         raise ValueError(f"masks_per_pass must be 'auto' or an integer >= 1, got {masks_per_pass!r}")
-    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
+    if not is_int(n_masks, 1):
         raise ValueError(f"n_masks must be an integer >= 1, got {n_masks!r}")
     if points_per_pass > 1 and not cache_masks:
         raise ValueError("points_per_pass > 1 replays cached masks inside vmap: set cache_masks=True")

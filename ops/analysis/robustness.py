@@ -37,6 +37,7 @@ import torch
 
 import models
 from models.atomic import atomic_file, exclusive, write_json
+from ops.common.checks import is_int
 from ops.common.runtime import progress_bar, resolve_device, seeded
 
 from ops.data.corruptions import CORRUPTIONS, is_noise_perturbation
@@ -129,7 +130,7 @@ def _check_cells(cset, corruptions, severities, n, batch_size):
     if bad:
         raise ValueError(f"severities {bad} are not in {cset.folder} (it has {cset.severities})")
     for name, value in (("n", n), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not is_int(value, 1):
             raise ValueError(f"{name} must be a positive integer{' or None (all images)' if name == 'n' else ''}, "
                              f"got {value!r}")
     return corruptions, severities
@@ -440,9 +441,9 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
             or frames.shape[-1] not in (1, 3):
         raise ValueError(f"frames must be uint8 (N, T, H, W, C) with C = 1 or 3 (the -P layout), got "
                          f"{getattr(frames, 'dtype', type(frames).__name__)} {tuple(getattr(frames, 'shape', ()))}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    if n is not None and not is_int(n, 1):
         raise ValueError(f"n must be a positive integer or None (all sequences), got {n!r}")
-    N = min(len(frames), n or len(frames))
+    N = int(min(len(frames), n or len(frames)))
     if N == 0:
         raise ValueError("frames holds no sequences")
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ops.common.checks import is_int
 from ops.data.datasets import DatasetNotFoundError
 
 # The 15 corruptions of the benchmark (Hendrycks' order, which mCE tables use) and the 4 extra ("validation")
@@ -140,7 +141,7 @@ def parameters(corruption, severity, profile="cifar"):
     names, table = _lookup(corruption)
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {PROFILES}")
-    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
+    if not is_int(severity) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
     values = table[profile][severity - 1]
     values = values if isinstance(values, tuple) else (values,)
@@ -592,7 +593,7 @@ def corrupt(images, corruption, severity, profile=None, seed=0, device="cpu", ch
     p = parameters(corruption, severity, profile)
     grey = C == 3 and bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
     fn = CORRUPT[corruption]
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and not is_int(chunk_size, 1):
         raise ValueError(f"chunk_size must be a positive integer (images per seeded chunk) or None for the "
                          f"default, got {chunk_size!r}")
     chunk_size = chunk_size or default_chunk(H, W)

@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
+from ops.common.checks import is_int
 from ops.common.runtime import autocast, check_precision, progress_bar, resolve_device, seeded, to_device
 from ops.evaluate.metrics import Metrics
 
@@ -93,12 +94,12 @@ def predict_log_probs(model, x, n_samples, max_batch=None, precision="fp32", cha
     stochastic: None decides by the model's behaviour (see the module docstring); False runs one pass and
     repeats it; True runs `n_samples` passes.
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+    if not is_int(n_samples, 1):
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     device = model_device(model)
     if max_batch is None:
         max_batch = DEFAULT_MAX_BATCH.get(device.type, 4096)
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+    if not is_int(max_batch, 1):
         raise ValueError(f"max_batch (images per forward pass) must be a positive integer, got {max_batch!r}")
     x = to_device(x, device, channels_last)
     B = x.shape[0]
@@ -147,7 +148,7 @@ def check_sizes(sizes):
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
         raise ValueError(f"sizes must be a list of positive integers, e.g. [1, 2, 5], got {sizes!r}")
     sizes = list(sizes)
-    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1]
+    bad = [n for n in sizes if not is_int(n, 1)]
     if not sizes or bad:
         raise ValueError(f"sizes must be a non-empty list of positive integers, got {sizes!r}"
                          + (f" ({bad!r} not allowed)" if bad else ""))

@@ -13,6 +13,8 @@ ops.evaluate.metrics defines them (ECE with the same bins, (b/B, (b+1)/B]). The 
 """
 import torch
 
+from ops.common.checks import is_int
+
 KEYS = ("nll", "acc", "ece")
 
 
@@ -34,11 +36,11 @@ def _resampled(per_image, idx, bins):
 
 
 def _check_bootstrap(log_probs, targets, n_boot, level, bins):
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+    if not is_int(n_boot, 1):
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not (isinstance(level, float) and 0 < level < 1):
         raise ValueError(f"level must be a fraction between 0 and 1 (e.g. 0.95), got {level!r}")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+    if not is_int(bins, 1):
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     if not log_probs or len(targets) == 0:
         raise ValueError("bootstrap needs at least one model's log-probabilities and at least one image")
@@ -124,7 +126,7 @@ def combine(per_seed: dict, draws: dict, level: float, paired_seeds: bool = Fals
 
 
 def _check_levels(n_boot, level):
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:
+    if not is_int(n_boot, 2):
         raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
     if not (isinstance(level, float) and 0 < level < 1):
         raise ValueError(f"level must be a fraction between 0 and 1 (e.g. 0.95), got {level!r}")

@@ -8,6 +8,7 @@ and batches are counts, margins are in the metric's own units (NLL in nats, accu
 """
 import math
 
+from ops.common.checks import is_int
 from ops.data.corruptions import CORRUPTIONS, PROFILES
 from ops.train.configs import merge as merged  # one nested-dict merge for configs and settings
 
@@ -51,10 +52,6 @@ SMOKE = {
 STAGES = ("sweep", "deterministic", "ensembles", "robustness", "featuremaps", "landscapes", "hessians")
 
 
-def _positive_int(value):
-    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
-
-
 def _problems(settings, path="", reference=FULL) -> list:
     """Unknown keys and values of the wrong kind, each named with its path and what it should be."""
     problems = []
@@ -73,7 +70,7 @@ def _problems(settings, path="", reference=FULL) -> list:
         elif isinstance(reference[key], str):
             if not isinstance(value, str):
                 problems.append(f"paper.{where} must be a string, got {value!r}")
-        elif isinstance(reference[key], int) and not _positive_int(value) and key != "seed":
+        elif isinstance(reference[key], int) and not is_int(value, 1) and key != "seed":
             problems.append(f"paper.{where} must be a positive integer, got {value!r}")
         elif isinstance(reference[key], float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                                         and math.isfinite(value) and value >= 0):
@@ -85,10 +82,10 @@ def _consistency(s) -> list:
     problems = []
     if not (0 < s["level"] < 1):
         problems.append(f"paper.level must be between 0 and 1 (e.g. 0.95), got {s['level']!r}")
-    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or s["seed"] < 0:
+    if not is_int(s["seed"], 0):
         problems.append(f"paper.seed must be an integer >= 0, got {s['seed']!r}")
     sizes = s["sweep"]["interval_sizes"]
-    if not all(_positive_int(n) and n <= s["sweep"]["max_size"] for n in sizes) or 2 not in sizes:
+    if not all(is_int(n, 1) and n <= s["sweep"]["max_size"] for n in sizes) or 2 not in sizes:
         problems.append(f"paper.sweep.interval_sizes must be sizes from 1 to sweep.max_size "
                         f"({s['sweep']['max_size']}) and include 2 (the headline), got {sizes!r}")
     if s["sweep"]["max_size"] < 2:
@@ -98,7 +95,7 @@ def _consistency(s) -> list:
         problems.append(f"paper.robustness.corruptions: {unknown} are not corruptions (known: {list(CORRUPTIONS)})")
     if not all(n in (1, 2, 3, 4, 5) for n in s["robustness"]["severities"]):
         problems.append(f"paper.robustness.severities must be among 1-5, got {s['robustness']['severities']!r}")
-    if not all(_positive_int(n) for n in s["robustness"]["sizes"]):
+    if not all(is_int(n, 1) for n in s["robustness"]["sizes"]):
         problems.append(f"paper.robustness.sizes must be positive integers, got {s['robustness']['sizes']!r}")
     if s["robustness"]["profile"] not in PROFILES:
         problems.append(f"paper.robustness.profile must be one of {PROFILES}, got {s['robustness']['profile']!r}")

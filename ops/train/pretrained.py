@@ -18,6 +18,7 @@ from pathlib import Path
 import models
 
 from models.atomic import exclusive, write_json
+from ops.common.checks import is_int
 from ops.train import configs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,7 @@ def card_problems(card) -> list:
     if not isinstance(card["name"], str) or card["name"] not in models.list_models():
         problems.append(f"name {card['name']!r} is not a model of this library (models.list_models())")
     n = card["num_classes"]
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+    if not is_int(n, 1, MAX_CLASSES):
         problems.append(f"num_classes must be an integer from 1 to {MAX_CLASSES}, got {n!r}")
     if not isinstance(card["stem"], bool):
         problems.append(f"stem must be true or false, got {card['stem']!r}")
