@@ -141,7 +141,7 @@ def parameters(corruption, severity, profile="cifar"):
     names, table = _lookup(corruption)
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {PROFILES}")
-    if not is_int(severity) or severity not in SEVERITIES:
+    if not is_int(severity, numpy=True) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
     values = table[profile][severity - 1]
     values = values if isinstance(values, tuple) else (values,)

@@ -148,7 +148,7 @@ def check_sizes(sizes):
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
         raise ValueError(f"sizes must be a list of positive integers, e.g. [1, 2, 5], got {sizes!r}")
     sizes = list(sizes)
-    bad = [n for n in sizes if not is_int(n, 1)]
+    bad = [n for n in sizes if not is_int(n, 1, numpy=True)]
     if not sizes or bad:
         raise ValueError(f"sizes must be a non-empty list of positive integers, got {sizes!r}"
                          + (f" ({bad!r} not allowed)" if bad else ""))
