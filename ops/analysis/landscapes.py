@@ -334,8 +334,8 @@ def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: li
     with _evaluation_layout(model, batches, channels_last) as (batches, channels_last):
         masks = _masks(model, n_masks, seed, cache_masks, channels_last)
         meta = _identity(model, batches, len(directions)) | {
-            "xs": xs, "ys": ys, "batch_size": None if batch_size is None else int(batch_size),
-            "scale": scale, "norm": norm, "direction_seed": direction_seed, "n_masks": int(n_masks), "seed": seed,
+            "xs": xs, "ys": ys, "batch_size": batch_size,
+            "scale": scale, "norm": norm, "direction_seed": direction_seed, "n_masks": n_masks, "seed": seed,
             "weight_decay": weight_decay, "bins": bins, "cutoffs": list(cutoffs), "precision": precision,
             "stochastic": masks.active}
         with masks:

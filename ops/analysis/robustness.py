@@ -443,7 +443,7 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
                          f"{getattr(frames, 'dtype', type(frames).__name__)} {tuple(getattr(frames, 'shape', ()))}")
     if n is not None and not is_int(n, 1):
         raise ValueError(f"n must be a positive integer or None (all sequences), got {n!r}")
-    N = int(min(len(frames), n or len(frames)))
+    N = min(len(frames), n or len(frames))
     if N == 0:
         raise ValueError("frames holds no sequences")
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255

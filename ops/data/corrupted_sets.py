@@ -393,7 +393,8 @@ def _check_seed(seed):
 def check_severities(severities) -> tuple:
     """Severities as a sorted tuple: distinct integers from 1 to 5."""
     values = list(severities) if not isinstance(severities, (str, bytes)) and hasattr(severities, "__iter__") else None
-    if not values or any(not is_int(s, numpy=True) or s not in SEVERITIES for s in values) or len(set(values)) != len(values):
+    if not values or any(not is_int(s, numpy=True) or s not in SEVERITIES for s in values) \
+            or len(set(values)) != len(values):
         raise ValueError(f"severities must be distinct integers from 1 to 5 (a non-empty list such as [1, 3, 5]), "
                          f"got {severities!r}")
     return tuple(sorted(int(s) for s in values))
