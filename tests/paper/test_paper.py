@@ -170,3 +170,46 @@ def test_each_corruption_setting_has_its_own_cached_set():
     assert pipeline.corrupted_root("out", full, test) == pipeline.corrupted_root("out", changed_sizes, test)
     with pytest.raises(ValueError, match="profile must be one of"):
         settings.resolve({"robustness": {"profile": "cifra"}})
+
+
+# --- the committed report of the first full run -------------------------------------------------------------------
+
+COMMITTED = ROOT / "resources" / "paper" / "fashion_mnist"
+
+
+def _readme_verdict_table():
+    """(claim number, claim, difference, verdict) of each row of the README's verdict table."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| # | claim | row (claimed arm - other arm) |")
+    rows = []
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows.append((int(cells[0]), cells[1], cells[3], cells[4]))
+    return rows
+
+
+def test_the_committed_report_is_a_full_run_of_the_shipped_networks():
+    run = json.loads((COMMITTED / "results.json").read_text())["run"]
+    assert run["settings"]["mode"] == "full" and run["seeds"] == [0, 1, 2]
+    _, networks = sets.load_set(CONFIG)
+    assert {(v, int(s)) for v, by in run["networks"].items() for s in by} == {(n.variant, n.seed) for n in networks}
+    for by in run["networks"].values():
+        for net in by.values():
+            assert pipeline.sha256(ROOT / net["path"]) == net["sha256"], net["path"]  # the networks shipped now
+    report = (COMMITTED / "report.md").read_text()
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
+        assert (COMMITTED / image).is_file(), image
+
+
+def test_the_readme_verdict_table_is_the_committed_report():
+    from ops.paper.report import verdicts
+
+    rows = _readme_verdict_table()
+    assert [(n, claim, verdict) for n, claim, _, verdict in rows] == \
+        [(n, claim, verdict) for n, claim, _, verdict in verdicts(COMMITTED / "results.json")]
+    report = (COMMITTED / "report.md").read_text()
+    for _, _, difference, _ in rows:
+        if "[" in difference:
+            assert f"| {difference} |" in report, difference  # the numbers are the report's
