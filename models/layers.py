@@ -107,6 +107,24 @@ class _KeepScale(torch.autograd.Function):
         return grad.mul(keep.to(grad.dtype)).mul_(ctx.scale), None, None
 
 
+# Activations a network may be built with (`act=`): the paper reads ReLU6 as a special case of spatial smoothing
+# (its bound acts like the smoothing block's tanh), so `act="relu6"` is the ReLU6 network of that comparison.
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+def set_activation(model: nn.Module, act: str) -> nn.Module:
+    """Replace every nn.ReLU module of `model` (stem, blocks, head) by the activation `act` (a name of
+    ACTIVATIONS), keeping `inplace`; returns `model`. Parameter-free, so state_dicts are unchanged."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation act={act!r}; choose one of {sorted(ACTIVATIONS)}")
+    cls = ACTIVATIONS[act]
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.ReLU and cls is not nn.ReLU:
+                setattr(parent, name, cls(inplace=child.inplace))
+    return model
+
+
 def dropout(p):
     """MC dropout of rate p, or an identity when p == 0 (deterministic variants)."""
     return MCDropout(p) if p > 0 else nn.Identity()

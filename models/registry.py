@@ -54,7 +54,8 @@ def get_model(name: str, num_classes: int = 10, stem: bool = False, **kwargs) ->
     one. `kwargs` set what the variant leaves open: `rate` (MC dropout, mcdo models), `smoothing`
     (a name from models.smoothing.SMOOTHING_BLOCKS, a class or a partial; +smoothing models), `temp`,
     `sfilter`, `pad_mode`, `thr` (passed to the smoothing block), `classifier` (gap, bngap, mlp, gmp, gmedp,
-    gapclip, gapmlp) and `width` (ResNet families: base width, default 64).
+    gapclip, gapmlp), `width` (ResNet families: base width, default 64) and `act` (ResNet families: "relu", the
+    default, or "relu6" for every activation of the network).
     """
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)

@@ -11,7 +11,7 @@ Dropout placement follows the original: after the ReLU that precedes the last co
 import torch.nn as nn
 
 from .classifiers import make_head
-from .layers import conv, conv1x1, conv3x3, dropout
+from .layers import conv, conv1x1, conv3x3, dropout, set_activation
 from .registry import register_variants
 
 
@@ -137,12 +137,15 @@ class ResNet(nn.Module):
     stage (64 in the paper; smaller trains faster on a CPU); stem: False = CIFAR (3x3 conv, 32x32 inputs),
     True = ImageNet (7x7/2 conv + 3x3/2 max-pool, 224x224 inputs); smoothing: factory `in_filters -> module`
     or None; classifier: head name or class (default GAP, BN-GAP for pre-activation blocks); smooth_last: False
-    leaves the last stage unsmoothed (the original pre-activation ResNet, whose BN-GAP head follows directly).
+    leaves the last stage unsmoothed (the original pre-activation ResNet, whose BN-GAP head follows directly);
+    act: "relu" or "relu6", the activation of every ReLU of the network (stem, blocks and head).
     """
 
     def __init__(self, block, depths, num_classes=10, stem=False, width=64, groups=1, width_per_group=64,
-                 rate=0.0, smoothing=None, classifier=None, shortcut_bn=True, smooth_last=True):
+                 rate=0.0, smoothing=None, classifier=None, shortcut_bn=True, smooth_last=True, act="relu"):
         super().__init__()
+        if act not in ("relu", "relu6"):
+            raise ValueError(f"act must be 'relu' or 'relu6', got {act!r}")
         # A pre-activation stem is the bare convolution: the first block normalises and activates.
         stem_act = [] if block.preact else [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         if stem:
@@ -167,6 +170,7 @@ class ResNet(nn.Module):
 
         classifier = classifier or ("bngap" if block.preact else "gap")
         self.classifier = make_head(classifier, in_channels, num_classes)
+        set_activation(self, act)
 
     def forward(self, x):  # (B, 3, H, W) -> (B, num_classes)
         x = self.layer0(x)
@@ -178,7 +182,7 @@ class ResNet(nn.Module):
 RESNET_DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3)),
                  101: (Bottleneck, (3, 4, 23, 3)), 152: (Bottleneck, (3, 8, 36, 3))}
 PREACT = {BasicBlock: PreActBasicBlock, Bottleneck: PreActBottleneck}
-EXTRA = ("width",)
+EXTRA = ("width", "act")
 
 register_variants("resnet", ResNet, extra_kwargs=EXTRA, depths={
     d: dict(block=b, depths=n) for d, (b, n) in RESNET_DEPTHS.items()})

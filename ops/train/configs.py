@@ -221,7 +221,7 @@ def model_width(v):
     return message or (None if v <= MAX_WIDTH else f"must be at most {MAX_WIDTH} (the paper's is 64)")
 
 
-BLOCK_RULES = {"width": model_width, "rate": fraction, "temp": positive_number}
+BLOCK_RULES = {"width": model_width, "rate": fraction, "temp": positive_number, "act": one_of("relu", "relu6")}
 
 
 def _check_keys(cfg, schema, path, problems):

@@ -12,7 +12,8 @@ A set config is a run config (ops.train.configs) with one more section, `set`:
             "export": "resources/models_checkpoints"}
 
 A network entry may say `"export_dtype": "float16"`: its export stores the weights in half precision (they load
-as float32), for heads too large to ship otherwise (the MLP head's 42.5M weights: 173 MB in float32).
+as float32), for heads too large to ship otherwise (the MLP head's 42.5M weights: 173 MB in float32); and
+`"seeds": [0, 1, 2]`, a subset of set.seeds, to train that variant for fewer seeds than the others.
 
 Network (variant, seed) is the run with uid `{name}-{variant}-s{seed}` of the config's recipe, with
 `model.name` and `model.block` from its entry and `env.seed` = seed: a fixed uid, so that an interrupted
@@ -82,13 +83,21 @@ def _check_set_section(spec, path) -> list:
         if configs.uid(variant) or "-" in variant or "." in variant:
             problems.append(f"{path}: set.networks: variant {variant!r} must be letters, digits or '_'")
         if not isinstance(entry, dict) or not isinstance(entry.get("model"), str) \
-                or set(entry) - {"model", "block", "export_dtype"} or not isinstance(entry.get("block", {}), dict):
+                or set(entry) - {"model", "block", "export_dtype", "seeds"} \
+                or not isinstance(entry.get("block", {}), dict):
             problems.append(f"{path}: set.networks.{variant} must be {{'model': NAME}} with an optional "
-                            f"'block': {{...}} of model keyword arguments and an optional 'export_dtype', got "
-                            f"{entry!r}")
-        elif entry.get("export_dtype", "float32") not in EXPORT_DTYPES:
+                            f"'block': {{...}} of model keyword arguments, an optional 'export_dtype' and an "
+                            f"optional 'seeds' (a subset of set.seeds), got {entry!r}")
+            continue
+        if entry.get("export_dtype", "float32") not in EXPORT_DTYPES:
             problems.append(f"{path}: set.networks.{variant}.export_dtype must be one of {EXPORT_DTYPES}, got "
                             f"{entry['export_dtype']!r}")
+        own = entry.get("seeds", seeds)
+        if "seeds" in entry and not (isinstance(own, list) and own and isinstance(seeds, list)
+                                     and all(type(s) is int and s in seeds for s in own)
+                                     and len(set(own)) == len(own)):
+            problems.append(f"{path}: set.networks.{variant}.seeds must be a non-empty list of distinct seeds "
+                            f"of set.seeds ({seeds!r}), got {own!r}")
     if "export" in spec and not isinstance(spec["export"], str):
         problems.append(f"{path}: set.export must be a folder path, got {spec['export']!r}")
     return problems
@@ -118,8 +127,9 @@ def load_set(path, overrides=()) -> tuple:
         raise configs.ConfigError(problems)
     spec.setdefault("export", str(pretrained.RESOURCES))
     networks = [Network(variant, seed, _network_config(raw, spec, variant, seed, recipe_overrides),
-                        spec["networks"][variant].get("export_dtype", "float32"))
-                for seed in spec["seeds"] for variant in spec["networks"]]
+                        entry.get("export_dtype", "float32"))
+                for seed in spec["seeds"] for variant, entry in spec["networks"].items()
+                if seed in entry.get("seeds", spec["seeds"])]
     return spec, networks
 
 
