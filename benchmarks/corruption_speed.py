@@ -1,4 +1,4 @@
-"""Speed of -C generation (ops.corruptions), printed as JSON lines (the last one holds everything).
+"""Speed of -C generation (ops.data.corrupted_sets), printed as JSON lines (the last one holds everything).
 
 (a) generation: generate_corrupted on Fashion-MNIST's 10,000 test images (synthetic images if it is missing),
     every corruption at 5 severities, for each profile, with one worker process per core; wall time and the

@@ -1,6 +1,6 @@
 """Evaluation speed and precision, printed as JSON lines (the last one holds everything).
 
-(a) metrics: ops.metrics.Metrics on 1000-class predictions against a plain numpy path in the original's style
+(a) metrics: ops.evaluate.metrics.Metrics on 1000-class predictions against a plain numpy path in the original's style
     (per batch on the host: confusion matrices for every cutoff and every calibration bin, argsort top-5,
     one-hot Brier).
 (b) sweep: ops.evaluate.sweep of resnet_mcdo_smoothing_18 at CIFAR size, ensemble sizes 1..50, against the

@@ -1,9 +1,9 @@
-"""Loss-landscape speed: ops.landscapes.landscape against the naive loop, same grid, subset and MC masks.
+"""Loss-landscape speed: ops.analysis.landscapes.landscape against the naive loop, same grid, subset and MC masks.
 
 naive: per grid point and MC mask, copy.deepcopy(model) + load_state_dict(w0 + x d1 + y d2), then a full
        evaluation of the subset, the dropout masks fixed by reseeding torch's generator before every batch
-       (stock F.dropout, as the original's, draws them again at every point), metrics with ops.metrics.
-ours:  ops.landscapes.landscape: weights set in place, masks drawn once and replayed, and the variants below
+       (stock F.dropout, as the original's, draws them again at every point), metrics with ops.evaluate.metrics.
+ours:  ops.analysis.landscapes.landscape: weights set in place, masks drawn once and replayed, and the variants below
        (each a separate row): eager, stacked (all masks in one pass), vmap over `--points-per-pass` points with
        the masks stacked, torch.compile with one mask or all masks per pass (compiled with an empty on-disk
        cache unless --warm-cache), torch.compile + bf16 autocast (opt-in: it moves the numbers, see

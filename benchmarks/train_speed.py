@@ -6,7 +6,7 @@ with PIL transforms, on CIFAR-sized synthetic images; each speed switch measured
     python benchmarks/train_speed.py --device cuda --width 64 --batch-size 128 --num-classes 100 --steps 50
 
 Runs (--runs, comma-separated): `plain` (fp32, DataLoader + PIL, 2 workers), and ours as `<precision>[+cl]
-[+compile]` with precision fp32 | bf16 | auto: `ops.trains.train` itself, 2 epochs of --steps steps, the second
+[+compile]` with precision fp32 | bf16 | auto: `ops.train.trainer.train` itself, 2 epochs of --steps steps, the second
 timed (so set-up and compilation are excluded). Prints the CPU kind (with the imitation variables, if set), one
 JSON line per run, and a summary line with every ratio to the plain loop.
 """

@@ -132,7 +132,7 @@ def check_identity(model, state, source="checkpoint"):
 
 def _identity_message(model, lines, source):
     return (f"{source} does not fit model {getattr(unwrap(model), 'name', None)!r}: " + "; ".join(lines)
-            + ". Build the model the checkpoint was trained as (ops.pretrained.load_checkpoint rebuilds it from "
+            + ". Build the model the checkpoint was trained as (ops.train.pretrained.load_trained rebuilds it from "
               "the card beside it).")
 
 

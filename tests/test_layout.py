@@ -1,7 +1,7 @@
-"""The package layout: rooms by concept, lower rooms never import higher ones, short functions, old names work."""
+"""The package layout: rooms by concept, lower rooms never import higher ones, short functions, a map in the README."""
 import ast
 import importlib
-import warnings
+import re
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROOMS = ["models", "ops.common", "ops.data", "ops.evaluate", "ops.train", "ops.analysis", "ops.plots", "ops.paper",
          "ops.cli"]
 CLI = {"ops/run.py", "ops/demo.py", "ops/__init__.py"}
-SHIMS = {"runtime", "datasets", "loaders", "corruptions", "tests", "predict", "metrics", "stats", "reports",
-         "configs", "runs", "trains", "syncbn", "pretrained", "landscapes", "hessians", "featuremaps", "robustness",
-         "landscape_plots"}
+SUBPACKAGES = {"common", "data", "evaluate", "train", "analysis", "plots", "paper"}
 
 
 def _modules():
@@ -51,19 +49,19 @@ def _imports(path):
             yield from (f"{base}.{a.name}" for a in node.names)
 
 
-def test_ops_top_level_holds_only_the_command_line_and_shims():
-    top = {p.name for p in (ROOT / "ops").glob("*.py")}
-    assert top - {p.split("/")[-1] for p in CLI} == {f"{s}.py" for s in SHIMS}
-    for name in SHIMS:  # each shim is a thin forward that says where the code went
-        text = (ROOT / "ops" / f"{name}.py").read_text()
-        assert text.startswith('"""Moved to ops.') and "forward(" in text and len(text.splitlines()) <= 8
+def test_ops_top_level_holds_only_the_command_line_and_the_subpackages():
+    # The flat module names of earlier versions (ops.tests, ops.metrics, ...) are gone: no shims, no forwards.
+    top = {p.name for p in (ROOT / "ops").iterdir() if p.name != "__pycache__"}
+    assert top == {p.split("/")[-1] for p in CLI} | SUBPACKAGES
+    for name in SUBPACKAGES:
+        assert (ROOT / "ops" / name / "__init__.py").is_file(), name
 
 
 def test_lower_rooms_never_import_higher_ones():
     problems = []
     for path in _modules():
         name = _name(path)
-        if path.relative_to(ROOT).as_posix() in CLI or name.split(".")[-1] in SHIMS and name.count(".") == 1:
+        if path.relative_to(ROOT).as_posix() in CLI:
             continue
         mine = ROOMS.index(_room(name))
         for target in _imports(path):
@@ -93,52 +91,27 @@ def test_every_module_says_what_it_is():
     assert missing == []
 
 
-# Names a user may have imported from the old flat modules, with the object they must still give.
-OLD_NAMES = {
-    "ops.tests": {"sweep": "ops.evaluate.engine.sweep", "test": "ops.evaluate.engine.test",
-                  "PAPER_SIZES": "ops.evaluate.engine.PAPER_SIZES"},
-    "ops.predict": {"predict_log_probs": "ops.evaluate.engine.predict_log_probs",
-                    "is_stochastic": "ops.evaluate.engine.behaves_stochastically"},
-    "ops.trains": {"train": "ops.train.trainer.train", "init_distributed": "ops.train.distributed.init_distributed",
-                   "save_checkpoint": "ops.train.trainer.save_epoch", "load_data": "ops.train.trainer.load_data"},
-    "ops.pretrained": {"load_checkpoint": "ops.train.pretrained.load_trained",
-                       "find_checkpoint": "ops.train.pretrained.find_trained",
-                       "load_models": "ops.train.pretrained.load_models"},
-    "ops.corruptions": {"corrupt": "ops.data.corruptions.corrupt",
-                        "generate_corrupted": "ops.data.corrupted_sets.generate_corrupted"},
-    "ops.landscapes": {"landscape": "ops.analysis.landscapes.landscape", "FixedMasks": "ops.analysis.fixed.FixedMasks",
-                       "read_csv": "ops.analysis.landscape_files.read_csv"},
-    "ops.featuremaps": {"mc_variance": "ops.analysis.featuremaps.mc_variance",
-                        "fourier_figure": "ops.plots.featuremaps.fourier_figure"},
-    "ops.robustness": {"summary": "ops.analysis.robustness.corruption_summary"},
-    "ops.syncbn": {"convert": "ops.train.distributed.convert_sync_batchnorm"},
-    "ops.landscape_plots": {"landscape_figure": "ops.plots.landscapes.landscape_figure"},
-    "ops.plots": {"reliability_diagram": "ops.plots.classification.reliability_diagram"},
-    "ops.runs": {"write_json": "models.atomic.write_json", "RunFolder": "ops.train.runs.RunFolder"},
-    "ops.stats": {"bootstrap": "ops.evaluate.intervals.bootstrap"},
-    "ops.configs": {"load_config": "ops.train.configs.load_config"},
-}
+# The modules of the old flat layout, which no longer exist: importing one fails instead of forwarding.
+OLD_MODULES = ["ops.configs", "ops.corruptions", "ops.datasets", "ops.featuremaps", "ops.hessians",
+               "ops.landscape_plots", "ops.landscapes", "ops.loaders", "ops.metrics", "ops.predict", "ops.pretrained",
+               "ops.reports", "ops.robustness", "ops.runs", "ops.runtime", "ops.stats", "ops.syncbn", "ops.tests",
+               "ops.trains", "ops.common.shims"]
 
 
-@pytest.mark.parametrize("old", sorted(OLD_NAMES))
-def test_old_imports_keep_working(old):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        module = importlib.import_module(old)
-    for name, new in OLD_NAMES[old].items():
-        new_module, attr = new.rsplit(".", 1)
-        assert getattr(module, name) is getattr(importlib.import_module(new_module), attr), f"{old}.{name}"
-    if old != "ops.plots":  # a package now, not a shim
-        with pytest.raises(AttributeError, match="moved to"):
-            module.no_such_name
+@pytest.mark.parametrize("old", OLD_MODULES)
+def test_old_flat_modules_are_gone(old):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
-def test_every_shim_forwards_to_modules_that_exist():
-    for name in SHIMS:
-        source = (ROOT / "ops" / f"{name}.py").read_text()
-        targets = ast.literal_eval(source[source.index("["):source.index("]") + 1])
-        for target in targets:
-            importlib.import_module(target)
+def test_nothing_imports_an_old_flat_module():
+    old = "|".join(re.escape(m) for m in OLD_MODULES)
+    flat = "|".join(m.split(".")[-1] for m in OLD_MODULES if m.count(".") == 1)
+    pattern = re.compile(rf"\b(?:import|from)\s+({old})\b|\bfrom\s+ops\s+import\s+\(?\s*({flat})\b")
+    files = [*ROOT.glob("*.ipynb"), ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    files += [p for folder in ("models", "ops", "tests", "benchmarks") for p in (ROOT / folder).rglob("*.py")]
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files for m in pattern.finditer(p.read_text())]
+    assert found == []
 
 
 def test_the_readme_map_names_every_module():

@@ -2,7 +2,7 @@
 
 Each block runs in its own process, in an empty folder with the repository's configs/ and resources/ beside it.
 Where a block needs a dataset this machine may not have (Fashion-MNIST is not installed on every CI machine),
-the only change is small data: `ops.datasets.get_dataset` then returns the synthetic set of the same shape.
+the only change is small data: `ops.data.datasets.get_dataset` then returns the synthetic set of the same shape.
 """
 import os
 import re

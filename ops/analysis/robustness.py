@@ -450,7 +450,8 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
     s = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
     def batch(start):  # (B, T, H, W, C) uint8 -> (B T, C, H, W) normalised floats
-        video = torch.as_tensor(np.array(frames[start:min(N, start + batch_size)]))
+        chunk = frames[start:min(N, start + batch_size)]  # a tensor, or a numpy array or memmap read into memory
+        video = chunk if torch.is_tensor(chunk) else torch.as_tensor(np.array(chunk))
         return (video.to(device).permute(0, 1, 4, 2, 3).flatten(0, 1).float() - m) / s, video.shape[:2]
 
     if stochastic is None:

@@ -1,2 +1,1 @@
-"""The lowest room of ops/: execution switches (device, precision, progress bars), shared value checks and the
-old-name shims."""
+"""The lowest room of ops/: execution switches (device, precision, progress bars) and shared value checks."""

@@ -28,8 +28,8 @@ def feature_map_figure(maps, shown=3, title=None):
             m = samples[label]
             for r in range(shown + 1):
                 ax = axes[i * (shown + 1) + r][j]
-                art = ax.imshow(m[r], cmap="viridis", vmin=lo, vmax=hi) if r < shown else \
-                    ax.imshow(m.std(dim=0), cmap="magma", vmin=0, vmax=std_hi)
+                art = ax.imshow(m[r].numpy(), cmap="viridis", vmin=lo, vmax=hi) if r < shown else \
+                    ax.imshow(m.std(dim=0).numpy(), cmap="magma", vmin=0, vmax=std_hi)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0 and r == 0:

@@ -1,5 +1,5 @@
-"""ops.featuremaps: the Fourier profile against a direct numpy computation, the MC variance against torch.var over
-explicitly drawn samples, streaming over batches, hooks and errors."""
+"""ops.analysis.featuremaps: the Fourier profile against a direct numpy computation, the MC variance against
+torch.var over explicitly drawn samples, streaming over batches, hooks and errors."""
 import math
 
 import matplotlib

@@ -1,4 +1,4 @@
-"""Corrupted / perturbed data (ops.corruptions) and robustness metrics (ops.robustness), on tiny images."""
+"""Corrupted / perturbed data (ops.data) and robustness metrics (ops.analysis.robustness), on tiny images."""
 import csv
 import io
 import json

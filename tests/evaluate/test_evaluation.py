@@ -298,7 +298,7 @@ def test_bootstrap_intervals_and_paired_differences(loader):
     res_b = sweep(tiny("resnet_dnn_smoothing_18"), loader, sizes=(1,), keep_predictions=preds_b)
     assert torch.equal(preds_a["targets"], preds_b["targets"]) and preds_a[1].shape == (24, 10)
     ci = stats.bootstrap({"a": preds_a[1], "b": preds_b[1]}, preds_a["targets"], n_boot=300)
-    for label, res in (("a", res_a), ("b", res_b)):  # the estimate is the metric on all images, as ops.metrics
+    for label, res in (("a", res_a), ("b", res_b)):  # the estimate is the metric on all images, as ops.evaluate.metrics
         for key in ("nll", "acc", "ece"):
             est, lo, hi = ci[label][key]
             assert est == pytest.approx(res[1][key], abs=1e-9) and lo <= est <= hi, (label, key)

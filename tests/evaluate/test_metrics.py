@@ -1,4 +1,4 @@
-"""ops.metrics against deliberately simple references written here (numpy, Python loops)."""
+"""ops.evaluate.metrics against deliberately simple references written here (numpy, Python loops)."""
 import itertools
 import math
 

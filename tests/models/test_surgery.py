@@ -118,7 +118,7 @@ def test_zoo_options_change_the_placement():
     assert names(models.get_model("preresnet_dnn_18", width=8)) == ["smooth1", "smooth2", "smooth3", "smooth4"]
     assert names(models.get_model("alexnet_dnn")) == ["smooth1", "smooth2"]     # stem=False: not before layer1
     assert names(models.get_model("resnet_dnn_18", width=8), head=False) == ["smooth1", "smooth2", "smooth3"]
-    # A model that already smooths: the points are its smoothing blocks (what ops.featuremaps captures).
+    # A model that already smooths: the points are its smoothing blocks (what ops.analysis.featuremaps captures).
     assert names(models.get_model("resnet_dnn_smoothing_18", width=8)) == ["smooth1", "smooth2", "smooth3", "smooth4"]
 
 

@@ -1,4 +1,4 @@
-"""ops.pretrained: the demo checkpoints shipped in resources/, cards, export, and which checkpoint is found."""
+"""ops.train.pretrained: the demo checkpoints shipped in resources/, cards, export, and which checkpoint is found."""
 import json
 import os
 
