@@ -14,6 +14,14 @@ conf = max_c probs, pred = argmax_c probs, correct = (pred == target).
     ece          sum_b (n_b / N) |acc_b - conf_b|   over `bins` equal-width bins; bin b holds conf in
                  (b/B, (b+1)/B] and bin 0 also holds 0 (the same edges for counts, accuracies and confidences)
     ece_signed   sum_b (n_b / N) (conf_b - acc_b)   (positive = over-confident)
+    ece_adaptive the same sum over `adaptive_bins` (15) equal-mass bins: predictions sorted by confidence, cut
+                 into consecutive bins as numpy.array_split cuts N items (the first N mod B bins hold one more);
+                 within a group of equal confidences the correctness is averaged first, so that the value does
+                 not depend on the order of the inputs (`adaptive_ece`)
+    ece_classwise (1/C) sum_c sum_b (n_cb / N) |freq_cb - conf_cb|: for each class c, its probability p_c of
+                 every sample binned into `classwise_bins` (15) equal-width bins (the edges of `ece`), freq_cb the
+                 share of samples of bin (c, b) labelled c and conf_cb their mean p_c; every class counts, also
+                 one never predicted nor seen (Kull et al. 2019; `classwise_ece`)
     For each cutoff c (keys carry it in percent, 0.9 -> `_90`), with certain = conf > c:
     acc_90       accuracy among certain predictions (0 if none is certain)
     freq_90      share of certain predictions
@@ -32,12 +40,12 @@ conf = max_c probs, pred = argmax_c probs, correct = (pred == target).
     expected_entropy   mean over samples of mean_s H[p_s] (aleatoric part)
     mutual_info        entropy - expected_entropy (epistemic part, the BALD score), per sample at least 0
 
-State: sums, per-bin totals and the per-class marginals of the confusion matrix of certain predictions
-(diagonal, row and column sums: all IoU needs, C numbers instead of C^2), all on the input's device. Under DDP
-`sync()` combines processes with four all-reduces (sums, bins, cutoffs, classes) and two all-gathers (the
-(conf, correct) pairs that auroc / aurc need, and their counts); it keeps the local state aside, so calling it
-twice, or updating after it, never counts a prediction twice. `summarize(...)` is
-`Metrics(...).update(...).compute()`.
+State: sums, per-bin totals, per-class per-bin sums of (onehot_c - p_c) (ece_classwise), and the per-class
+marginals of the confusion matrix of certain predictions (diagonal, row and column sums: all IoU needs, C numbers
+instead of C^2), all on the input's device. Under DDP `sync()` combines processes with five all-reduces (sums,
+bins, class bins, cutoffs, classes) and two all-gathers (the (conf, correct) pairs that auroc / aurc /
+ece_adaptive need, and their counts); it keeps the local state aside, so calling it twice, or updating after it,
+never counts a prediction twice. `summarize(...)` is `Metrics(...).update(...).compute()`.
 """
 import math
 
@@ -130,9 +138,12 @@ def _entropy(p):  # (..., C) -> (...), 0 log 0 = 0
 class Metrics:
     """Streaming accumulator: `update(probs, targets[, samples])` any number of times, then `compute()`."""
 
-    def __init__(self, num_classes: int, bins: int = 10, cutoffs=(0.0, 0.9), device=None):
-        if bins < 1:
-            raise ValueError(f"bins must be >= 1, got {bins}")
+    def __init__(self, num_classes: int, bins: int = 10, cutoffs=(0.0, 0.9), device=None,
+                 adaptive_bins: int = 15, classwise_bins: int = 15):
+        for name, value in (("bins", bins), ("adaptive_bins", adaptive_bins), ("classwise_bins", classwise_bins)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value}")
+        self.adaptive_bins, self.classwise_bins = int(adaptive_bins), int(classwise_bins)
         if any(not 0.0 <= c < 1.0 for c in cutoffs):
             raise ValueError(f"cutoffs must be in [0, 1), got {cutoffs}")
         self.num_classes, self.bins, self.cutoffs = num_classes, bins, tuple(float(c) for c in cutoffs)
@@ -148,8 +159,11 @@ class Metrics:
         self.bin_stats = z(3, B)  # count, correct, sum of conf
         self.cut_stats = z(3, K)  # certain, certain & correct, uncertain & wrong
         self.class_stats = z(K, 3, C)  # per class among certain: TP, label count (row), prediction count (col)
+        self.class_bins = z(C, self.classwise_bins)  # per class c and bin of p_c: sum of (onehot_c - p_c)
         self.confs, self.corrects = [], []  # concatenated (auroc, aurc)
         self.edges = (torch.arange(1, B, dtype=torch.float64, device=self.device) / B)
+        Bc = self.classwise_bins
+        self.class_edges = torch.arange(1, Bc, dtype=torch.float64, device=self.device) / Bc
         self.cut_values = torch.tensor(self._cuts, dtype=torch.float32, device=self.device)
         self._local = None  # the local state while a synced one is in place (see sync)
         return self
@@ -157,7 +171,8 @@ class Metrics:
     def _to(self, device):
         if self.sums.device != device:
             self.device = device
-            for name in ("sums", "bin_stats", "cut_stats", "class_stats", "edges", "cut_values"):
+            for name in ("sums", "bin_stats", "cut_stats", "class_stats", "class_bins", "edges", "class_edges",
+                         "cut_values"):
                 setattr(self, name, getattr(self, name).to(device))
 
     @torch.no_grad()
@@ -196,6 +211,7 @@ class Metrics:
         self.bin_stats[0] += torch.bincount(idx, minlength=self.bins)
         self.bin_stats[1] += torch.bincount(idx, weights=correct.double(), minlength=self.bins)
         self.bin_stats[2] += torch.bincount(idx, weights=conf.double(), minlength=self.bins)
+        self.class_bins += _classwise_bin_sums(p, t, self.class_edges)
 
         certain = conf[None, :] > self.cut_values[:, None]  # (K, N)
         self.cut_stats[0] += certain.sum(1)
@@ -211,7 +227,7 @@ class Metrics:
         self.corrects.append(correct)
         return self
 
-    _STATE = ("sums", "bin_stats", "cut_stats", "class_stats", "confs", "corrects")
+    _STATE = ("sums", "bin_stats", "cut_stats", "class_stats", "class_bins", "confs", "corrects")
 
     def sync(self) -> "Metrics":
         """Combine the states of all processes (call on every rank before compute() under DDP).
@@ -222,7 +238,7 @@ class Metrics:
             return self
         self._unsync()
         self._local = {name: getattr(self, name) for name in self._STATE}
-        for name in ("sums", "bin_stats", "cut_stats", "class_stats"):
+        for name in ("sums", "bin_stats", "cut_stats", "class_stats", "class_bins"):
             tensor = getattr(self, name).clone()
             dist.all_reduce(tensor)
             setattr(self, name, tensor)
@@ -264,6 +280,9 @@ class Metrics:
         gap = torch.where(nonempty, bin_mean_conf - bin_acc, 0.0) * count / n
         out = {"n": int(n), "nll": nll / n, "acc": correct / n, "top5": top5 / n, "brier": brier / n,
                "ece": gap.abs().sum().item(), "ece_signed": gap.sum().item()}
+        conf, corr = self._cat()
+        out["ece_adaptive"] = adaptive_ece(conf, corr, self.adaptive_bins)
+        out["ece_classwise"] = (self.class_bins.abs().sum() / (n * self.num_classes)).item()
 
         certain, certain_correct, uncertain_wrong = self.cut_stats.tolist()
         tp, rows, cols = self.class_stats.unbind(1)  # (K, C) each
@@ -281,7 +300,6 @@ class Metrics:
             out[f"freq_{key}"] = certain[k] / n
         out["iou"] = ious[self._cuts.index(0.0)].item()
 
-        conf, corr = self._cat()
         out["auroc"] = auroc(conf, corr)
         out["aurc"] = aurc(conf, corr)
         if n_stoch:  # exp_ent holds sum(entropy - clamp(mutual_info, 0)): see update()
@@ -305,6 +323,54 @@ def auroc(scores, positive):
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def _classwise_bin_sums(p, t, edges):
+    """(C, B) sums of (onehot_c - p_c) over the samples whose p_c falls in each bin (edges as `ece`'s)."""
+    N, C = p.shape
+    B = edges.numel() + 1
+    p = p.double()
+    idx = torch.bucketize(p, edges)  # (N, C): bin of each class probability
+    diff = torch.nn.functional.one_hot(t, C).double() - p  # (N, C)
+    flat = (torch.arange(C, device=p.device) * B + idx).flatten()
+    return torch.bincount(flat, weights=diff.flatten(), minlength=C * B).view(C, B)
+
+
+def classwise_ece(probs: torch.Tensor, targets: torch.Tensor, bins: int = 15) -> float:
+    """Classwise ECE of `probs` (N, C) against `targets` (N,): (1/C) sum_c sum_b (n_cb / N) |freq_cb - conf_cb|
+    over `bins` equal-width bins of each class's probability p_c (see the module docstring)."""
+    p = _check(probs, targets)
+    if p is None:
+        raise ValueError("probs is empty (0 predictions): nothing to score")
+    if int(bins) != bins or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins}")
+    edges = torch.arange(1, bins, dtype=torch.float64, device=p.device) / bins
+    sums = _classwise_bin_sums(p, targets.to(p.device).long(), edges)
+    return (sums.abs().sum() / p.numel()).item()
+
+
+def adaptive_ece(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """Adaptive (equal-mass) ECE of confidences `conf` (N,) and booleans `correct` (N,): sum_b (n_b / N)
+    |acc_b - conf_b| over `bins` consecutive bins of the confidence-sorted predictions, sized as numpy.array_split
+    sizes them; correctness is averaged within groups of equal confidence (order-free). NaN if N = 0."""
+    if int(bins) != bins or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins}")
+    if conf.shape != correct.shape or conf.ndim != 1:
+        raise ValueError(f"conf and correct must both have shape (N,), got {tuple(conf.shape)} and "
+                         f"{tuple(correct.shape)}")
+    n = conf.numel()
+    if n == 0:
+        return math.nan
+    c, order = torch.sort(conf.double(), stable=True)
+    _, group, counts = torch.unique_consecutive(c, return_inverse=True, return_counts=True)
+    hits = torch.zeros(len(counts), dtype=torch.float64, device=c.device).index_add_(0, group,
+                                                                                   correct[order].double())
+    acc = (hits / counts)[group]  # (N,) the mean correctness of each sample's tie group
+    sizes = torch.full((bins,), n // bins, device=c.device)
+    sizes[: n % bins] += 1
+    which = torch.repeat_interleave(torch.arange(bins, device=c.device), sizes)  # (N,) bin of each sorted sample
+    gaps = torch.zeros(bins, dtype=torch.float64, device=c.device).index_add_(0, which, acc - c)
+    return (gaps.abs().sum() / n).item()
+
+
 def aurc(conf, correct):
     """Area under the risk-coverage curve (lower is better); ties spread their errors evenly (order-free)."""
     if conf.numel() == 0:
@@ -323,11 +389,13 @@ def aurc(conf, correct):
     return (errors / k).mean().item()
 
 
-def summarize(probs, targets, *, bins=10, cutoffs=(0.0, 0.9), samples=None, log_probs=None):
+def summarize(probs, targets, *, bins=10, cutoffs=(0.0, 0.9), samples=None, log_probs=None, adaptive_bins=15,
+              classwise_bins=15):
     """All metrics of `probs` (N, C) against `targets` (N,) in one call; see the module docstring."""
     if _check(probs, targets) is None:
         raise ValueError("probs is empty (0 predictions): nothing to score")
-    return Metrics(probs.shape[1], bins=bins, cutoffs=cutoffs, device=probs.device).update(
+    return Metrics(probs.shape[1], bins=bins, cutoffs=cutoffs, device=probs.device, adaptive_bins=adaptive_bins,
+                   classwise_bins=classwise_bins).update(
         probs, targets, samples, log_probs).compute()
 
 
