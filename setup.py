@@ -25,6 +25,7 @@ setup(
         "plots": ["seaborn>=0.12", "pandas>=1.5"],
         "notebooks": ["ipykernel>=6", "ipywidgets>=8", "nbformat>=5", "nbclient>=0.7", "papermill>=2.4"],
         "robustness": ["imagecorruptions-imaug>=1.1", "scikit-image>=0.22", "scipy>=1.10", "opencv-python>=4.8"],
-        "test": ["pytest>=7", "torchmetrics>=1.0"],
+        "ood": ["scikit-learn>=1.3"],  # the digits OOD set of Fashion-MNIST (ops.data.datasets.get_ood_dataset)
+        "test": ["pytest>=7", "torchmetrics>=1.0", "scikit-learn>=1.3"],
     },
 )

@@ -1,6 +1,10 @@
-"""Datasets: CIFAR-10/100, ImageNet, Fashion-MNIST (the embedded default) and a synthetic set for tests.
+"""Datasets: CIFAR-10/100, ImageNet, Fashion-MNIST (the embedded default), a synthetic set for tests, any folder
+of class folders, torchvision's classification sets by class name, and OOD sets for Fashion-MNIST.
 
     train, test = ops.data.datasets.get_dataset("fashion_mnist", root="./data")      # each has .classes
+    train, test = get_dataset("imagefolder", root="path/to/set")     # path/to/set/{train,val or test}/<class>/*.png
+    train, test = get_dataset("SVHN", root="./data", download=True)  # any of TORCHVISION, by its class name
+    digits = get_ood_dataset("digits")                               # OOD for Fashion-MNIST (also "noise")
 
 Small datasets (CIFAR, Fashion-MNIST, synthetic) are `ImageTensorDataset`s: every image in one uint8 tensor
 (N, 3, H, W) that `ops.data.loaders.DeviceLoader` moves to the training device once and augments there in batches.
@@ -15,6 +19,18 @@ CIFAR files are read from torchvision's on-disk format (`{root}/cifar-10-batches
 torchvision only downloads (and md5-checks) them. They are Python pickles, and a pickle can run code, so they are
 read with a restricted unpickler that admits only what those files contain (dicts, lists, bytes, numbers and
 numpy arrays); torchvision's own reader uses plain pickle.load, so it is not used for reading.
+
+Folder and torchvision sets are read once into an `ImageTensorDataset`: each image is converted to RGB (grey
+repeated over 3 channels), its shorter side resized to `image_size` (default 32, as the CIFAR models expect;
+bilinear, antialiased) and centre-cropped to a square; `image_size=None` keeps the native size, which must then be
+the same for all images. Their normalisation constants, unless `mean`/`std` are given, are the per-channel mean and
+standard deviation of the training images as loaded (so they depend on `image_size`). Training a folder set loads
+it whole into memory: for ImageNet-sized folders use "imagenet" (a DataLoader path).
+
+OOD sets for Fashion-MNIST (`get_ood_dataset`) go through Fashion-MNIST's pipeline (28x28 grey, zero-padded to
+32x32, 3 channels, Fashion-MNIST's constants): "digits" are scikit-learn's `load_digits` (1,797 real handwritten
+digits, 8x8 with 17 grey levels, white on black like Fashion-MNIST) upscaled bilinearly to 28x28; "noise" is
+synthetic uniform pixel noise (named "synthetic_noise", one class "synthetic noise"), not real data.
 """
 import gzip
 import pickle
@@ -37,6 +53,19 @@ STATS = {
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# torchvision's classification sets by class name: "train" means a train=True/False flag, a pair the values of
+# `split` for (train, test). cifar10, cifar100 and FashionMNIST use our own readers above.
+TORCHVISION = {
+    "MNIST": "train", "KMNIST": "train", "QMNIST": "train", "EMNIST": "train", "USPS": "train",
+    "SVHN": ("train", "test"), "STL10": ("train", "test"), "Flowers102": ("train", "test"),
+    "Food101": ("train", "test"), "DTD": ("train", "test"), "GTSRB": ("train", "test"),
+    "OxfordIIITPet": ("trainval", "test"), "FGVCAircraft": ("trainval", "test"), "StanfordCars": ("train", "test"),
+    "Country211": ("train", "test"), "PCAM": ("train", "test"), "FER2013": ("train", "test"),
+    "RenderedSST2": ("train", "test"), "Imagenette": ("train", "val"), "CLEVRClassification": ("train", "val"),
+    "Places365": ("train-standard", "val"),
+}
+OOD_SETS = {"fashion_mnist": ("digits", "noise")}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -76,19 +105,35 @@ class ImageTensorDataset(torch.utils.data.Dataset):
                 f"classes={len(self.classes)})")
 
 
+def _torchvision_name(key):
+    """The TORCHVISION class name of a canonical key ('svhn', 'stl_10' -> 'SVHN', 'STL10'), or None."""
+    return next((n for n in TORCHVISION if n.lower() == key.replace("_", "")), None)
+
+
 def canonical_name(name):
-    """'CIFAR-100', 'cifar_100', 'cifar100' -> 'cifar100' (the names of models.checkpoints' dataset folders)."""
+    """'CIFAR-100', 'cifar_100', 'cifar100' -> 'cifar100' (the names of models.checkpoints' dataset folders);
+    'imagefolder'; a torchvision set's class name lower-cased ('SVHN' -> 'svhn')."""
     key = canonical_dataset(name)
-    if key not in STATS:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(STATS)}")
-    return key
+    if key in STATS or key == "imagefolder":
+        return key
+    tv = _torchvision_name(key)
+    if tv is None:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(STATS)}, 'imagefolder' (root=PATH holding "
+                         f"PATH/train/<class>/* and PATH/val/<class>/* or PATH/test/<class>/*), or a torchvision "
+                         f"classification set by its class name: {sorted(TORCHVISION)}")
+    return tv.lower()
 
 
 def get_dataset(name, root="./data", download=False, mean=None, std=None, **kwargs):
     """(train, test) datasets, each with `.classes`. `mean`/`std` override the normalisation constants;
     other keyword arguments go to the dataset (synthetic: num_classes, n_train, n_test, size, seed;
-    imagenet: image_size)."""
+    imagenet, imagefolder and torchvision sets: image_size; torchvision sets: their own arguments, e.g. EMNIST's
+    split). For "imagefolder", `root` is the folder that holds train/ and val/ (or test/)."""
     key = canonical_name(name)
+    if key == "imagefolder":
+        return image_folder(root, mean=mean, std=std, **kwargs)
+    if key not in STATS:
+        return _torchvision(_torchvision_name(key), Path(root), download, mean, std, **kwargs)
     default_mean, default_std = STATS[key]
     mean, std = tuple(mean or default_mean), tuple(std or default_std)
     if key in ("cifar10", "cifar100"):
@@ -277,3 +322,171 @@ def synthetic(num_classes=10, n_train=2000, n_test=500, size=32, seed=0, noise=0
     m, s = STATS["synthetic"]
     classes = [f"class_{k}" for k in range(num_classes)]
     return tuple(ImageTensorDataset(*make(n), classes, mean or m, std or s, "synthetic") for n in (n_train, n_test))
+
+
+# --- Any folder of class folders, torchvision's classification sets ---------------------------------------------
+
+def _to_uint8(img, image_size):
+    """A PIL image -> (3, S, S) uint8: RGB, shorter side resized to S = image_size, centre-cropped (None: as is)."""
+    from PIL import Image
+
+    img = img.convert("RGB")
+    if image_size is not None:
+        w, h = img.size
+        scale = image_size / min(w, h)
+        nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - image_size) // 2, (nh - image_size) // 2
+        img = img.crop((left, top, left + image_size, top + image_size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _stack(images, what):
+    sizes = sorted({tuple(x.shape) for x in images})
+    if len(sizes) > 1:
+        raise ValueError(f"{what} has images of several sizes {sizes[:3]}...; pass image_size=S to resize them all "
+                         f"to S x S")
+    return torch.stack(images)
+
+
+def channel_stats(images: torch.Tensor) -> tuple:
+    """(mean, std) per channel, in [0, 1] units, of uint8 images (N, C, H, W); float64, in chunks of images."""
+    n, c = images.shape[:2]
+    total, square = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.double().div_(255).transpose(0, 1).reshape(c, -1)
+        total += x.sum(1)
+        square += (x * x).sum(1)
+    count = images.numel() / c
+    mean = total / count
+    std = (square / count - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-3)  # a constant set would divide by 0
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _pair(train, test, classes, mean, std, name):
+    """(train, test) ImageTensorDatasets; missing constants come from the training images."""
+    if mean is None or std is None:
+        m, s = channel_stats(train[0])
+        mean, std = mean or m, std or s
+    return tuple(ImageTensorDataset(x, y, classes, mean, std, name) for x, y in (train, test))
+
+
+def _scan(folder):
+    """{class name: [image paths]} of folder/<class>/* (sorted), image files only."""
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    return {c: sorted(p for p in (folder / c).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            for c in classes}
+
+
+def image_folder(root, mean=None, std=None, image_size: int = 32) -> tuple:
+    """(train, test) of root/train/<class>/* and root/val/<class>/* (or root/test/): classes are the sorted
+    folder names of train/; a test class must also be a training class. See the module docstring for sizes."""
+    from PIL import Image
+
+    root = Path(root)
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DatasetNotFoundError(f"imagefolder needs {root}/train/<class>/ and {root}/val/<class>/ (or "
+                                   f"{root}/test/<class>/) folders of images; found train/: {(root / 'train').is_dir()}"
+                                   f", val/ or test/: {test_dir is not None}")
+    train_files, test_files = _scan(root / "train"), _scan(test_dir)
+    classes = [c for c, files in train_files.items() if files] if train_files else []
+    if not classes:
+        raise DatasetNotFoundError(f"no images in {root}/train/<class>/ (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    unknown = sorted(c for c, files in test_files.items() if files and c not in classes)
+    if unknown:
+        raise ValueError(f"{test_dir} has classes with no training images: {unknown[:5]}; every test class needs a "
+                         f"folder of images under {root}/train/")
+
+    def read(files, what):
+        pairs = [(p, classes.index(c)) for c, paths in files.items() if c in classes for p in paths]
+        if not pairs:
+            raise DatasetNotFoundError(f"no images in {what}/<class>/")
+        images = []
+        for path, _ in pairs:
+            with Image.open(path) as img:
+                images.append(_to_uint8(img, image_size))
+        return _stack(images, str(what)), torch.tensor([y for _, y in pairs])
+
+    return _pair(read(train_files, root / "train"), read(test_files, test_dir), classes, mean, std, "imagefolder")
+
+
+def _open_torchvision(cls_name, root, download, train, kwargs):
+    import inspect
+
+    import torchvision
+
+    cls, how = getattr(torchvision.datasets, cls_name), TORCHVISION[cls_name]
+    arg = {"train": train} if how == "train" else {"split": how[0] if train else how[1]}
+    if "download" in inspect.signature(cls.__init__).parameters:
+        arg["download"] = download
+    elif download:
+        raise ValueError(f"torchvision cannot download {cls_name}; put its files under {root} and pass "
+                         f"download=False")
+    try:
+        return cls(root=str(root), **arg, **kwargs)
+    except (RuntimeError, OSError) as exc:  # "Dataset not found or corrupted", or no network
+        raise DatasetNotFoundError(
+            f"{cls_name} not found under {root} ({type(exc).__name__}: {exc}). Pass download=True "
+            f"(get_dataset('{cls_name}', root='{root}', download=True); in a config: dataset.download=true), or "
+            f"put torchvision's files for {cls_name} under {root}.") from None
+
+
+def _torchvision(cls_name, root, download, mean, std, image_size=32, **kwargs):
+    """(train, test) of a TORCHVISION set, read once through torchvision into uint8 tensors."""
+    parts, classes = [], None
+    for train in (True, False):
+        ds = _open_torchvision(cls_name, root, download, train, kwargs)
+        images, labels = [], []
+        for i in range(len(ds)):
+            img, label = ds[i]
+            images.append(_to_uint8(img, image_size))
+            labels.append(int(label))
+        if not images:
+            raise DatasetNotFoundError(f"{cls_name} ({'train' if train else 'test'}) under {root} has no images")
+        if min(labels) < 0:
+            raise ValueError(f"{cls_name} gave negative labels (unlabelled images): pick a labelled split")
+        parts.append((_stack(images, cls_name), torch.tensor(labels)))
+        if train:
+            classes = getattr(ds, "classes", None)
+    n_classes = int(max(y.max() for _, y in parts)) + 1
+    if not classes or len(classes) < n_classes:
+        classes = [str(k) for k in range(n_classes)]
+    return _pair(parts[0], parts[1], [str(c) for c in classes], mean, std, cls_name.lower())
+
+
+# --- OOD sets for Fashion-MNIST ------------------------------------------------------------------------------
+
+def _like_fashion_mnist(images28, labels, classes, name):
+    """uint8 (N, 28, 28) -> Fashion-MNIST's pipeline: padded to 32x32, 3 channels, Fashion-MNIST's constants."""
+    images = torch.nn.functional.pad(images28, (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1).contiguous()
+    mean, std = STATS["fashion_mnist"]
+    return ImageTensorDataset(images, labels, classes, mean, std, name)
+
+
+def get_ood_dataset(name: str, like: str = "fashion_mnist", n: int = None, seed: int = 0) -> ImageTensorDataset:
+    """An out-of-distribution test set for `like` (Fashion-MNIST): "digits" (scikit-learn's load_digits, 1,797
+    images upscaled to 28x28) or "noise" (synthetic uniform noise, n images, default 1,000). `n` keeps the first n
+    of a seeded permutation for digits. See the module docstring."""
+    key = canonical_name(like)
+    if key not in OOD_SETS or name not in OOD_SETS[key]:
+        raise ValueError(f"Unknown OOD set {name!r} for {like!r}; choose one of "
+                         f"{ {k: list(v) for k, v in OOD_SETS.items()} }")
+    if name == "noise":
+        g = torch.Generator().manual_seed(int(seed))
+        images = torch.randint(0, 256, (1000 if n is None else n, 28, 28), generator=g, dtype=torch.uint8)
+        return _like_fashion_mnist(images, torch.zeros(len(images), dtype=torch.long), ["synthetic noise"],
+                                   "synthetic_noise")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("the 'digits' OOD set needs scikit-learn: pip install scikit-learn (or the "
+                          "requirements.txt pin)") from None
+    digits = load_digits()
+    x = torch.from_numpy(digits.images).float()[:, None] / 16  # (1797, 1, 8, 8) in [0, 1]
+    x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    images = (x[:, 0].clamp(0, 1) * 255).round().to(torch.uint8)  # (1797, 28, 28)
+    dataset = _like_fashion_mnist(images, torch.from_numpy(digits.target).long(), [str(d) for d in range(10)],
+                                  "digits")
+    return dataset.subset(n, seed=seed)
