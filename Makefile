@@ -1,4 +1,5 @@
-# `make demo` trains and evaluates the headline experiment on Fashion-MNIST; `make test` runs the tests.
+# `make demo` trains and evaluates the headline experiment on Fashion-MNIST; `make test` runs lint, the tests and
+# builds the documentation site (mkdocs.yml, docs/) into ./site with --strict (a broken link or docstring fails).
 # Both create ./.venv and install the pinned requirements on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,6 +27,7 @@ paper: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site
 	$(PY) -m pytest -q tests
 
 # Each prints JSON lines; run nothing else meanwhile (2 cores: a busy neighbour moves the figures).
@@ -36,4 +38,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/corruption_speed.py
 
 clean:
-	rm -rf runs leaderboard models_checkpoints .pytest_cache
+	rm -rf runs leaderboard models_checkpoints .pytest_cache site

@@ -26,6 +26,7 @@ setup(
         "notebooks": ["ipykernel>=6", "ipywidgets>=8", "nbformat>=5", "nbclient>=0.7", "papermill>=2.4"],
         "robustness": ["imagecorruptions-imaug>=1.1", "scikit-image>=0.22", "scipy>=1.10", "opencv-python>=4.8"],
         "ood": ["scikit-learn>=1.3"],  # the digits OOD set of Fashion-MNIST (ops.data.datasets.get_ood_dataset)
-        "test": ["pytest>=7", "torchmetrics>=1.0", "scikit-learn>=1.3"],
+        "test": ["pytest>=7", "torchmetrics>=1.0", "scikit-learn>=1.3",
+                 "mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],  # the docs site
     },
 )

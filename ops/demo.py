@@ -7,7 +7,7 @@ the table with 95% bootstrap intervals and where the outputs are. Progress shows
 (the notebook runs headless, where widgets cannot be drawn).
 
     python -m ops.demo [--config configs/fashion_mnist_demo.json] [--with-dnn] [--seed 0] [key=value ...]
-    python -m ops.demo --evaluate resources/models_checkpoints    # score the shipped models: the README's table
+    python -m ops.demo --evaluate resources/models_checkpoints    # score the shipped models: docs/index.md
 """
 import argparse
 import json

@@ -422,7 +422,7 @@ def train(config: dict = None, model_name: str = None, overrides=(), model: nn.M
           epoch_figure=None) -> dict:
     """Train according to `config` (a dict as from ops.train.configs.load_config, or None for the defaults).
 
-    model_name overrides config["model"]["name"]; `model` may be given ready-built (it must carry `.name`);
+    model_name overrides `config["model"]["name"]`; `model` may be given ready-built (it must carry `.name`);
     epoch_figure(metrics, title) draws the figure logged to TensorBoard after each validation (e.g.
     ops.plots.reliability_diagram; none by default: the trainer draws nothing itself).
     Returns {"model", "run_dir", "history", "checkpoint", "config", "uid", "test_loader"}.

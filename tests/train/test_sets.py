@@ -319,7 +319,7 @@ def test_shipped_reference_networks_are_the_set_config_trained_to_convergence():
         assert len(accs) == 12 and all("epoch_time_s" in e for e in card["history"])
         # one MC sample, all 10,000 test images: the bar (92%) for the GAP-head networks; the MLP head's
         # seed 2 diverged for a few steps in warm-up (loss 0.66 -> 6.1) and ends lower; its earlier run on another
-        # machine fell behind in warm-up too (README)
+        # machine fell behind in warm-up too (docs/reference-models.md)
         bar = 0.915 if n.variant == "mcdo_mlp" else 0.92
         assert accs[-1] >= bar, (path.name, accs[-1])
         assert max(accs[-3:]) - min(accs[-3:]) < 0.01, (path.name, accs[-3:])  # the curve has flattened
