@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_file
-from .naming import DATASET_ALIASES, canonical_dataset, dataset_aliases, plain_name  # noqa: F401 (API)
+from .naming import DATASET_ALIASES, canonical_dataset, dataset_aliases, plain_name, plain_uid  # noqa: F401 (API)
 
 # Dataset name -> canonical checkpoint folder. Keys are lower case with '-' and ' ' as '_'.
 class CheckpointError(ValueError):
@@ -38,10 +38,11 @@ def unwrap(model):
 
 
 def checkpoint_path(dataset_name, model_name, uid, root="models_checkpoints"):
-    """{root}/{dataset}/{model}/{dataset}_{model}_{uid}.pth.tar, each part checked to be a plain name."""
+    """{root}/{dataset}/{model}/{dataset}_{model}_{uid}.pth.tar, each part checked to be a plain name (the uid by
+    the rule of env.uid, models.naming.uid_problem, so that a uid a config accepts is one the final save takes)."""
     dataset_name = plain_name(canonical_dataset(dataset_name), "the dataset name")
     plain_name(model_name, "the model name")
-    plain_name(str(uid), "the uid")
+    plain_uid(str(uid), "the uid")
     return Path(root) / dataset_name / model_name / f"{dataset_name}_{model_name}_{uid}.pth.tar"
 
 
@@ -80,7 +81,8 @@ def read_checkpoint(path, map_location="cpu", weights_only=True):
     """The dict stored at `path`, or a CheckpointError that names the path, the problem and the fix."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"No checkpoint at {path}")
+        raise FileNotFoundError(f"No checkpoint at {path}: check the path (a run's final weights are under "
+                                f"env.checkpoint_root, its last epoch in its run folder)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): a write was interrupted before it started. Delete it, "
                               f"or start without it (env.resume=false in a config).")
@@ -165,6 +167,16 @@ def check_state_dict(model, state_dict, source="checkpoint", checkpoint_name=Non
         raise CheckpointError("\n".join(lines))
 
 
+def check_finite(state_dict, source="checkpoint", limit=5):
+    """Raise a CheckpointError naming `source` and the tensors if any weight or buffer is NaN or infinite."""
+    bad = [k for k, v in state_dict.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite values in {len(bad)} tensor(s) {bad[:limit]}: the "
+                              f"weights of a run that diverged, or a damaged file. Use an earlier checkpoint or train "
+                              f"again (a lower optim.lr, env.precision=fp32).")
+
+
 def load_checkpoint(path, model, optimizer=None, map_location="cpu", weights_only=True):
     """Load the checkpoint at `path` into `model` (and `optimizer`) after checking that it fits; returns the
     whole stored dict (for the extras a trainer keeps beside the weights)."""
@@ -179,6 +191,7 @@ def load_checkpoint(path, model, optimizer=None, map_location="cpu", weights_onl
                               + str(exc)) from None
     if identity:
         raise CheckpointError(_identity_message(bare, identity, str(path)))
+    check_finite(state_dict, path)
     bare.load_state_dict(state_dict, strict=True)
     if optimizer is not None:
         if state.get("optimizer") is None:
@@ -189,7 +202,9 @@ def load_checkpoint(path, model, optimizer=None, map_location="cpu", weights_onl
 
 def find_checkpoint(dataset_name, model_name, uid, root="models_checkpoints"):
     """The checkpoint path under the canonical dataset folder, else under an alias (the original's names)."""
-    canonical = canonical_dataset(dataset_name)
+    canonical = plain_name(canonical_dataset(dataset_name), "the dataset name")
+    plain_name(model_name, "the model name")
+    plain_name(str(uid), "the uid")
     candidates = [Path(root) / d / model_name / f"{d}_{model_name}_{uid}.pth.tar" for d in dataset_aliases(canonical)]
     found = next((p for p in candidates if p.exists()), None)
     if found is None:

@@ -17,6 +17,26 @@ def plain_name(value, what="name"):
     return value
 
 
+MAX_UID = 64  # a run's uid: a plain name with room for the labels made from it ({uid}-epoch{N}) within 80
+
+
+def uid_problem(value):
+    """Why `value` cannot be a run's uid (a phrase), or None. The one rule of configs (env.uid), run folders and
+    the final save: a plain name (see plain_name) of at most MAX_UID characters."""
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or ".." in value or len(value) > MAX_UID:
+        return (f"must be a plain name of at most {MAX_UID} characters (letters, digits, '.', '_', '-', '+'; no "
+                f"'..' and no path separators): it names a run folder and the files of its weights and results")
+    return None
+
+
+def plain_uid(value, what="the uid"):
+    """`value` if it is a valid uid (uid_problem), else ValueError naming it."""
+    problem = uid_problem(value)
+    if problem:
+        raise ValueError(f"{what} {problem}, got {value!r}")
+    return value
+
+
 DATASET_ALIASES = {"cifar": "cifar10", "cifar_10": "cifar10", "cifar_100": "cifar100", "fashionmnist": "fashion_mnist",
                    "fmnist": "fashion_mnist", "fashion_mnist": "fashion_mnist", "imagenet_1k": "imagenet",
                    "ilsvrc2012": "imagenet"}

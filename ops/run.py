@@ -15,10 +15,13 @@
 
 Overrides are section.key=value. Results go to {env.leaderboard_root}/{dataset}/{model}/ as CSV (the original's
 columns) and JSON (with the seed, the overrides and the machine); their paths are printed, and no evaluation
-replaces another's files. Where results go is decided by this command line (default leaderboard/logs), never
+replaces another's files. They are labelled with the run's uid (--uid), or the uid of the checkpoint's name
+`{dataset}_{model}_{uid}.pth.tar` (another name: a plain label made from it, printed); the file names are checked
+before any work. Where results go is decided by this command line (default leaderboard/logs), never
 by a stored config or card. `test` seeds the MC-dropout masks (--seed, default 0): the same command gives the
-same numbers. Errors print one line per problem and exit with status 2 (`--debug`
-shows the traceback); Ctrl-C exits with 130 after saying how to resume.
+same numbers. Errors print one line per problem, naming it and the fix, and exit with status 2 (`--debug`
+shows the traceback): bad arguments, configs and names, seeds out of range (0 to 2**32 - 1), a --time the SLURM
+executor cannot take, a run another process holds. Ctrl-C exits with 130 after saying how to resume.
 """
 import argparse
 import copy
@@ -104,23 +107,29 @@ def _train_set(args):
     if config is None:
         raise ValueError("train-set needs a set config: python -m ops.run train-set "
                          "configs/fashion_mnist_reference.json")
+    gpus = args.gpus if args.gpus is not None else (1 if args.executor == "slurm" else 0)
+    if args.executor != "local":  # the executor's options, before anything is loaded or submitted
+        from ops.train import cluster
+
+        cluster.check_options(args.executor, gpus, args.cpus, args.time, args.parallel)
     spec, networks = sets.load_set(config, overrides)
     if args.executor == "local":
         sets.run_local(networks, spec["export"])
         return
-    from ops.train import cluster
-
-    gpus = args.gpus if args.gpus is not None else (1 if args.executor == "slurm" else 0)
     cluster.submit(networks, spec["export"], executor=args.executor, folder=args.logs, partition=args.partition,
                    gpus=gpus, cpus=args.cpus, time_min=args.time, parallel=args.parallel, wait=args.wait,
                    name=f"train-set-{spec['name']}")
 
 
-def parse_sizes(text):
+def parse_sizes(text) -> list:
+    """'1,2,5' -> [1, 2, 5]; anything but comma-separated positive integers is refused."""
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--sizes must be comma-separated positive integers such as 1,2,5,10, got {text!r}") from None
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--sizes must be comma-separated positive integers such as 1,2,5,10, got {text!r}")
+    return sizes
 
 
 # Where things are and where results go: from this command line (or the defaults), never from a stored config.
@@ -166,14 +175,33 @@ def _model_to_test(args):
     name = args.model or cfg["model"]["name"] or models.read_checkpoint(path).get("name")
     if name is None:
         raise ValueError(f"{path} does not say which model it holds: pass --model NAME")
-    return None, cfg, path, name, path.name.removesuffix(".pth.tar").rsplit("_", 1)[-1]
+    return None, cfg, path, name, checkpoint_label(path, name)
+
+
+def checkpoint_label(path, model_name) -> str:
+    """The label a checkpoint's results are filed under: the uid of `{dataset}_{model}_{uid}.pth.tar` (a_run of
+    ..._resnet_mcdo_18_a_run.pth.tar), else the file's name; made a plain name if it is not one (said so)."""
+    import re
+
+    from models.naming import PLAIN_NAME
+
+    stem = Path(path).name.removesuffix(".pth.tar")
+    label = stem.split(f"_{model_name}_", 1)[1] if f"_{model_name}_" in stem else stem
+    if PLAIN_NAME.fullmatch(label) and ".." not in label:
+        return label
+    plain = re.sub(r"\.\.+", ".", re.sub(r"[^A-Za-z0-9._+-]+", "-", label)).strip("-.")[:64] or "checkpoint"
+    plain = plain if plain[0].isalnum() else f"c{plain}"[:64]
+    print(f"{path}: its name is not a plain name; its results are filed under {plain!r}")
+    return plain
 
 
 def _test(args):
     import models
 
+    from ops.common.checks import MAX_SEED, is_seed
     from ops.common.runtime import machine_info
     from ops.data import loaders
+    from ops.data.datasets import canonical_name
     from ops.evaluate import intervals, reports
     from ops.evaluate.engine import sweep
     from ops.train.distributed import init_distributed
@@ -181,8 +209,13 @@ def _test(args):
 
     if (args.uid is None) == (args.checkpoint is None):
         raise ValueError("test needs --uid UID (a run of ours) or --checkpoint PATH (a .pth.tar), one of the two")
+    if not is_seed(args.seed):
+        raise ValueError(f"--seed must be an integer from 0 to {MAX_SEED} (it seeds the MC-dropout masks), got "
+                         f"{args.seed}")
     sizes = parse_sizes(args.sizes)
     model, cfg, path, name, label = _model_to_test(args)
+    # where the results go, checked before any work (the names are plain, the label fits)
+    reports.leaderboard_path(canonical_name(cfg["dataset"]["name"]), name, label, cfg["env"]["leaderboard_root"])
     rank, world_size, device = init_distributed(cfg["env"]["device"])
     dataset_name, _, test_set = load_data(cfg)
     if model is None:

@@ -15,3 +15,11 @@ def is_int(value, low: int = None, high: int = None, numpy: bool = False) -> boo
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if numpy else int):
         return False
     return (low is None or value >= low) and (high is None or value <= high)
+
+
+MAX_SEED = 2 ** 32 - 1  # numpy's range; torch takes more, but the trainer derives per-epoch seeds from it
+
+
+def is_seed(value) -> bool:
+    """True for a seed every generator here accepts: an integer from 0 to MAX_SEED."""
+    return is_int(value, 0, MAX_SEED)

@@ -46,7 +46,7 @@ from models.atomic import exclusive, read_json, save_array, write_json
 from ops.data.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, IMAGENET_C_SOURCE, OFFICIAL_C, OFFICIAL_P,
                                   PERTURBATIONS, PROFILES, SEVERITIES, CorruptedDataNotFoundError, _hsv_value_shift,
                                   _lookup, _seed, _to_uint8, corrupt, default_chunk, default_profile, parameters)
-from ops.data.datasets import ImageTensorDataset
+from ops.data.datasets import ImageTensorDataset, with_classes
 
 # --- Reading the official sets -----------------------------------------------------------------------------------
 
@@ -222,27 +222,45 @@ def load_corrupted(folder):
     return CorruptedSet(folder)
 
 
-def imagenet_c(root, corruption, severity, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop=224):
+def imagenet_c(root, corruption, severity, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop=224,
+               classes=None):
     """ImageNet-C as an ImageFolder: `{root}/{corruption}/{severity}/{wnid}/*.JPEG`, center crop only (the images
-    are already 224x224; the original implementation resized to 256 first, which rescales the corruption)."""
+    are already 224x224; the original implementation resized to 256 first, which rescales the corruption).
+
+    Class indices come from `classes` (the clean set's class names, e.g. its ImageFolder's wnids), else from the
+    class folders of every severity of this corruption: a class folder missing at one severity never shifts the
+    labels of the others (a plain ImageFolder would number the classes it finds). A folder that is not one of
+    `classes` is refused."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
     _lookup(corruption)
+    if not is_int(severity, 1, 5):
+        raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
     path = Path(root) / corruption / str(severity)
     if not path.is_dir():
         raise CorruptedDataNotFoundError(
             f"ImageNet-C not found: looked for {path}. Expected layout: {root}/{{corruption}}/{{severity}}/"
             f"{{wnid}}/*.JPEG (1000 class folders per severity). Get it from {IMAGENET_C_SOURCE} and unpack the "
             f"archives under {root}.")
-    ds = ImageFolder(str(path), T.Compose([T.CenterCrop(crop), T.ToTensor(), T.Normalize(mean, std)]))
+    if classes is None:
+        classes = sorted(set().union(*(_class_folders(path.parent / str(s)) for s in SEVERITIES)))
+    ds = with_classes(ImageFolder(str(path), T.Compose([T.CenterCrop(crop), T.ToTensor(), T.Normalize(mean, std)])),
+                      classes, path)
     ds.mean, ds.std = tuple(mean), tuple(std)
     return ds
 
 
+def _class_folders(path) -> list:
+    path = Path(path)
+    return sorted(d.name for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
+
+
 class ImageNetCSet:
     """ImageNet-C (`{root}/{corruption}/{severity}/{wnid}/*.JPEG`) with the interface of CorruptedSet, so that
-    ops.analysis.robustness.evaluate_corrupted takes either. Its datasets are ImageFolders (see imagenet_c)."""
+    ops.analysis.robustness.evaluate_corrupted takes either. Its datasets are ImageFolders (see imagenet_c); every
+    corruption and severity must hold the same class folders (else the set is refused as incomplete), and the
+    class indices are those of the set's classes (or the `classes` given to dataset())."""
 
     def __init__(self, root, crop=224):
         self.folder, self.crop, self.meta = Path(root), crop, {}
@@ -254,7 +272,10 @@ class ImageNetCSet:
         have = {c: {s for s in SEVERITIES if (self.folder / c / str(s)).is_dir()} for c in self.corruptions}
         every = set.union(*have.values())
         missing = [f"{c}/{s}" for c in self.corruptions for s in sorted(every - have[c])]
-        if missing:  # a severity missing for one corruption would otherwise be dropped for all of them
+        folders = {(c, s): set(_class_folders(self.folder / c / str(s))) for c in self.corruptions for s in have[c]}
+        self.classes = sorted(set().union(*folders.values()))
+        missing += [f"{c}/{s}/{k}" for (c, s), got in folders.items() for k in self.classes if k not in got]
+        if missing:  # a severity or class missing for one cell would otherwise be dropped, or shift the labels
             raise CorruptedDataNotFoundError(f"ImageNet-C under {self.folder} is incomplete: {missing[:4]}"
                                              f"{' ...' if len(missing) > 4 else ''} missing. Unpack it again from "
                                              f"{IMAGENET_C_SOURCE}.")
@@ -265,7 +286,7 @@ class ImageNetCSet:
 
     def dataset(self, corruption, severity, mean, std, classes=None, n=None, name=None):
         """An ImageFolder of one corruption and severity (a fixed random n images if n is given, see take)."""
-        return take(imagenet_c(self.folder, corruption, severity, mean, std, self.crop), n)
+        return take(imagenet_c(self.folder, corruption, severity, mean, std, self.crop, classes or self.classes), n)
 
 
 def take(dataset, n, seed=0):

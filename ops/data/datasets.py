@@ -290,11 +290,26 @@ def _imagenet(root, mean, std, image_size=224):
     normalize = T.Normalize(mean, std)
     train = ImageFolder(str(base / "train"), T.Compose([
         T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize]))
-    test = ImageFolder(str(base / "val"), T.Compose([
-        T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), normalize]))
+    test = with_classes(ImageFolder(str(base / "val"), T.Compose([
+        T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), normalize])), train.classes,
+        base / "val")  # a class folder missing in val/ must not shift the labels of the others
     train.mean = test.mean = mean
     train.std = test.std = std
     return train, test
+
+
+def with_classes(folder, classes, where):
+    """An ImageFolder relabelled with the indices of `classes` (a plain ImageFolder numbers the class folders it
+    finds, so one missing folder shifts every later label); a folder not among `classes` is refused."""
+    index = {str(c): i for i, c in enumerate(classes)}
+    unknown = sorted(set(folder.classes) - set(index))
+    if unknown:
+        raise ValueError(f"{where} has class folders that are not among the classes (the training or clean "
+                         f"set's): {unknown[:5]}; remove them, or give the classes they belong to")
+    folder.samples = folder.imgs = [(p, index[folder.classes[y]]) for p, y in folder.samples]
+    folder.targets = [y for _, y in folder.samples]
+    folder.classes, folder.class_to_idx = list(index), index
+    return folder
 
 
 # --- Synthetic -------------------------------------------------------------------------------------------------

@@ -1,8 +1,19 @@
-"""python -m ops.paper: the command line of `make paper` (see ops.paper)."""
+"""python -m ops.paper: the command line of `make paper` (see ops.paper). Expected failures (a bad argument or
+config, a missing network or data set, a run or cache another process holds) print one line naming the problem
+and the fix, and exit with status 2; --debug shows the traceback."""
 import argparse
 import sys
+import traceback
+from pathlib import Path
 
+from models.atomic import LockedError
+from models.naming import uid_problem
+from ops.common.checks import MAX_SEED, is_seed
 from ops.paper import check, pipeline
+from ops.train.runs import RunError
+
+# PaperError, ConfigError, SetError, CheckpointError are ValueErrors; data not found is a FileNotFoundError
+EXPECTED = (ValueError, FileNotFoundError, LockedError, RunError)
 
 
 def main(argv=None) -> int:
@@ -16,17 +27,32 @@ def main(argv=None) -> int:
     p.add_argument("--uid", help="resume this run (its finished stages are kept)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--check", action="store_true", help="validate the config and say what is missing; run nothing")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
     try:
+        _check_arguments(a)
         if a.check:
             problems = check.check(a.config, quick=a.quick, seeds=a.seeds, resources=a.resources)
             return 0 if not problems["config"] else 2
         pipeline.run(a.config, quick=a.quick, smoke=a.smoke, seeds=a.seeds, resources=a.resources, out=a.out,
-                    uid=a.uid, device=a.device)
-    except (ValueError, FileNotFoundError) as exc:  # PaperError, ConfigError, SetError: a message for the user
+                     uid=a.uid, device=a.device)
+    except EXPECTED as exc:  # a message for the user, naming the problem and the fix
+        if a.debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_arguments(a) -> None:
+    """The arguments that name files or seed generators, before anything is loaded."""
+    if a.uid is not None and uid_problem(a.uid):
+        raise ValueError(f"--uid {uid_problem(a.uid)}, got {a.uid!r}; leave it out to start a new run")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise ValueError(f"--out {a.out} is a file, not a folder: give a folder for the paper runs")
+    bad = [s for s in a.seeds or () if not is_seed(s)]
+    if bad:
+        raise ValueError(f"--seeds must be integers from 0 to {MAX_SEED} (the set's seeds), got {bad}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import submitit
 
+from ops.common.checks import is_int
 from ops.train import sets
 
 
@@ -19,11 +20,29 @@ class TrainTask(submitit.helpers.Checkpointable):
         return sets.train_network(cfg, export, export_dtype)
 
 
+MAX_TIME_MIN = 525_600  # a year: far beyond any partition's limit, and well inside what SLURM can represent
+MAX_TASK = 1024  # GPUs or CPUs per task, tasks at once
+
+
+def check_options(executor: str, gpus, cpus, time_min, parallel) -> None:
+    """Refuse options the executor cannot take, before anything is submitted: SetError, one line each."""
+    problems = []
+    if executor not in ("slurm", "submitit-local"):
+        problems.append(f"executor must be slurm or submitit-local here, got {executor!r}")
+    if not is_int(time_min, 1, MAX_TIME_MIN):
+        problems.append(f"--time must be whole minutes from 1 to {MAX_TIME_MIN} (a year) per task before requeueing"
+                        f", got {time_min!r}; 720 is 12 hours")
+    for option, value, low in (("--gpus", gpus, 0), ("--cpus", cpus, 1), ("--parallel", parallel, 1)):
+        if value is not None and not is_int(value, low, MAX_TASK):
+            problems.append(f"{option} must be an integer from {low} to {MAX_TASK}, got {value!r}")
+    if problems:
+        raise sets.SetError("\n".join(problems))
+
+
 def submit(networks, export, executor="slurm", folder="runs/submitit", partition=None, gpus=1, cpus=None,
            time_min=720, parallel=None, wait=False, name="train-set") -> list:
     """Submit the unfinished `networks` as one job array; returns the submitit jobs (their results if `wait`)."""
-    if executor not in ("slurm", "submitit-local"):
-        raise sets.SetError(f"executor must be slurm or submitit-local here, got {executor!r}")
+    check_options(executor, gpus, cpus, time_min, parallel)
     todo = [n for n in networks if not sets.is_finished(n, export)]
     print(f"Set of {len(networks)} networks: {len(networks) - len(todo)} finished in {export}, "
           f"{len(todo)} to submit", flush=True)

@@ -12,8 +12,12 @@ import copy
 import difflib
 import json
 import numbers
+import math
 import re
 from pathlib import Path
+
+from models.naming import uid_problem
+from ops.common.checks import MAX_SEED, is_seed
 
 DEFAULTS = {
     "dataset": {
@@ -86,7 +90,6 @@ DEFAULTS = {
 }
 
 FREE_FORM = {("dataset", "kwargs"), ("model", "block")}  # dicts passed on as keyword arguments
-UID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class ConfigError(ValueError):
@@ -175,12 +178,12 @@ def betas(v):
 
 
 def uid(v):
-    if v is None:
-        return None
-    if not isinstance(v, str) or not UID_PATTERN.fullmatch(v) or ".." in v:
-        return ("must be letters, digits, '.', '_' or '-' (at most 100, no '..' and no path separators): it "
-                "names a folder inside env.out_dir")
-    return None
+    """The uid rule of models.naming (the same at the final save): None or a plain name of at most 64 chars."""
+    return None if v is None else uid_problem(v)
+
+
+def seed(v):
+    return None if is_seed(v) else f"must be an integer from 0 to {MAX_SEED}"
 
 
 def device(v):
@@ -205,7 +208,7 @@ RULES = {
     "optim.scheduler.milestones": milestones, "optim.scheduler.gamma": positive_number,
     "optim.scheduler.eta_min": non_negative_number,
     "env.device": device, "env.precision": one_of("auto", "fp32", "bf16", "fp16"), "env.channels_last": boolean,
-    "env.compile": boolean, "env.workers": non_negative_int, "env.threads": optional_positive_int, "env.seed": integer,
+    "env.compile": boolean, "env.workers": non_negative_int, "env.threads": optional_positive_int, "env.seed": seed,
     "env.out_dir": text, "env.uid": uid, "env.resume": boolean, "env.force_resume": boolean,
     "env.checkpoint_root": text, "env.leaderboard_root": text, "env.tensorboard": boolean, "env.progress": boolean,
 }
@@ -242,22 +245,39 @@ def _check_keys(cfg, schema, path, problems):
                 _check_keys(value, default, path + (key,), problems)
 
 
+def non_finite(node, path="") -> list:
+    """The dotted keys of every infinite or NaN number in `node` (JSON parsing accepts Infinity and NaN)."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in non_finite(value, f"{path}.{key}" if path else str(key))]
+    if isinstance(node, (list, tuple)):
+        return [k for i, value in enumerate(node) for k in non_finite(value, f"{path}[{i}]")]
+    return [path] if isinstance(node, float) and not math.isfinite(node) else []
+
+
 def validate(cfg):
     """Every problem of a full config (after merging defaults), as a list of one-line messages."""
-    problems = []
+    bad = non_finite(cfg)
+    problems = [f"{key} must be a finite number, got {_lookup(cfg, key)!r} (Infinity and NaN are refused)"
+                for key in bad]
+    reported = {key.split("[")[0] for key in bad}
     for dotted, rule in RULES.items():
-        node = cfg
-        for part in dotted.split("."):
-            node = node[part]
-        message = rule(node)
+        node = _lookup(cfg, dotted)
+        message = rule(node) if dotted not in reported else None
         if message:
             problems.append(f"{dotted} {message}, got {node!r}")
     block = cfg["model"]["block"]
     for key, rule in BLOCK_RULES.items():
         message = rule(block[key]) if isinstance(block, dict) and key in block else None
-        if message:
+        if message and f"model.block.{key}" not in reported:
             problems.append(f"model.block.{key} {message}, got {block[key]!r}")
     return problems
+
+
+def _lookup(cfg, dotted):
+    node = cfg
+    for part in re.split(r"\.|\[", dotted):
+        node = node[int(part[:-1])] if part.endswith("]") else node[part]
+    return node
 
 
 def merge(base, update):

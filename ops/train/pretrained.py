@@ -18,6 +18,7 @@ from pathlib import Path
 import models
 
 from models.atomic import exclusive, write_json
+from models.naming import plain_name
 from ops.common.checks import is_int
 from ops.train import configs
 
@@ -106,13 +107,17 @@ def export(checkpoint, root, uid, overwrite=False, dtype="float32"):
     (an export without its card, left by a kill between the two files, counts as unfinished and is redone).
     Returns the new checkpoint's path. resources/ got its demo checkpoints with root=RESOURCES, uid=DEMO_UID (no
     defaults: a call with one argument must not replace them). dtype="float16" stores the weights in half
-    precision (half the file; they load as float32, rounded to 11 significant bits), said in the card."""
+    precision (half the file; they load as float32, rounded to 11 significant bits), said in the card; tensors with
+    values beyond float16's range stay float32 (listed in the card's float32_tensors, and printed)."""
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     model = load_trained(checkpoint)  # checks that weights, card and arch agree before anything is written
     card = dict(model.card, exported_from=str(checkpoint))
     if dtype == "float16":
-        model, card["stored_dtype"] = model.half(), "float16"
+        card["stored_dtype"], card["float32_tensors"] = "float16", to_float16(model)
+        if card["float32_tensors"]:
+            print(f"{checkpoint}: {len(card['float32_tensors'])} tensor(s) kept in float32, their values beyond "
+                  f"float16's range (said in the card): {card['float32_tensors'][:5]}", flush=True)
     path = models.checkpoint_path(card["dataset"], card["name"], uid, root)
     # The lock lives beside the export (a hidden file, ignored by git): a lock in a temporary folder would not be
     # seen by a process with another TMPDIR (cluster jobs often have their own).
@@ -126,9 +131,29 @@ def export(checkpoint, root, uid, overwrite=False, dtype="float32"):
     return path
 
 
+def to_float16(model) -> list:
+    """Store `model`'s floating parameters and buffers in float16, in place, except those with a value beyond
+    float16's range (+-65504: a BatchNorm running_var of 1e6 would become inf), which stay float32; returns the
+    names of those. Loaded into a float32 model, the weights are the originals rounded to 11 significant bits."""
+    kept = []
+    for prefix, module in model.named_modules():
+        for store in (module._parameters, module._buffers):
+            for key, tensor in store.items():
+                if tensor is None or not tensor.is_floating_point():
+                    continue
+                half = tensor.data.half()
+                if bool(half.isfinite().all()) or not bool(tensor.data.isfinite().all()):
+                    tensor.data = half
+                else:
+                    kept.append(f"{prefix}.{key}" if prefix else key)
+    return kept
+
+
 def find_trained(name, dataset="fashion_mnist", runs_dir="runs/classification", resources=RESOURCES):
     """The newest checkpoint of `name` with a card under `runs_dir` (the classification notebook's outputs),
     else the one in `resources`; None if there is neither."""
+    plain_name(dataset, "dataset")
+    plain_name(name, "name")
     pattern = f"**/{dataset}/{name}/{dataset}_{name}_*.pth.tar"
     found = [p for p in Path(runs_dir).glob(pattern) if card_path(p).exists()] if Path(runs_dir).is_dir() else []
     if found:
@@ -156,27 +181,57 @@ def load_models(names=DEMO_MODELS, dataset="fashion_mnist", device="cpu", runs_d
 REFERENCE_VARIANTS = ("dnn", "dnn_smoothing", "mcdo", "mcdo_smoothing", "mcdo_mlp")
 
 
+def _reference_uid(variant, seed, set_name) -> str:
+    """`{set_name}-{variant}-s{seed}` (ops.train.sets), each part checked: they become a file name."""
+    plain_name(set_name, "set_name")
+    plain_name(variant, "variant")
+    if not is_int(seed, 0):
+        raise ValueError(f"seed must be an integer >= 0 (a seed of the set), got {seed!r}")
+    if "-" in variant:
+        raise ValueError(f"variant must be a set's variant name (letters, digits or '_'), got {variant!r}")
+    return f"{set_name}-{variant}-s{seed}"
+
+
 def reference_path(variant, seed, dataset="fashion_mnist", set_name="reference", resources=RESOURCES) -> Path:
     """The exported checkpoint of network (variant, seed) of a training set (ops.train.sets); raises naming
-    what is there if it is missing."""
-    uid = f"{set_name}-{variant}-s{seed}"
-    found = sorted(Path(resources).glob(f"{dataset}/*/{dataset}_*_{uid}.pth.tar"))
+    what is there if it is missing. `dataset` may be an alias ('fashion-mnist'), as in models.load."""
+    from ops.data.datasets import canonical_name
+
+    uid = _reference_uid(variant, seed, set_name)
+    dataset = canonical_name(plain_name(dataset, "dataset"))
+    folders = [Path(resources) / d for d in models.naming.dataset_aliases(dataset)]
+    found = [p for folder in folders if folder.is_dir() for model in sorted(folder.iterdir()) if model.is_dir()
+             for p in [model / f"{folder.name}_{model.name}_{uid}.pth.tar"] if p.is_file()]
     if len(found) != 1:
-        have = sorted(p.name.removesuffix(".pth.tar").rsplit("_", 1)[-1]
-                      for p in Path(resources).glob(f"{dataset}/*/{dataset}_*_{set_name}-*.pth.tar"))
-        raise FileNotFoundError(f"No {set_name} network {variant!r} with seed {seed} for {dataset} in {resources} "
-                                f"(found: {have or 'none'}). Train the set: python -m ops.run train-set "
-                                f"configs/{dataset}_reference.json")
+        have = sorted(p.name.removesuffix(".pth.tar").rsplit("_", 1)[-1] for folder in folders if folder.is_dir()
+                      for p in folder.glob(f"*/*_{set_name}-*.pth.tar"))
+        what = "Several" if found else "No"
+        raise FileNotFoundError(f"{what} {set_name} network {variant!r} with seed {seed} for {dataset} in {resources} "
+                                f"({[str(p) for p in found] if found else f'found: {have or None}'}). Train the set:"
+                                f" python -m ops.run train-set configs/{dataset}_reference.json")
     return found[0]
+
+
+def _check_seeds(seeds, distinct) -> list:
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a list of integers (the set's seeds), got {seeds!r}")
+    seeds = list(seeds)
+    if not seeds or not all(is_int(s, 0) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if distinct and len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeat a seed: an ensemble of one network twice is not an ensemble of "
+                         f"two; give distinct seeds")
+    return seeds
 
 
 def load_reference(variant, seeds=(0, 1, 2), dataset="fashion_mnist", set_name="reference", resources=RESOURCES,
                    device="cpu") -> list:
     """The trained networks of one variant of a training set, one per seed, in eval() (see load_trained)."""
-    return [load_trained(reference_path(variant, seed, dataset, set_name, resources), device) for seed in seeds]
+    seeds = _check_seeds(seeds, distinct=False)
+    paths = [reference_path(variant, seed, dataset, set_name, resources) for seed in seeds]  # all found first
+    return [load_trained(path, device) for path in paths]
 
 
 def reference_ensemble(variant, seeds=(0, 1, 2), **kwargs) -> "models.ensemble.Ensemble":
-    """A deep ensemble (models.ensemble.Ensemble) of the variant's networks over `seeds`."""
-    return models.ensemble.Ensemble(load_reference(variant, seeds, **kwargs))
-
+    """A deep ensemble (models.ensemble.Ensemble) of the variant's networks over `seeds` (distinct)."""
+    return models.ensemble.Ensemble(load_reference(variant, _check_seeds(seeds, distinct=True), **kwargs))

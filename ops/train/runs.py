@@ -22,11 +22,16 @@ import time
 from pathlib import Path
 
 from models.atomic import LockedError, exclusive, read_json, write_json
+from models.naming import plain_name
 from ops.train import configs
 
 
 class RunError(RuntimeError):
     """A run folder cannot be used as asked; the message says why and what to do."""
+
+
+class RunLockedError(RunError, LockedError):
+    """Another process trains this run (its lock is held); the message names it (pid, host, since when)."""
 
 
 def new_uid():
@@ -81,7 +86,7 @@ class RunFolder:
             stack.enter_context(exclusive(self.path / self.LOCK, f"run {self.path}", advice=(
                 "Wait for it to finish, stop it, or start a separate run with another env.uid.")))
         except LockedError as exc:
-            raise RunError(str(exc)) from None
+            raise RunLockedError(str(exc)) from None
         self._lock = stack
 
     def close(self):
@@ -130,8 +135,12 @@ class RunFolder:
 
 
 def find_run(uid, out_dir="runs", model=None):
-    """The run folder {out_dir}/{dataset}/{model}/{uid} holding a config.json; refuses ambiguity."""
-    check_uid(uid)
+    """The run folder {out_dir}/{dataset}/{model}/{uid} holding a config.json; refuses ambiguity. `uid` must be a
+    plain name (a run folder of an older, longer uid rule is still found)."""
+    try:
+        plain_name(uid, "the uid")
+    except ValueError as exc:
+        raise RunError(f"env.uid: {exc}") from None
     found = sorted(p.parent for p in Path(out_dir).glob(f"*/*/{uid}/config.json")
                    if model is None or p.parent.parent.name == model)
     if not found:

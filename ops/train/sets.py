@@ -18,14 +18,18 @@ as float32), for heads too large to ship otherwise (the MLP head's 42.5M weights
 Network (variant, seed) is the run with uid `{name}-{variant}-s{seed}` of the config's recipe, with
 `model.name` and `model.block` from its entry and `env.seed` = seed: a fixed uid, so that an interrupted
 network resumes from its run folder (ops.train.runs refuses a resumption whose recipe changed) and a finished one
-is found again. A finished network is exported, weights and card without optimizer state, to `export`
-(`{export}/{dataset}/{model}/{dataset}_{model}_{uid}.pth.tar`); a network whose export exists, with a card
-whose recipe is the set's, is skipped; one with another recipe is refused (never replaced silently).
+is found again (the uid is checked with the rule of env.uid when the set is loaded). A finished network is
+exported, weights and card without optimizer state, to `export` (`{export}/{dataset}/{model}/{dataset}_{model}_
+{uid}.pth.tar`; without `export`: `exports/` under the working directory, never inside the installed package);
+a network whose export exists, with a card whose recipe is the set's, is skipped; one with another recipe is
+refused (never replaced silently).
 
-Executors: `local` trains here, one network after the other, printing "network i of n" and the time left;
-`slurm` submits one SLURM array task per network that is not finished through submitit (each task is the same
-resumable run, requeued from its checkpoint on preemption or timeout); `submitit-local` is submitit's local
-executor (processes on this machine, as under SLURM; the tests use it).
+Executors: `local` trains here, one network after the other, printing "network i of n" and the time left; a
+network that another process is training (two `train-set` commands on one set) is skipped, said so, and listed
+at the end (the other process finishes it); `slurm` submits one SLURM array task per network that is not
+finished through submitit (each task is the same resumable run, requeued from its checkpoint on preemption or
+timeout); `submitit-local` is submitit's local executor (processes on this machine, as under SLURM; the tests
+use it).
 """
 import copy
 import time
@@ -35,6 +39,8 @@ from pathlib import Path
 from ops.train import configs, pretrained
 
 EXECUTORS = ("local", "slurm", "submitit-local")
+MAX_SEEDS = 1000  # seeds of a set: 1000 networks per variant is more than any study here trains
+DEFAULT_EXPORT = "exports"  # a set without `export`: under the working directory, never inside the package
 
 
 class SetError(ValueError):
@@ -72,10 +78,11 @@ def _check_set_section(spec, path) -> list:
     if spec.get("name") is None or configs.uid(spec.get("name")) or "." in spec.get("name"):
         problems.append(f"{path}: set.name must be a plain name (letters, digits, '_', '-'), got {spec.get('name')!r}")
     seeds = spec.get("seeds")
-    if not (isinstance(seeds, list) and seeds and all(type(s) is int and 0 <= s < 2 ** 31 for s in seeds)
-            and len(set(seeds)) == len(seeds)):
-        problems.append(f"{path}: set.seeds must be a non-empty list of distinct integers 0 <= seed < 2**31, "
-                        f"got {seeds!r}")
+    if not (isinstance(seeds, list) and 0 < len(seeds) <= MAX_SEEDS
+            and all(type(s) is int and 0 <= s < 2 ** 31 for s in seeds) and len(set(seeds)) == len(seeds)):
+        shown = repr(seeds) if not isinstance(seeds, list) or len(seeds) <= 10 else f"a list of {len(seeds)} seeds"
+        problems.append(f"{path}: set.seeds must be a non-empty list of at most {MAX_SEEDS} distinct integers "
+                        f"0 <= seed < 2**31, got {shown}")
     nets = spec.get("networks")
     if not (isinstance(nets, dict) and nets):
         return problems + [f"{path}: set.networks must map variant names to {{'model': NAME, 'block': {{...}}}}"]
@@ -97,10 +104,22 @@ def _check_set_section(spec, path) -> list:
                                      and all(type(s) is int and s in seeds for s in own)
                                      and len(set(own)) == len(own)):
             problems.append(f"{path}: set.networks.{variant}.seeds must be a non-empty list of distinct seeds "
-                            f"of set.seeds ({seeds!r}), got {own!r}")
+                            f"of set.seeds, got {own!r}")
+        problems += _uid_problems(spec, variant, own, path)
     if "export" in spec and not isinstance(spec["export"], str):
         problems.append(f"{path}: set.export must be a folder path, got {spec['export']!r}")
     return problems
+
+
+def _uid_problems(spec, variant, seeds, path) -> list:
+    """The uids `{name}-{variant}-s{seed}` must be uids (models.naming.uid_problem): checked here, not at the save."""
+    if not isinstance(spec.get("name"), str) or configs.uid(spec["name"]) or not isinstance(seeds, list) \
+            or not seeds:
+        return []
+    longest = f"{spec['name']}-{variant}-s{max((s for s in seeds if type(s) is int), default=0)}"
+    problem = configs.uid(longest)
+    return [f"{path}: set.name and variant {variant!r} make the uid {longest!r}, which {problem}; shorten them"] \
+        if problem else []
 
 
 def load_set(path, overrides=()) -> tuple:
@@ -125,7 +144,7 @@ def load_set(path, overrides=()) -> tuple:
     problems = _check_set_section(spec, path)
     if problems:
         raise configs.ConfigError(problems)
-    spec.setdefault("export", str(pretrained.RESOURCES))
+    spec.setdefault("export", DEFAULT_EXPORT)
     networks = [Network(variant, seed, _network_config(raw, spec, variant, seed, recipe_overrides),
                         entry.get("export_dtype", "float32"))
                 for seed in spec["seeds"] for variant, entry in spec["networks"].items()
@@ -220,7 +239,11 @@ def _record_time(known, network, export):
 
 
 def run_local(networks, export) -> list:
-    """Train the unfinished networks here, one after the other; returns the exported checkpoint paths."""
+    """Train the unfinished networks here, one after the other; returns the exported checkpoint paths.
+
+    A network that another process is training (a second `train-set` on the same set: its run or its export is
+    locked) is skipped, said so, and the rest are trained; the skipped ones are listed at the end (the other
+    process finishes them; the same command run again afterwards finds them finished)."""
     finished = [n for n in networks if is_finished(n, export)]
     known = {}
     for n in finished:
@@ -228,14 +251,41 @@ def run_local(networks, export) -> list:
     todo = [n for n in networks if n not in finished]
     print(f"Set of {len(networks)} networks: {len(finished)} finished in {export}, {len(todo)} to train "
           f"({_time_left(todo, known)})", flush=True)
+    skipped = []
     for i, network in enumerate(networks, 1):
         if network in finished:
             continue
-        print(f"[network {i} of {len(networks)}] {network.label()}; time left: {_time_left(todo, known)}",
-              flush=True)
+        where = f"[network {i} of {len(networks)}]"
+        print(f"{where} {network.label()}; time left: {_time_left(todo, known)}", flush=True)
         started = time.time()
-        train_network(network.cfg, export, network.export_dtype)
+        if not _train_here(network, export, where):
+            skipped.append(network)
+            continue
         todo.remove(network)
         _record_time(known, network, export)
-        print(f"[network {i} of {len(networks)}] done in {_format_duration(time.time() - started)}", flush=True)
+        print(f"{where} done in {_format_duration(time.time() - started)}", flush=True)
+    if skipped:
+        print(f"Skipped {len(skipped)} network(s) that another process is training (it finishes them): "
+              f"{', '.join(n.label() for n in skipped)}. Run the same command once it is done to check the set.",
+              flush=True)
     return [exported_path(n, export) for n in networks]
+
+
+def _train_here(network, export, where) -> bool:
+    """Train and export one network; False if another process holds its run or export (skipped), True once it is
+    exported (by this process, or by the other one in the meantime)."""
+    from models.atomic import LockedError
+
+    if is_finished(network, export):  # another process finished it since the list was made
+        print(f"{where} finished meanwhile by another process", flush=True)
+        return True
+    try:
+        train_network(network.cfg, export, network.export_dtype)
+    except LockedError as exc:
+        print(f"{where} skipped: it is being trained elsewhere ({exc})", flush=True)
+        return False
+    except FileExistsError:  # the other process exported it between our check and our export
+        if not is_finished(network, export):
+            raise
+        print(f"{where} exported meanwhile by another process", flush=True)
+    return True
