@@ -9,6 +9,7 @@ A run folder holds run.json (settings, networks with their sha256, data, machine
 stages/<stage>.json (each finished stage's results under that fingerprint), figures/ and the report. Resuming a
 folder whose fingerprint differs (other settings, networks or data) is refused; one writer per folder (a lock).
 """
+import copy
 import hashlib
 import json
 import time
@@ -85,11 +86,13 @@ class Context:
         self._nets = {}
 
     def nets(self, variant) -> list:
-        """[(seed, model in eval())] of the variant, loaded once."""
+        """[(seed, model in eval())] of the variant: loaded from disk once, and a fresh copy of the loaded network
+        on every call, so that nothing a stage does to its networks (channels_last, BatchNorm folding, switched
+        MC dropout) reaches a later stage: a resumed run computes what an uninterrupted one computes."""
         if variant not in self._nets:
             self._nets[variant] = [(seed, pretrained.load_trained(path, self.device))
                                    for seed, path in self.paths[variant].items()]
-        return self._nets[variant]
+        return [(seed, copy.deepcopy(net)) for seed, net in self._nets[variant]]
 
     def loader(self, n):
         """The first n test images, in batches of the run's batch size."""
@@ -104,12 +107,27 @@ class Context:
         for name, t in arrays.items():
             save_array(self.folder / "arrays" / stage / f"{plain_name(name)}.npy", t.numpy())
 
-    def load_arrays(self, stage) -> dict:
+    def load_arrays(self, stage, names=None) -> dict:
+        """The arrays a stage saved (save_arrays); `names`: the ones the caller needs (each must be there). A
+        missing, damaged or foreign (symlinked out of the run folder) file is named with the fix."""
         folder = self.folder / "arrays" / stage
+        fix = f"delete {self.folder / 'stages' / (stage + '.json')} to recompute that stage, or start a new run"
         if not folder.is_dir():
-            raise PaperError(f"{folder} is missing: stage {stage!r} of this run kept no predictions; start a new "
-                             f"run (no --uid)")
-        return {p.stem: torch.from_numpy(np.load(p, allow_pickle=False)) for p in sorted(folder.glob("*.npy"))}
+            raise PaperError(f"{folder} is missing: stage {stage!r} of this run kept no predictions; {fix}")
+        files = {p.stem: p for p in sorted(folder.glob("*.npy"))}
+        missing = sorted(set(names or ()) - set(files))
+        if missing:
+            raise PaperError(f"{folder} lacks {', '.join(n + '.npy' for n in missing[:5])}"
+                             f"{' and more' if len(missing) > 5 else ''}: {fix}")
+        out = {}
+        for name, path in files.items():
+            if path.is_symlink() or not path.resolve().is_relative_to(self.folder.resolve()):
+                raise PaperError(f"{path} is a link out of the run folder, not an array this run saved: {fix}")
+            try:
+                out[name] = torch.from_numpy(np.load(path, allow_pickle=False))
+            except (ValueError, OSError, EOFError) as exc:
+                raise PaperError(f"{path} is damaged ({exc}): {fix}") from None
+        return out
 
     def mean(self, arms, paired=True):
         return hierarchical_mean(arms, n_boot=self.s["n_boot"], level=self.s["level"], seed=self.s["seed"],
@@ -143,6 +161,12 @@ def duration(seconds) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def variant_seeds(spec, variant, seeds) -> list:
+    """The seeds of `seeds` that the set trains for `variant` (an entry may list fewer seeds than the set)."""
+    own = spec["networks"][variant].get("seeds", spec["seeds"])
+    return [seed for seed in seeds if seed in own]
+
+
 def network_paths(spec, seeds, dataset, resources) -> dict:
     """{variant: {seed: checkpoint}} of the five reference variants; raises naming everything missing."""
     missing_variants = [v for v in pretrained.REFERENCE_VARIANTS if v not in spec["networks"]]
@@ -152,7 +176,7 @@ def network_paths(spec, seeds, dataset, resources) -> dict:
     paths, missing = {}, []
     for v in pretrained.REFERENCE_VARIANTS:
         paths[v] = {}
-        for seed in seeds:
+        for seed in variant_seeds(spec, v, seeds):
             try:
                 paths[v][seed] = pretrained.reference_path(v, seed, dataset, spec["name"], resources)
             except FileNotFoundError:
@@ -162,6 +186,90 @@ def network_paths(spec, seeds, dataset, resources) -> dict:
                          f"Train them with `python -m ops.run train-set <the set config>` (finished ones are "
                          f"skipped), or pass --seeds with the seeds that are complete (the report says which)")
     return paths
+
+
+def complete_seeds(spec, dataset, resources) -> tuple:
+    """(seeds whose every reference network is in `resources`, the set's other seeds): what a run without --seeds
+    analyses while a set is still being trained."""
+    done, partial = [], []
+    for seed in spec["seeds"]:
+        try:
+            network_paths(spec, [seed], dataset, resources)
+            done.append(seed)
+        except PaperError:
+            partial.append(seed)
+    return done, partial
+
+
+def weights_digest(path) -> str:
+    """sha256 of a checkpoint's tensors (names, dtypes, shapes and values), whatever else its file holds: two files
+    with equal digests are the same network, even if re-saved."""
+    from models.checkpoints import read_checkpoint
+
+    state = read_checkpoint(path)
+    state = state.get("state_dict", state) if isinstance(state.get("state_dict"), dict) else state
+    h = hashlib.sha256()
+    for key in sorted(k for k, v in state.items() if isinstance(v, torch.Tensor)):
+        t = state[key].detach().cpu().contiguous().reshape(-1)  # a 0-d tensor cannot be viewed as bytes
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _card_problems(card, network, check_recipe) -> list:
+    """How a card disagrees with the set's network (variant, seed, model, recipe)."""
+    problems = []
+    cfg = card.get("config") if isinstance(card.get("config"), dict) else {}
+    if card.get("seed") != network.seed:
+        problems.append(f"its card says seed {card.get('seed')!r}, its file name seed {network.seed}")
+    if card.get("name") != network.model:
+        problems.append(f"its card says model {card.get('name')!r}, the set's {network.variant} is {network.model}")
+    uid = cfg.get("env", {}).get("uid") if isinstance(cfg.get("env"), dict) else None
+    if (check_recipe or uid is not None) and uid != network.uid:
+        problems.append(f"its card was trained as uid {uid!r}, not {network.uid!r}")
+    if check_recipe and not problems:
+        from ops.train import sets as sets_mod
+
+        try:
+            diffs = sets_mod._recipe_differences(cfg, network.cfg)
+        except (KeyError, TypeError, AttributeError):
+            diffs = {"config": ("incomplete", "the set's recipe")}
+        problems += [f"{k} is {old!r}, the set's is {new!r}" for k, (old, new) in list(diffs.items())[:4]]
+    return problems
+
+
+def check_networks(paths, networks, check_recipe=True) -> None:
+    """Refuse, naming the file, a network that is not the set's: a card of another recipe (check_recipe), of
+    another seed, model or uid than its file name says, or weights equal to another network's (a copied seed
+    would narrow every interval)."""
+    by_key = {(n.variant, n.seed): n for n in networks}
+    seen, problems = {}, []
+    for variant, by_seed in paths.items():
+        for seed, path in by_seed.items():
+            card = pretrained.read_card(path)
+            found = _card_problems(card, by_key[(variant, seed)], check_recipe)
+            digest = weights_digest(path)
+            if digest in seen:
+                found.append(f"its weights are those of {seen[digest]}")
+            seen.setdefault(digest, path)
+            problems += [f"{path}: {p}" for p in found]
+    if problems:
+        raise PaperError("these networks are not the set's own, so the report would not be about the set:\n  "
+                         + "\n  ".join(problems) + "\nRetrain them with `python -m ops.run train-set <the set "
+                         "config>` (move the wrong files away first), or pass --resources with the set's folder")
+
+
+def _default_seeds(spec, seeds, dataset, resources, given) -> list:
+    """Without --seeds, the set's seeds whose networks are all trained (said aloud); at least two are needed for
+    an interval over seeds, else the missing networks are named."""
+    if given:
+        return seeds
+    done, partial = complete_seeds(spec, dataset, resources)
+    if len(done) < 2 or not partial:
+        return seeds
+    print(f"seeds {partial} of the set are not fully trained in {resources}: this run analyses seeds {done} "
+          f"(pass --seeds to choose; the report names its seeds)", flush=True)
+    return done
 
 
 def load_data(cfg, smoke):
@@ -185,8 +293,11 @@ def describe(config, s, seeds, paths, dataset, test, device) -> dict:
     """What the run is: settings, the config's content, networks with their sha256, data, device and torch (MC
     streams differ between devices and versions). Its hash is the run's fingerprint."""
     nets = {v: {str(seed): {"path": str(p), "sha256": sha256(p)} for seed, p in by.items()} for v, by in paths.items()}
+    machine = machine_info(device)
+    kind = {k: machine[k] for k in ("cpu", "cpu_capability", "imitation", "gpu") if k in machine}
     return {"config": str(config), "config_sha256": sha256(config), "settings": s, "dataset": dataset,
             "seeds": list(seeds), "networks": nets, "device": str(device), "torch": torch.__version__,
+            "machine_kind": kind,  # other kernels (CPU kind, imitation, GPU) give other low bits: not mixed in a run
             "test": {"n": len(test), "sha1": corrupted_sets.fingerprint(test.images, test.labels)}}
 
 
@@ -194,10 +305,18 @@ def _open_run(folder, meta):
     """Write run.json, or check that the folder's run is this one (a resumed run must not mix results)."""
     path = folder / "run.json"
     if path.exists():
-        old = read_json(path, what="paper run description")
+        try:
+            old = read_json(path, what="paper run description")
+        except ValueError as exc:
+            raise PaperError(f"{exc}; or start a new run (no --uid)") from None
         if old.get("fingerprint") != meta["fingerprint"]:
+            other = [k for k in ("machine_kind", "torch", "device") if old.get(k) != meta[k]]
+            was, now = (", ".join(repr(m.get(k)) for k in other) for m in (old, meta))
+            where = (f"; it was computed with another {' and '.join(other)} ({was} vs {now}), whose kernels give "
+                     f"other numbers: resume it there" if other else "")
             raise PaperError(f"{folder} holds a paper run with other settings, networks or data (fingerprint "
-                             f"{old.get('fingerprint')} vs {meta['fingerprint']}): start a new run (no --uid)")
+                             f"{old.get('fingerprint')} vs {meta['fingerprint']}){where}; or start a new run (no "
+                             f"--uid)")
     write_json(path, meta)
 
 
@@ -208,6 +327,24 @@ def _check_figures(folder, figures):
             for f in figures):
         raise PaperError(f"a stage file of {folder} names figures outside the run folder or missing ({figures!r}): "
                          f"start a new run (no --uid)")
+
+
+def _read_stage(folder, path):
+    """A finished stage's file, or None if the stage has not finished; a damaged, incomplete or foreign file is
+    refused with its name and the fix (a KeyError or a stage file linked in from elsewhere is never used)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    fix = f"delete {path} to recompute the stage, or start a new run (no --uid)"
+    if path.is_symlink() or not path.resolve().is_relative_to(Path(folder).resolve()):
+        raise PaperError(f"{path} is a link out of the run folder, not a stage this run wrote: {fix}")
+    try:
+        saved = read_json(path, what="paper stage")
+    except ValueError as exc:
+        raise PaperError(f"{exc} ({fix})") from None
+    lacking = [k for k in ("fingerprint", "result", "figures", "seconds") if k not in saved]
+    if lacking or not isinstance(saved["result"], dict) or not isinstance(saved["seconds"], (int, float)):
+        raise PaperError(f"{path} is not a finished stage (lacks {lacking or 'a valid result'}): {fix}")
+    return saved
 
 
 def corrupted_root(out, s, test) -> Path:
@@ -231,7 +368,7 @@ def run_stages(ctx, fingerprint, plan) -> dict:
     for i, key in enumerate(keys, 1):
         title = CLAIMS[i - 1].title
         cached = ctx.folder / "stages" / f"{key}.json"
-        saved = read_json(cached, what="paper stage") if cached.exists() else None
+        saved = _read_stage(ctx.folder, cached)
         if saved is not None and saved.get("fingerprint") == fingerprint:
             _check_figures(ctx.folder, saved.get("figures"))
             ctx.results[key], ctx.figures[key], timings[key] = saved["result"], saved["figures"], saved["seconds"]
@@ -264,6 +401,7 @@ def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=N
         raise PaperError(f"there is no paper run {uid!r} in {out} to resume (no run.json); leave out --uid to start "
                          f"a new one")
     uid, folder = runs.output_folder(out, uid)
+    given_seeds = seeds is not None
     with exclusive(folder / "lock", f"the paper run {folder}"):
         seeds = list(seeds or ([0, 1] if smoke else spec["seeds"]))
         if len(set(seeds)) != len(seeds):
@@ -272,7 +410,9 @@ def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=N
         if smoke:
             resources = smoke_set.make_set(folder / "models", spec, seeds)
         resources = Path(resources or spec["export"])
+        seeds = _default_seeds(spec, seeds, dataset, resources, given=given_seeds or smoke)
         paths = network_paths(spec, seeds, dataset, resources)
+        check_networks(paths, networks, check_recipe=not smoke)
         train, test = load_data(cfg, smoke)
         meta = describe(config, s, seeds, paths, dataset, test, device)
         meta["fingerprint"] = _fingerprint(meta)

@@ -15,13 +15,16 @@ def make_set(root, spec, seeds, dataset="synthetic", num_classes=10) -> Path:
     variant of the set config's `spec` and every seed; returns root."""
     root = Path(root)
     for seed in seeds:
-        for variant, entry in spec["networks"].items():
-            torch.manual_seed(seed)
+        for index, variant in enumerate(spec["networks"]):
+            entry = spec["networks"][variant]
+            if seed not in entry.get("seeds", spec["seeds"]):
+                continue
+            torch.manual_seed(1000 * seed + index)  # distinct weights per network, as a trained set has
             block = {**entry.get("block", {}), "width": WIDTH}
             model = models.get_model(entry["model"], num_classes=num_classes, stem=False, **block)
             uid = f"{spec['name']}-{variant}-s{seed}"
             path = models.save(model, dataset, uid, root=root)
             cfg = {"model": {"name": entry["model"], "stem": False, "block": block}, "dataset": {"name": dataset},
-                   "env": {"seed": seed}}
+                   "env": {"seed": seed, "uid": uid}}
             pretrained.write_card(path, cfg, num_classes, history=[], note="untrained smoke-test network")
     return root

@@ -151,8 +151,10 @@ def ensembles(ctx) -> dict:
     if "sweep" in ctx.memory:
         preds, _ = ctx.memory["sweep"]
     else:  # a resumed run: stage 1's own 2-sample predictions (a new sweep would draw other masks)
-        saved = ctx.load_arrays("sweep")
-        preds = {v: [{n: saved[f"{v}-{i}-{n}"] for n in (1, 2)} for i in range(len(ctx.nets(v)))]
+        names = {v: [[f"{v}-{i}-{n}" for n in (1, 2)] for i in range(len(ctx.paths[v]))]
+                 for v in ("mcdo", "mcdo_smoothing")}
+        saved = ctx.load_arrays("sweep", [k for by in names.values() for keys in by for k in keys])
+        preds = {v: [{n: saved[f"{v}-{i}-{n}"] for n in (1, 2)} for i in range(len(ctx.paths[v]))]
                  for v in ("mcdo", "mcdo_smoothing")}
     members = [p[1] for p in dnn]
     S = len(members)

@@ -1,0 +1,172 @@
+"""`make paper` gives the same numbers for the same inputs: stages see the networks as loaded, a run killed (a real
+process, SIGKILL) and resumed equals an uninterrupted one number for number, only the set's own distinct networks
+are analysed, and damaged, missing or foreign stage files and arrays are named with the fix."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ops.paper import PaperError, pipeline, smoke
+from ops.train import sets
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "fashion_mnist_reference.json"
+
+
+def _claims(folder):
+    """Every number of a run's results (the corrupted set's folder, which names the run's own folder, aside)."""
+    claims = json.loads((Path(folder) / "results.json").read_text())["claims"]
+    claims["robustness"].pop("set")
+    return claims
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return pipeline.run(CONFIG, smoke=True, out=out)
+
+
+def test_a_run_killed_after_stage_1_and_resumed_gives_the_uninterrupted_numbers(uninterrupted, tmp_path):
+    """Stage 1 converts its networks to channels_last and draws MC masks in that layout; before each stage got its
+    own copy of the networks as loaded, a resumed run and an uninterrupted one differed in 183 numbers."""
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ops.paper", "--smoke", "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    try:
+        while not list(out.glob("*/stages/sweep.json")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "stage 1 did not finish in 10 minutes"
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (folder,) = [p for p in out.iterdir() if p.name != "data"]
+    assert not (folder / "report.md").exists()  # killed before the end
+    resumed = pipeline.run(CONFIG, smoke=True, out=out, uid=folder.name)
+    assert _claims(resumed) == _claims(uninterrupted)
+
+
+def _context(tmp_path):
+    spec, _ = sets.load_set(CONFIG)
+    root = smoke.make_set(tmp_path / "models", spec, [0, 1])
+    paths = pipeline.network_paths(spec, [0, 1], "synthetic", root)
+    return pipeline.Context({}, tmp_path / "run", None, None, "synthetic", paths, torch.device("cpu"), None, None)
+
+
+def test_each_stage_gets_the_networks_as_loaded(tmp_path):
+    import models
+
+    ctx = _context(tmp_path)
+    (_, first), _ = ctx.nets("mcdo")
+    loaded = {k: v.clone() for k, v in first.state_dict().items()}
+    first.to(memory_format=torch.channels_last)  # what a stage may do to its networks
+    models.mc_dropout(first, enabled=False)
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)
+    (_, again), _ = ctx.nets("mcdo")
+    assert again is not first and models.is_stochastic(again) and not again.training
+    assert all(p.is_contiguous() for p in again.parameters())
+    assert all(torch.equal(v, loaded[k]) for k, v in again.state_dict().items())
+
+
+def _copy_set(tmp_path):
+    spec, networks = sets.load_set(CONFIG)
+    root = smoke.make_set(tmp_path / "models", spec, [0, 1])
+    return spec, networks, root
+
+
+def test_untrained_networks_are_refused_as_the_reference_set_in_full_mode(tmp_path):
+    spec, networks, root = _copy_set(tmp_path)
+    paths = pipeline.network_paths(spec, [0, 1], "synthetic", root)
+    pipeline.check_networks(paths, networks, check_recipe=False)  # the smoke run's own set: accepted there
+    with pytest.raises(PaperError, match=r"reference-mcdo-s0\.pth\.tar: .*(train|recipe|epochs|is )") as err:
+        pipeline.check_networks(paths, networks, check_recipe=True)
+    assert "train-set" in str(err.value)
+
+
+def test_a_seed_that_is_a_copy_of_another_is_refused_naming_both(tmp_path):
+    spec, networks, root = _copy_set(tmp_path)
+    paths = pipeline.network_paths(spec, [0, 1], "synthetic", root)
+    shutil.copyfile(paths["mcdo"][0], paths["mcdo"][1])  # the weights only: the card still says seed 1
+    with pytest.raises(PaperError, match="its weights are those of") as err:
+        pipeline.check_networks(paths, networks, check_recipe=False)
+    assert paths["mcdo"][1].name in str(err.value) and paths["mcdo"][0].name in str(err.value)
+
+
+def test_a_card_whose_seed_or_model_disagrees_with_its_file_name_is_refused(tmp_path):
+    spec, networks, root = _copy_set(tmp_path)
+    paths = pipeline.network_paths(spec, [0, 1], "synthetic", root)
+    card = Path(str(paths["dnn"][1]).removesuffix(".pth.tar") + ".json")
+    data = json.loads(card.read_text())
+    card.write_text(json.dumps({**data, "seed": 0}))
+    with pytest.raises(PaperError, match=r"dnn-s1\.pth\.tar: its card says seed 0, its file name seed 1"):
+        pipeline.check_networks(paths, networks, check_recipe=False)
+
+
+def test_the_shipped_networks_are_the_sets_own_and_distinct():
+    spec, networks = sets.load_set(CONFIG)
+    done, _ = pipeline.complete_seeds(spec, "fashion_mnist", ROOT / spec["export"])
+    assert len(done) >= 3
+    paths = pipeline.network_paths(spec, done, "fashion_mnist", ROOT / spec["export"])
+    pipeline.check_networks(paths, networks, check_recipe=True)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("not json", "is not valid JSON"),
+    ({"fingerprint": None}, "is not a finished stage"),
+    ("link", "link out of the run folder")])
+def test_damaged_or_foreign_stage_files_are_named_with_the_fix(uninterrupted, tmp_path, damage, message):
+    folder = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, folder)
+    stage = folder / "stages" / "robustness.json"
+    if damage == "link":
+        outside = tmp_path / "elsewhere.json"
+        shutil.copyfile(stage, outside)
+        stage.unlink()
+        stage.symlink_to(outside)
+    else:
+        stage.write_text(damage if isinstance(damage, str) else json.dumps(damage))
+    with pytest.raises(PaperError, match=message) as err:
+        pipeline.run(CONFIG, smoke=True, out=tmp_path, uid=folder.name)
+    assert "robustness.json" in str(err.value) and ("delete" in str(err.value) or "new run" in str(err.value))
+
+
+@pytest.mark.parametrize("damage, message", [("truncate", "is damaged"), ("remove", "lacks"),
+                                             ("link", "link out of the run folder")])
+def test_damaged_missing_or_foreign_arrays_are_named_with_the_fix(uninterrupted, tmp_path, damage, message):
+    folder = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, folder)
+    (folder / "stages" / "ensembles.json").unlink()  # stage 3 reads stage 1's arrays again on a resume
+    array = folder / "arrays" / "sweep" / "mcdo-1-2.npy"
+    if damage == "truncate":
+        array.write_bytes(array.read_bytes()[:40])
+    elif damage == "remove":
+        array.unlink()
+    else:
+        outside = tmp_path / "elsewhere.npy"
+        np.save(outside, np.zeros(3))
+        array.unlink()
+        array.symlink_to(outside)
+    with pytest.raises(PaperError, match=message) as err:
+        pipeline.run(CONFIG, smoke=True, out=tmp_path, uid=folder.name)
+    assert "mcdo-1-2.npy" in str(err.value) and "sweep.json" in str(err.value)
+
+
+def test_a_resume_on_another_machine_kind_is_refused_naming_it(uninterrupted, tmp_path):
+    folder = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, folder)
+    meta = json.loads((folder / "run.json").read_text())
+    meta["machine_kind"] = {**meta["machine_kind"], "cpu_capability": "AVX2"}
+    meta["fingerprint"] = pipeline._fingerprint(meta)
+    (folder / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(PaperError, match="another machine_kind .*resume it there"):
+        pipeline.run(CONFIG, smoke=True, out=tmp_path, uid=folder.name)
