@@ -141,8 +141,8 @@ def hierarchical_bootstrap(arms: dict, targets: torch.Tensor, n_boot: int = 1000
     same N test images in the same order (targets (N,)). The image level: `n_boot` resamples of the N images,
     the same draw for every seed and both arms (the difference is paired over images), each seed's metric
     recomputed on them and averaged over seeds. Returns {label: {key: (estimate, low, high)}, "<b> - <a>":
-    {...}, "seeds": {label: S}, "seed_level": bool}; estimates are the mean over seeds of the metric on all
-    images."""
+    {...}, "seeds": {label: S}, "seed_level": bool, "per_seed": {label: {key: [each seed's value]}}};
+    estimates are the mean over seeds of the metric on all images."""
     labels = list(arms)
     if len(labels) != 2:
         raise ValueError(f"hierarchical_bootstrap compares two arms, got {len(labels)}: {labels}")
@@ -173,6 +173,7 @@ def hierarchical_bootstrap(arms: dict, targets: torch.Tensor, n_boot: int = 1000
         for k in labels + [diff]:
             out[k][m] = c[k]
         out["seed_level"] = c["seed_level"]
+    out["per_seed"] = {k: {m: [float(v) for v in per_seed[k][m]] for m in KEYS} for k in labels}
     out["seeds"] = counts
     return out
 
@@ -209,7 +210,8 @@ def hierarchical_mean(arms: dict, n_boot: int = 1000, level: float = 0.95, seed:
     c = combine(per_seed, draws, level, paired_seeds)
     diff = f"{labels[1]} - {labels[0]}"
     out = {k: {"mean": c[k]} for k in labels + [diff]}
-    return out | {"seeds": {k: len(v) for k, v in values.items()}, "seed_level": c["seed_level"]}
+    return out | {"seeds": {k: len(v) for k, v in values.items()}, "seed_level": c["seed_level"],
+                  "per_seed": {k: {"mean": [float(v) for v in per_seed[k]]} for k in labels}}
 
 
 VERDICTS = ("supported", "contradicted", "not resolved")

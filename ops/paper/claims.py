@@ -3,7 +3,9 @@ original's own CIFAR-100 figures where its README gives them.
 
 Each claim's verdict comes from the 95% interval of a paired difference "claimed arm - other arm" over seeds and
 test units (ops.evaluate.intervals.verdict): supported, contradicted or not resolved. A claim that one arm
-*matches* another is read as "not worse by more than a margin" (settings.FULL["margins"]).
+*matches* another is read as "not worse by more than a margin": for claim 1's "2 samples match 50", 10% of what
+plain MC dropout's own 1 -> 50 samples change (stages.RELATIVE_MARGIN). Rows of "beyond the paper" sections (deep
+ensembles) carry no verdict.
 """
 from dataclasses import dataclass
 
@@ -18,27 +20,35 @@ class Claim:
 
 
 CLAIMS = (
-    Claim(1, "sweep", "MC dropout + smoothing with 2 samples matches MC dropout with 50",
-          "\"The predictive performance of 'MC dropout + spatial smoothing' with an ensemble size of two is "
-          "comparable to that of the vanilla MC dropout with an ensemble size of fifty.\" And smoothing is better "
-          "at every ensemble size.",
-          "Paper (CIFAR-100, ResNet-18, the original README's figure): NLL 1.02 -> 0.85 for MC dropout with 1 -> "
-          "50 samples; 0.855 for MC dropout + smoothing with 2."),
+    Claim(1, "sweep", "Smoothing helps MC dropout at every ensemble size; with 2 samples it matches 50 without",
+          "\"Spatial smoothing improves accuracy, uncertainty estimation, and robustness of BNNs across a whole range "
+          "of ensemble sizes\" (abstract; NLL, accuracy and ECE, figures 2-3), and \"the predictive performance of "
+          "'MC dropout + spatial smoothing' with an ensemble size of two is comparable to that of the vanilla MC "
+          "dropout with an ensemble size of fifty\" (figures 2-3). The second is measured as a quantity, the "
+          "equivalent ensemble size (the paper's value: about 50), and read as 'not worse than plain MC dropout "
+          "with 50 by more than 10% of what its own 1 -> 50 samples gain' (the paper gives no margin; ours is "
+          "relative so that it scales with the data set).",
+          "Paper (CIFAR-100, ResNet-18, read off its figures 2-3): NLL 1.02 -> 0.85 for MC dropout with 1 -> "
+          "50 samples; 0.855 for MC dropout + smoothing with 2 (about 3% of the 1 -> 50 gain above 50 samples)."),
     Claim(2, "deterministic", "Smoothing helps deterministic networks too",
           "\"Spatial smoothing also can be applied to canonical deterministic NNs to improve the performances.\"",
-          "Paper: shown for ImageNet (its figure 8); no CIFAR-100 number in the original README."),
-    Claim(3, "ensembles", "Blurs behave like ensembles",
-          "The paper's title: spatial smoothing ensembles neighbouring feature-map points, so MC dropout + "
-          "smoothing with few samples behaves like a larger ensemble. Compared here with deep ensembles of "
-          "1-3 independently trained deterministic networks (the ensembles of 2 are the 3 pairs of the 3 seeds; "
-          "they share members, so their spread understates training noise, and the one ensemble of all 3 has "
+          "Paper (CIFAR-100, ResNet-18, deterministic, read off its figures 2 and 3): NLL 0.886 -> 0.863, accuracy "
+          "77.9% -> 79.0%, ECE 5.1% -> 4.4% with smoothing."),
+    Claim(3, "ensembles", "Beyond the paper: MC dropout + smoothing beside deep ensembles",
+          "Not a claim of the paper (it compares MC dropout ensemble sizes, never deep ensembles): context only, "
+          "with no verdict for or against the paper. MC dropout + smoothing with 2 samples beside deep ensembles "
+          "of independently trained deterministic networks (the ensembles of k are all k-subsets of the seeds; "
+          "they share members, so their spread understates training noise, and the one ensemble of all seeds has "
           "no seed level).",
-          "Paper: no deep-ensemble number in the original README (its figures compare MC dropout sizes)."),
+          "Paper: no deep-ensemble comparison."),
     Claim(4, "robustness", "Smoothing improves robustness to corruptions",
           "\"Spatial smoothing improves the predictive performance for corrupted data. Moreover, it undoubtedly "
-          "helps in predicting reliable uncertainty.\" (CIFAR-100-C: 15 corruptions x 5 severities)",
-          "Paper (CIFAR-100-C figure): lower NLL and ECE and higher accuracy at every severity with smoothing; "
-          "the README gives no mCE number."),
+          "helps in predicting reliable uncertainty.\" (CIFAR-100-C: 15 corruptions x 5 severities), for MC "
+          "dropout and deterministic networks alike: the error, NLL and ECE under corruption.",
+          "Paper (CIFAR-100-C, its figure 9, read off the plot): mCE about 90.5 -> 88.6 (MC dropout, 1 sample), "
+          "86.8 -> 85.5 (50 samples) and 86.5 -> 84.9 (deterministic) with smoothing, AlexNet-normalised (ours is "
+          "not: the raw mean error); lower NLL and ECE under corruption at every severity. Our MC arms stop at "
+          "the sizes in the settings (the paper's curves go to 50)."),
     Claim(5, "featuremaps", "Smoothing steadies and low-passes the feature maps",
           "Spatial smoothing ensembles neighbouring points of the feature maps: it lowers their variance across "
           "MC samples and damps their high frequencies (the Fourier profile).",
@@ -50,7 +60,8 @@ CLAIMS = (
           "Paper: three GIFs (MLP head, GAP head, GAP + smoothing) of CIFAR-100 ResNet-18 landscapes; no number."),
     Claim(7, "hessians", "Smoothing suppresses the large Hessian eigenvalues",
           "The paper: spatial smoothing reduces the magnitude of the top Hessian eigenvalues (the distribution of "
-          "the largest eigenvalue over mini-batches).",
+          "the largest eigenvalue over mini-batches, its Algorithm 1, each mini-batch's top eigenvalue kept with its "
+          "sign). Rows: the mean magnitude (the claim) and the share of negative top eigenvalues beside it.",
           "Paper: a figure of the top-eigenvalue spectra on CIFAR-100; no number in the original README."),
 )
 

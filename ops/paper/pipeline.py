@@ -45,7 +45,8 @@ def planned_units(s: dict, n_seeds: int) -> dict:
         "sweep": sw["images"] * sw["max_size"] * (COST["mcdo"] + COST["mcdo_smoothing"]),
         "deterministic": sw["images"] * (COST["dnn"] + COST["dnn_smoothing"]),
         "ensembles": 0.1 * sw["images"],
-        "robustness": cells * r["images_per_cell"] * max(r["sizes"]) * (COST["mcdo"] + COST["mcdo_smoothing"]),
+        "robustness": cells * r["images_per_cell"] * (max(r["sizes"]) * (COST["mcdo"] + COST["mcdo_smoothing"])
+                                                      + COST["dnn"] + COST["dnn_smoothing"]),
         "featuremaps": f["images"] * (f["samples"] + 1) * (COST["mcdo"] + COST["mcdo_smoothing"]),
         "landscapes": ls["n"] ** 2 * ls["masks"] * ls["images"] * (COST["mcdo_mlp"] + COST["mcdo"]
                                                                    + COST["mcdo_smoothing"]),

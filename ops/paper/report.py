@@ -20,10 +20,12 @@ METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test
           "Verdict: *supported* if the interval of b - a excludes 0 in the claimed direction, *contradicted* if "
           "it excludes 0 the other way, *not resolved* otherwise; where an arm has a single network (one seed, "
           "or the one deep ensemble of all seeds) there is no seed level and the verdict is withheld (not "
-          "resolved). A claim that b *matches* a reads as 'not worse by more than a margin' (NLL {nll} nats, "
-          "accuracy {acc} points, ECE {ece} points): supported if the whole interval is better than that "
-          "margin, contradicted if it is entirely worse. Accuracy, ECE and errors are in percent, their "
-          "differences in points.")
+          "resolved). Beside each verdict: how many seeds point the claimed way (seed i of one arm against seed i of "
+          "the other); where every seed does but the interval crosses zero, the row says so and stays not "
+          "resolved. A claim that b *matches* a reads as 'not worse by more than a margin', 10% of what plain MC "
+          "dropout's own 1 -> 50 samples change in the same metric: supported if the whole interval is better "
+          "than that margin, contradicted if it is entirely worse. Rows marked context (beyond the paper) carry "
+          "no verdict. Accuracy, ECE and errors are in percent, their differences in points.")
 
 
 def fmt(metric, value) -> str:
@@ -40,11 +42,21 @@ def fmt(metric, value) -> str:
 
 def _row_cells(r) -> list:
     if r.get("combined"):
-        return [r["quantity"], "", "", f"per size: see below ({len(r['sizes'])} sizes)", f"**{r['verdict']}**"]
+        return [r["quantity"], "", "", f"per size: see below ({len(r['sizes'])} sizes)", _verdict_cell(r)]
+    if r.get("kind") == "equivalent":
+        return [r["quantity"], f"paper: {r['paper']}", "", r["text"], "measurement (no verdict)"]
     unit = " (%)" if r["metric"] in PERCENT else ""
     note = f" ({r['note']})" if r.get("note") else ""
     return [r["quantity"] + unit + note, f"{r['a']}: {fmt(r['metric'], r['value_a'])}",
-            f"{r['b']}: {fmt(r['metric'], r['value_b'])}", fmt(r["metric"], r["difference"]), f"**{r['verdict']}**"]
+            f"{r['b']}: {fmt(r['metric'], r['value_b'])}", fmt(r["metric"], r["difference"]), _verdict_cell(r)]
+
+
+def _verdict_cell(r) -> str:
+    """The verdict with the per-seed direction beside it ("**not resolved** (5 of 5 seeds lower)")."""
+    if r.get("verdict") is None:
+        return "context (no verdict)"
+    direction = r.get("direction", {}).get("text")
+    return f"**{r['verdict']}**" + (f" ({direction})" if direction else "")
 
 
 def _verdict_table(results) -> tuple:
@@ -52,7 +64,7 @@ def _verdict_table(results) -> tuple:
     for c in CLAIMS:
         for r in (x for x in results.get(c.key, {}).get("rows", []) if x.get("primary")):
             diff = "" if r.get("combined") else fmt(r["metric"], r["difference"])
-            rows.append([str(c.number), c.title, r["quantity"], diff, f"**{r['verdict']}**"])
+            rows.append([str(c.number), c.title, r["quantity"], diff, _verdict_cell(r)])
     return ("table", ["#", "claim", "measured (claimed arm - other)", "difference [interval]", "verdict"], rows)
 
 
@@ -102,8 +114,7 @@ def blocks(meta, results, figures, timings, total) -> list:
     s = meta["settings"]
     out = _header(meta, timings, total)
     out += [("h2", "Verdicts"), _verdict_table(results),
-            ("p", METHOD.format(nll=s["margins"]["nll"], acc=100 * s["margins"]["acc"], ece=100 * s["margins"]["ece"],
-                                level=100 * s["level"]))]
+            ("p", METHOD.format(level=100 * s["level"]))]
     for c in CLAIMS:
         out += _claim_blocks(c, results.get(c.key, {}), figures.get(c.key, []))
     return out
@@ -160,6 +171,7 @@ def write(folder, meta, results, figures, timings, total) -> Path:
     folder = Path(folder)
     doc = blocks(meta, results, figures, timings, total)
     write_json(folder / "results.json", {"run": meta, "seconds": timings, "total_seconds": total,
+                                         "titles": {c.key: c.title for c in CLAIMS},
                                          "claims": {c.key: results.get(c.key) for c in CLAIMS}})
     write_text(folder / "report.html", to_html(doc, folder))
     return write_text(folder / "report.md", to_markdown(doc))
@@ -168,5 +180,16 @@ def write(folder, meta, results, figures, timings, total) -> Path:
 def verdicts(results_json) -> list:
     """[(claim number, title, quantity, verdict)] of the primary rows of a results.json (for the README)."""
     data = json.loads(Path(results_json).read_text()) if not isinstance(results_json, dict) else results_json
-    return [(c.number, c.title, r["quantity"], r["verdict"]) for c in CLAIMS
+    titles = data.get("titles") or FIRST_TITLES  # the titles the report was written with
+    return [(c.number, titles.get(c.key, c.title), r["quantity"], r["verdict"]) for c in CLAIMS
             for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")]
+
+
+# The claims' titles of reports written before results.json recorded them (the first full run, 3 seeds).
+FIRST_TITLES = {"sweep": "MC dropout + smoothing with 2 samples matches MC dropout with 50",
+                "deterministic": "Smoothing helps deterministic networks too",
+                "ensembles": "Blurs behave like ensembles",
+                "robustness": "Smoothing improves robustness to corruptions",
+                "featuremaps": "Smoothing steadies and low-passes the feature maps",
+                "landscapes": "GAP and smoothing flatten and steady the loss landscape",
+                "hessians": "Smoothing suppresses the large Hessian eigenvalues"}

@@ -42,9 +42,25 @@ def row(h, a, b, metric, quantity, primary=False, margin=0.0, stat=None, directi
     out = {"quantity": quantity, "metric": metric, "a": a, "b": b, "value_a": h[a][stat], "value_b": h[b][stat],
            "difference": diff, "better": direction, "margin": margin, "verdict": verdict(diff, direction, margin),
            "primary": primary, "seeds": h["seeds"]}
+    if "per_seed" in h:
+        out["direction"] = seed_directions(h["per_seed"][a][stat], h["per_seed"][b][stat], direction)
     if not h.get("seed_level", True):
         out.update(verdict="not resolved", note="an arm has one network: the interval covers test units only")
+    elif out["verdict"] == "not resolved" and out.get("direction", {}).get("all_claimed"):
+        out["note"] = "every seed points the claimed way, but the interval crosses zero: not resolved"
     return out
+
+
+def seed_directions(a, b, better) -> dict:
+    """How many seeds point the claimed way: seed i of arm b against seed i of arm a where both arms have the same
+    seeds, else each seed of b against the mean of a. {"better": k, "of": S, "text": "3 of 5 seeds lower",
+    "all_claimed": k == S > 1}."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    other = a if len(a) == len(b) else np.full(len(b), a.mean())
+    k = int(np.sum(b > other) if better == "higher" else np.sum(b < other))
+    against = "" if len(a) == len(b) else " (each against the other arm's mean)"
+    return {"better": k, "of": len(b), "text": f"{k} of {len(b)} seeds {better}{against}",
+            "all_claimed": k == len(b) > 1}
 
 
 def combined(verdicts) -> str:
@@ -73,9 +89,56 @@ def _predictions(ctx, variant, sizes, images):
     return out, targets
 
 
+def equivalent_size(plain_curve, value) -> float:
+    """The number of plain MC samples whose NLL equals `value`, linearly interpolated on `plain_curve` ({n: NLL},
+    decreasing in n): inf where even the largest size is worse than `value`, 0 where size 1 is already better."""
+    sizes = sorted(plain_curve)
+    if plain_curve[sizes[0]] <= value:
+        return 0.0
+    for lo, hi in zip(sizes, sizes[1:]):
+        if plain_curve[hi] <= value:
+            frac = (plain_curve[lo] - value) / (plain_curve[lo] - plain_curve[hi])
+            return lo + frac * (hi - lo)
+    return math.inf
+
+
+def _equivalence_row(ctx, preds, targets, means, sizes, M) -> dict:
+    """Claim 2 as a quantity: the plain ensemble size whose NLL equals smoothing's with 2 samples. Estimate: the
+    mean curves, interpolated; interval: the tested sizes n at which "smoothing with 2 - plain with n" is not
+    resolved at the 95% level (a confidence set by inverting the paired tests; at the resolution of the sizes)."""
+    plain, smooth = LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    target = means[smooth][2]["nll"]
+    est = equivalent_size({n: v["nll"] for n, v in means[plain].items()}, target)
+    outcome = {}
+    for n in sizes:
+        h = ctx.bootstrap({f"{plain}, {n}": [p[n] for p in preds["mcdo"]],
+                           f"{smooth}, 2": [p[2] for p in preds["mcdo_smoothing"]]}, targets)
+        outcome[n] = verdict(h[f"{smooth}, 2 - {plain}, {n}"]["nll"], "lower")
+    same = [n for n in sizes if outcome[n] == "not resolved"]
+    better_everywhere = all(outcome[n] == "supported" for n in sizes)
+    low = f"> {M}" if better_everywhere else (str(min(same)) if same else "none")
+    high = f"> {M}" if better_everywhere or (same and max(same) == M) else (str(max(same)) if same else "none")
+    text = f"> {M}" if math.isinf(est) else f"{est:.1f}"
+    return {"quantity": f"equivalent ensemble size: the plain MC samples whose NLL equals smoothing's with 2 "
+                        f"(sizes tested: {', '.join(map(str, sizes))})", "metric": "size", "kind": "equivalent",
+            "estimate": None if math.isinf(est) else est, "text": f"{text} [{low}, {high}]", "verdict": None,
+            "primary": False, "paper": "about 50 (the paper's figures 2-3: 2 samples with smoothing are comparable "
+                                       "to 50 without)", "per_size": outcome}
+
+
+def _relative_margins(curves, M) -> dict:
+    """'Comparable' as the paper reads it, relative to what MC sampling itself gains: 10% of the plain network's
+    1 -> M change of each metric (mean over seeds), instead of a fixed margin."""
+    means = _curve_means(curves)
+    return {k: RELATIVE_MARGIN * abs(means[1][k] - means[M][k]) for k in KEYS}
+
+
+RELATIVE_MARGIN = 0.1
+
+
 def sweep(ctx) -> dict:
-    """Claim 1: MC dropout vs MC dropout + smoothing at every ensemble size, and 2-sample smoothing vs the
-    plain network's largest size."""
+    """Claims 1 and 2: MC dropout vs MC dropout + smoothing at every ensemble size, and 2-sample smoothing vs the
+    plain network's largest size (the equivalent ensemble size, and a margin relative to the 1 -> M gain)."""
     s = ctx.s["sweep"]
     sizes, M = list(range(1, s["max_size"] + 1)), s["max_size"]
     keep = sorted(set(s["interval_sizes"]) | {1, 2, M})
@@ -93,10 +156,12 @@ def sweep(ctx) -> dict:
     ctx.save_arrays("sweep", {f"{v}-{i}-{n}": p[n] for v, runs in preds.items() for i, p in enumerate(runs)
                               for n in (1, 2)} | {"targets": targets})
     plain, smooth = LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    margins = _relative_margins(curves["mcdo"], M)
     a, b = f"{plain}, {M} samples", f"{smooth}, 2 samples"
     h = ctx.bootstrap({a: [p[M] for p in preds["mcdo"]], b: [p[2] for p in preds["mcdo_smoothing"]]}, targets)
-    rows = [row(h, a, b, k, f"{NAMES[k]}: smoothing with 2 samples vs MC dropout with {M}", primary=k == "nll",
-                margin=ctx.s["margins"][k]) for k in KEYS]
+    rows = [row(h, a, b, k, f"{NAMES[k]}: smoothing with 2 samples vs MC dropout with {M} (margin: "
+                            f"{100 * RELATIVE_MARGIN:g}% of MC dropout's own 1 -> {M} change)",
+                primary=k == "nll", margin=margins[k]) for k in KEYS]
     bands, every = {plain: {}, smooth: {}}, []
     for n in s["interval_sizes"]:
         a, b = f"{plain}, {n}", f"{smooth}, {n}"
@@ -107,15 +172,18 @@ def sweep(ctx) -> dict:
         per_size = [r for r in every if r["metric"] == k]
         rows.append({"quantity": f"{NAMES[k]}: smoothing better at every size tested ({per_size[0]['size']}-"
                                  f"{per_size[-1]['size']}; each size at its own 95% level, uncorrected)",
-                     "metric": k, "combined": True, "primary": k == "nll",
-                     "verdict": combined(r["verdict"] for r in per_size), "sizes": [r["size"] for r in per_size]})
+                     "metric": k, "combined": True, "primary": True,
+                     "verdict": combined(r["verdict"] for r in per_size), "sizes": [r["size"] for r in per_size],
+                     "direction": {"text": f"{sum(r['direction']['better'] == r['direction']['of'] for r in per_size)}"
+                                           f" of {len(per_size)} sizes with every seed {better(k)}"}})
+    means = {LABELS[v]: _curve_means(c) for v, c in curves.items()}
+    rows.append(_equivalence_row(ctx, preds, targets, means, keep, M))
     a, b = f"{plain}, 1 sample", f"{plain}, {M} samples"
     h = ctx.bootstrap({a: [p[1] for p in preds["mcdo"]], b: [p[M] for p in preds["mcdo"]]}, targets,
                       paired_seeds=True)  # the same networks in both arms
     rows.append(row(h, a, b, "nll", f"NLL: MC dropout with {M} samples vs 1 (context: what MC sampling gains)"))
-    means = {LABELS[v]: _curve_means(c) for v, c in curves.items()}
     ctx.figure("ensemble_size", "ensemble_size", means, bands)
-    return {"rows": rows + every, "curves": curves, "images": len(targets)}
+    return {"rows": rows + every, "curves": curves, "images": len(targets), "margins": margins}
 
 
 def deterministic(ctx) -> dict:
@@ -173,6 +241,10 @@ def ensembles(ctx) -> dict:
     h = ctx.bootstrap({a: de[min(2, S)], b: plain2}, targets)
     rows.append(row(h, a, b, "nll", f"NLL: plain MC dropout with 2 samples vs a deep ensemble of {min(2, S)} "
                                     f"(context)", margin=ctx.s["margins"]["nll"]))
+    for r in rows:  # not a claim of the paper: the numbers and intervals as context, no verdict either way
+        r.update(verdict=None, primary=False, context=True)
+        if r.get("note", "").startswith("every seed"):
+            r.pop("note")
     mc = ctx.results.get("sweep", {}).get("curves", {})
     lines = {LABELS[v]: _curve_means(c) for v, c in mc.items()}
     lines["deep ensemble (deterministic)"] = curve
@@ -218,36 +290,54 @@ def _cells_of(ctx, net, cset, clean, cells, sizes):
             clean_err, clean_metrics, cell_metrics)
 
 
+ROBUSTNESS_PAIRS = (("mcdo", "mcdo_smoothing"), ("dnn", "dnn_smoothing"))
+
+
+def _robustness_units(ctx, variant, cset, clean, cells, sizes) -> tuple:
+    """Per seed: {key: {size: (U,) units}} (errors and NLL per image averaged over the cells; ECE per cell) and
+    the per-cell metrics."""
+    units = {"mce": {m: [] for m in sizes}, "rel": {m: [] for m in sizes}, "nll": {m: [] for m in sizes},
+             "ece": {m: [] for m in sizes}}
+    per_cell = {}
+    for seed, net in ctx.nets(variant):
+        errs, nlls, clean_err, clean_m, cell_m = _cells_of(ctx, net, cset, clean, cells, sizes)
+        for m in sizes:
+            units["mce"][m].append(errs[m].mean(0))          # (N,): mean error over the cells
+            units["rel"][m].append(errs[m].mean(0) - clean_err[m])
+            units["nll"][m].append(nlls[m].mean(0))
+            units["ece"][m].append(np.array([cell_m[f"{c}/{sev}"][m]["ece"] for c, sev in cells]))  # (K,) cells
+        per_cell[seed] = {"clean": clean_m, "cells": cell_m}
+    return units, per_cell
+
+
+ROBUSTNESS_ROWS = (("mce", "mCE (mean error over the cells, not AlexNet-normalised)", "error"),
+                   ("nll", "NLL on corrupted images (mean over the cells)", "nll"),
+                   ("ece", "ECE on corrupted images (mean over the cells; the cells are the units)", "ece"),
+                   ("rel", "relative mCE (corruption error - clean error)", "error"))
+
+
 def robustness_stage(ctx) -> dict:
-    """Claim 4: corrupted test images (15 corruptions x 5 severities): mCE, relative mCE and NLL, per size."""
+    """Claim 4: corrupted test images (15 corruptions x 5 severities), MC dropout at each size and deterministic
+    networks, with and without smoothing: mCE, NLL and ECE under corruption (primary at one sample), relative mCE."""
     r = ctx.s["robustness"]
     clean = corrupted_sets.take(ctx.test, r["images_per_cell"])
     cset = _corrupted_set(ctx, clean)
     cells = [(c, s) for c in r["corruptions"] if c in cset.corruptions for s in r["severities"]]
-    sizes = sorted(set(r["sizes"]))
-    units = {v: {"mce": {m: [] for m in sizes}, "rel": {m: [] for m in sizes}, "nll": {m: [] for m in sizes}}
-             for v in ("mcdo", "mcdo_smoothing")}
-    per_cell = {}
-    for variant in units:
-        per_cell[variant] = {}
-        for seed, net in ctx.nets(variant):
-            errs, nlls, clean_err, clean_m, cell_m = _cells_of(ctx, net, cset, clean, cells, sizes)
-            for m in sizes:
-                units[variant]["mce"][m].append(errs[m].mean(0))          # (N,): mean error over the cells
-                units[variant]["rel"][m].append(errs[m].mean(0) - clean_err[m])
-                units[variant]["nll"][m].append(nlls[m].mean(0))
-            per_cell[variant][seed] = {"clean": clean_m, "cells": cell_m}
-    a, b = LABELS["mcdo"], LABELS["mcdo_smoothing"]
-    rows = []
-    for m in sizes:
-        for key, what, metric in (("mce", "mCE (mean error over the cells, not AlexNet-normalised)", "error"),
-                                  ("rel", "relative mCE (corruption error - clean error)", "error"),
-                                  ("nll", "NLL on corrupted images", "nll")):
-            h = ctx.mean({a: units["mcdo"][key][m], b: units["mcdo_smoothing"][key][m]})
-            rows.append(row(h, a, b, metric, f"{what}, {m} sample{'s' * (m > 1)}", stat="mean", direction="lower",
-                            primary=(key == "mce" and m == sizes[0])))
-    severity = _by_severity(per_cell, r["severities"], sizes)
-    ctx.figure("robustness", "severity", severity, sizes)
+    mc_sizes = sorted(set(r["sizes"]))
+    units, per_cell, rows = {}, {}, []
+    for pair in ROBUSTNESS_PAIRS:
+        sizes = mc_sizes if pair[0] == "mcdo" else [1]
+        for variant in pair:
+            units[variant], per_cell[variant] = _robustness_units(ctx, variant, cset, clean, cells, sizes)
+        a, b = LABELS[pair[0]], LABELS[pair[1]]
+        for m in sizes:
+            for key, what, metric in ROBUSTNESS_ROWS:
+                h = ctx.mean({a: units[pair[0]][key][m], b: units[pair[1]][key][m]})
+                n = f", {m} sample{'s' * (m > 1)}" if pair[0] == "mcdo" else ""
+                rows.append(row(h, a, b, metric, f"{what}{n}", stat="mean", direction="lower",
+                                primary=(key != "rel" and m == sizes[0])))
+    severity = _by_severity({v: per_cell[v] for v in ("mcdo", "mcdo_smoothing")}, r["severities"], mc_sizes)
+    ctx.figure("robustness", "severity", severity, mc_sizes)
     return {"rows": rows, "cells": [f"{c}/{s}" for c, s in cells], "images_per_cell": r["images_per_cell"],
             "per_cell": per_cell, "by_severity": severity, "set": str(cset)}
 
@@ -355,11 +445,19 @@ def hessians_stage(ctx) -> dict:
             spectra[variant].append(spec)
     a, b = LABELS["mcdo"], LABELS["mcdo_smoothing"]
     rows = []
-    for key, what, primary in (("eigenvalues", "top Hessian eigenvalue per mini-batch (mean)", True),
-                               ("normalised", "top eigenvalue x ||w||^2 per mini-batch (scale-free, mean)", False)):
-        h = ctx.mean({a: [np.array(s[key]) for s in spectra["mcdo"]], b: [np.array(s[key]) for s in
-                                                                            spectra["mcdo_smoothing"]]})
-        rows.append(row(h, a, b, key, what, stat="mean", direction="lower", primary=primary))
+    # The paper's Algorithm 1 keeps each mini-batch's top eigenvalue with its sign: the magnitude is the claim,
+    # the share of negative ones (negative curvature at the trained weights) is shown beside it.
+    per = {"magnitude": lambda s: np.abs(s["eigenvalues"]), "negative": lambda s: np.array(s["eigenvalues"]) < 0,
+           "eigenvalues": lambda s: np.array(s["eigenvalues"]), "normalised": lambda s: np.abs(s["normalised"])}
+    for key, what, primary in (
+            ("magnitude", "|top Hessian eigenvalue| per mini-batch (mean magnitude)", True),
+            ("negative", "share of mini-batches whose top eigenvalue is negative", False),
+            ("eigenvalues", "top Hessian eigenvalue per mini-batch, signed (mean)", False),
+            ("normalised", "|top eigenvalue| x ||w||^2 per mini-batch (scale-free, mean)", False)):
+        h = ctx.mean({a: [per[key](s).astype(float) for s in spectra["mcdo"]],
+                      b: [per[key](s).astype(float) for s in spectra["mcdo_smoothing"]]})
+        rows.append(row(h, a, b, "error" if key == "negative" else key, what, stat="mean", direction="lower",
+                        primary=primary))
     keep = ("eigenvalues", "normalised", "iterations", "converged", "history", "weight_norm_sq")
     out = {LABELS[v]: [{k: s[k] for k in keep} for s in runs] for v, runs in spectra.items()}
     ctx.figure("hessians", "hessians", out)
