@@ -39,8 +39,10 @@ CLAIMS = (
           "with no verdict for or against the paper. MC dropout + smoothing with 2 samples beside deep ensembles "
           "of independently trained deterministic networks (the ensembles of k are all k-subsets of the seeds; "
           "they share members, so their spread understates training noise, and the one ensemble of all seeds has "
-          "no seed level).",
-          "Paper: no deep-ensemble comparison."),
+          "no seed level). And smoothing vs plain after temperature scaling of both arms (2-fold cross-fitted on "
+          "the test images, so no image is scored with a temperature fitted on it): does the calibration gain "
+          "survive the standard post-hoc baseline?",
+          "Paper: no deep-ensemble comparison and no temperature scaling."),
     Claim(4, "robustness", "Smoothing improves robustness to corruptions",
           "\"Spatial smoothing improves the predictive performance for corrupted data. Moreover, it undoubtedly "
           "helps in predicting reliable uncertainty.\" (CIFAR-100-C: 15 corruptions x 5 severities), for MC "
