@@ -345,3 +345,13 @@ def test_shipped_reference_networks_load_as_their_model_with_weights_only():
         net = pretrained.load_trained(path)
         assert type(net) is type(models.get_model(n.model, num_classes=10, **n.cfg["model"]["block"]))
         assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_the_docs_reference_table_lists_every_shipped_network_with_its_machine_and_precision():
+    """docs/reference-models.md's table is the shipped cards' (accuracy, NLL, ECE, precision, machine), row for row:
+    a network committed without its row, or a row without its network, fails."""
+    spec, networks = sets.load_set(FASHION)
+    text = (ROOT / "docs" / "reference-models.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " | 12 | " in line]
+    assert rows == sets.card_table(networks, SHIPPED)
+    assert len(rows) == len(_shipped()) >= 15
