@@ -8,6 +8,10 @@
     models.save(model, "cifar100", uid)                 # models_checkpoints/cifar100/<name>/...pth.tar
     models.load(model, "cifar_100", uid)                # dataset aliases name the same folder
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 
 from . import alexnet, resnet, vgg  # noqa: F401  (importing registers the families)
@@ -20,6 +24,10 @@ from .smoothing import SMOOTHING_BLOCKS, SmoothingBlock, TanhBlurBlock, make_smo
 from .surgery import add_mc_dropout, add_smoothing, plan_smoothing
 from . import ensemble  # noqa: E402
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    import torch.nn as nn
+
 __all__ = [
     "get_model", "list_models", "register", "smoothing_variant", "save", "load", "checkpoint_path", "atomic_save",
     "check_state_dict", "check_identity", "unwrap", "save_checkpoint", "load_checkpoint", "read_checkpoint",
@@ -30,12 +38,12 @@ __all__ = [
 __all__ += ["add_smoothing", "add_mc_dropout", "plan_smoothing", "evaluating"]
 
 
-def count_parameters(model, trainable_only=False):
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with requires_grad)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def summary(model, input_size=(1, 3, 32, 32)) -> str:
+def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> str:
     """One line: name, parameter count, input and output shape (one eval forward pass on the model's device)."""
     with evaluating(model):
         p = next(iter([*model.parameters(), *model.buffers()]), None)  # a model may have neither

@@ -5,11 +5,18 @@ block (`smooth0`..`smooth2`) after each. Convolutions carry no BatchNorm and no 
 As the original: the ImageNet stem (stem=True) is the 11x11/4 conv with 3x3/2 max-pools and a 6x6 MLP input;
 the CIFAR stem (stem=False) is a 3x3/2 conv with 2x2/2 max-pools and a 2x2 MLP input (32 -> 16 -> 8 -> 4 -> 2).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch.nn as nn
 
 from .classifiers import make_head
 from .layers import conv, dropout
 from .registry import register_variants
+
+if TYPE_CHECKING:
+    import torch
 
 
 class AlexConvBlock(nn.Module):
@@ -21,7 +28,7 @@ class AlexConvBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.dropout = dropout(rate)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.relu(self.conv(x)))
 
 
@@ -44,7 +51,7 @@ class AlexNet(nn.Module):
         self.classifier = make_head(classifier, 256, num_classes,
                                     mlp_pool=[nn.MaxPool2d(kernel_size=pool, stride=2)], mlp_size=6 if stem else 2)
 
-    def forward(self, x):  # (B, 3, H, W) -> (B, num_classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes)
         x = self.smooth0(self.layer0(x))
         x = self.smooth1(self.layer1(x))
         x = self.smooth2(self.layer2(x))

@@ -7,6 +7,8 @@
 Readers never see half a file, and an interrupted or failed write leaves the previous file intact (the
 temporary file is removed). Temporary names carry the pid and a random part, so two writers never share one.
 """
+from __future__ import annotations
+
 import contextlib
 import datetime
 import errno
@@ -17,6 +19,12 @@ import socket
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import IO, Any
+    import numpy as np
 
 __all__ = ["atomic_file", "write_bytes", "write_text", "write_json", "save_array", "umask", "exclusive", "LockedError",
            "read_json"]
@@ -29,7 +37,7 @@ def umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path, mode: str = "wb"):
+def atomic_file(path: Path | str, mode: str = "wb") -> Iterator[IO]:
     """A file object to write `path` through; see the module docstring. `mode`: "wb" or "w"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,21 +59,21 @@ def atomic_file(path, mode: str = "wb"):
         raise
 
 
-def write_bytes(path, data: bytes) -> Path:
+def write_bytes(path: Path | str, data: bytes) -> Path:
     with atomic_file(path, "wb") as f:
         f.write(data)
     return Path(path)
 
 
-def write_text(path, text: str) -> Path:
+def write_text(path: Path | str, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
-def write_json(path, obj, indent: int = 2, allow_nan: bool = True) -> Path:
+def write_json(path: Path | str, obj: Any, indent: int = 2, allow_nan: bool = True) -> Path:
     return write_text(path, json.dumps(obj, indent=indent, allow_nan=allow_nan))
 
 
-def save_array(path, array) -> Path:
+def save_array(path: Path | str, array: np.ndarray) -> Path:
     """np.save, atomically (the file gets exactly `path`, no .npy appended)."""
     import numpy as np
 
@@ -79,7 +87,8 @@ class LockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive(lock_path, what="this folder", advice="Wait for it to finish, stop it, or write elsewhere."):
+def exclusive(lock_path: Path | str, what: str = "this folder",
+              advice: str = "Wait for it to finish, stop it, or write elsewhere.") -> Iterator[None]:
     """One writer at a time: an exclusive flock on `lock_path` (released by the kernel even if the holder is
     killed), holding this process's pid, host and start; a second writer gets LockedError naming the holder."""
     lock_path = Path(lock_path)
@@ -104,7 +113,7 @@ def exclusive(lock_path, what="this folder", advice="Wait for it to finish, stop
         handle.close()
 
 
-def read_json(path, expect=dict, what="file"):
+def read_json(path: Path | str, expect: type | tuple[type, ...] | None = dict, what: str = "file") -> Any:
     """The JSON object (or `expect` type) in `path`, or a ValueError naming the file, the problem and the fix."""
     path = Path(path)
     try:

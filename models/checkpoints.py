@@ -14,19 +14,27 @@
   arguments the model was built with (`arch`). Loading compares them with the model and names any difference
   (another variant, another width, another number of classes) before comparing tensors.
 """
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .atomic import atomic_file
 from .naming import DATASET_ALIASES, canonical_dataset, dataset_aliases, plain_name, plain_uid  # noqa: F401 (API)
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+    import torch.nn as nn
+
 # Dataset name -> canonical checkpoint folder. Keys are lower case with '-' and ' ' as '_'.
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, or does not fit the model; the message says which and what to do."""
 
 
-def unwrap(model):
+def unwrap(model: nn.Module) -> nn.Module:
     """The bare module behind DataParallel / DistributedDataParallel / torch.compile wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):  # torch.compile
@@ -37,7 +45,7 @@ def unwrap(model):
             return model
 
 
-def checkpoint_path(dataset_name, model_name, uid, root="models_checkpoints"):
+def checkpoint_path(dataset_name: str, model_name: str, uid: str, root: Path | str = "models_checkpoints") -> Path:
     """{root}/{dataset}/{model}/{dataset}_{model}_{uid}.pth.tar, each part checked to be a plain name (the uid by
     the rule of env.uid, models.naming.uid_problem, so that a uid a config accepts is one the final save takes)."""
     dataset_name = plain_name(canonical_dataset(dataset_name), "the dataset name")
@@ -46,7 +54,7 @@ def checkpoint_path(dataset_name, model_name, uid, root="models_checkpoints"):
     return Path(root) / dataset_name / model_name / f"{dataset_name}_{model_name}_{uid}.pth.tar"
 
 
-def atomic_save(obj, path):
+def atomic_save(obj: Any, path: Path | str) -> Path:
     """torch.save to `path` atomically (models.atomic); leftovers of this file's interrupted writes are removed
     first (one writer per checkpoint: runs are locked)."""
     path = Path(path)
@@ -61,7 +69,8 @@ def _arch(model):
     return getattr(unwrap(model), "arch", None)
 
 
-def save_checkpoint(path, model, optimizer=None, **extra):
+def save_checkpoint(path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    **extra: Any) -> Path:
     """Write {"name", "state_dict", "optimizer", "arch", **extra} to `path` atomically; returns the path."""
     model = unwrap(model)
     state = {"name": getattr(model, "name", type(model).__name__), "state_dict": model.state_dict(),
@@ -71,13 +80,14 @@ def save_checkpoint(path, model, optimizer=None, **extra):
     return atomic_save(state, path)
 
 
-def save(model, dataset_name, uid, optimizer=None, root="models_checkpoints", **extra):
+def save(model: nn.Module, dataset_name: str, uid: str, optimizer: torch.optim.Optimizer | None = None,
+         root: Path | str = "models_checkpoints", **extra: Any) -> Path:
     """Save `model` (and optionally `optimizer`) under the original path layout; returns the path."""
     name = getattr(unwrap(model), "name", type(unwrap(model)).__name__)
     return save_checkpoint(checkpoint_path(dataset_name, name, uid, root), model, optimizer, **extra)
 
 
-def read_checkpoint(path, map_location="cpu", weights_only=True):
+def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", weights_only: bool = True) -> dict:
     """The dict stored at `path`, or a CheckpointError that names the path, the problem and the fix."""
     path = Path(path)
     if not path.exists():
@@ -110,7 +120,7 @@ def _describe(arch, key):
     return f"{key}={arch[key]!r}" if key in arch else f"the default {key}"
 
 
-def identity_problems(model, state):
+def identity_problems(model: nn.Module, state: Mapping[str, Any]) -> list[str]:
     """Why `state` (a checkpoint dict) was saved from another model than `model`: a list of phrases."""
     bare = unwrap(model)
     name, stored = getattr(bare, "name", None), state.get("name")
@@ -125,7 +135,7 @@ def identity_problems(model, state):
     return lines
 
 
-def check_identity(model, state, source="checkpoint"):
+def check_identity(model: nn.Module, state: Mapping[str, Any], source: str = "checkpoint") -> None:
     """Raise a CheckpointError if `state` (a checkpoint dict) was saved from another model than `model`."""
     lines = identity_problems(model, state)
     if lines:
@@ -138,7 +148,8 @@ def _identity_message(model, lines, source):
               "the card beside it).")
 
 
-def check_state_dict(model, state_dict, source="checkpoint", checkpoint_name=None, limit=5):
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                     checkpoint_name: str | None = None, limit: int = 5) -> None:
     """Raise a CheckpointError naming the first differing keys/shapes if `state_dict` does not fit `model`."""
     from .smoothing import Blur
 
@@ -167,7 +178,7 @@ def check_state_dict(model, state_dict, source="checkpoint", checkpoint_name=Non
         raise CheckpointError("\n".join(lines))
 
 
-def check_finite(state_dict, source="checkpoint", limit=5):
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", limit: int = 5) -> None:
     """Raise a CheckpointError naming `source` and the tensors if any weight or buffer is NaN or infinite."""
     bad = [k for k, v in state_dict.items()
            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -177,7 +188,8 @@ def check_finite(state_dict, source="checkpoint", limit=5):
                               f"again (a lower optim.lr, env.precision=fp32).")
 
 
-def load_checkpoint(path, model, optimizer=None, map_location="cpu", weights_only=True):
+def load_checkpoint(path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    map_location: str | torch.device = "cpu", weights_only: bool = True) -> dict:
     """Load the checkpoint at `path` into `model` (and `optimizer`) after checking that it fits; returns the
     whole stored dict (for the extras a trainer keeps beside the weights)."""
     state = read_checkpoint(path, map_location, weights_only)
@@ -200,7 +212,7 @@ def load_checkpoint(path, model, optimizer=None, map_location="cpu", weights_onl
     return state
 
 
-def find_checkpoint(dataset_name, model_name, uid, root="models_checkpoints"):
+def find_checkpoint(dataset_name: str, model_name: str, uid: str, root: Path | str = "models_checkpoints") -> Path:
     """The checkpoint path under the canonical dataset folder, else under an alias (the original's names)."""
     canonical = plain_name(canonical_dataset(dataset_name), "the dataset name")
     plain_name(model_name, "the model name")
@@ -218,8 +230,9 @@ def find_checkpoint(dataset_name, model_name, uid, root="models_checkpoints"):
     return found
 
 
-def load(model, dataset_name, uid, root="models_checkpoints", optimizer=None, weights_only=True,
-         map_location="cpu"):
+def load(model: nn.Module, dataset_name: str, uid: str, root: Path | str = "models_checkpoints",
+         optimizer: torch.optim.Optimizer | None = None, weights_only: bool = True,
+         map_location: str | torch.device = "cpu") -> nn.Module:
     """Load the checkpoint of `model.name` into `model` (and `optimizer`, if given); returns `model`."""
     bare = unwrap(model)
     name = getattr(bare, "name", type(bare).__name__)

@@ -16,8 +16,15 @@ implementation's classes compute them (tests/models/test_exactness.py checks the
 `make_head` builds the Sequential that networks store as `.classifier`; its indices reproduce the original
 state_dict keys (e.g. `classifier.2.dense1`).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 def _mean(x):  # (B, C, H, W) -> (B, C)
@@ -58,12 +65,12 @@ class PoolHead(nn.Module):
             self.relu = nn.ReLU()
         self.dense = nn.Linear(in_features, num_classes)
 
-    def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
         if hasattr(self, "bn"):
             x = self.relu(self.bn(x))
         return self.dense(self.pool(x))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"pool={self.pool_name}"
 
 
@@ -79,7 +86,7 @@ class MLPBlock(nn.Module):
         self.relu = nn.ReLU()
         self.dropout = nn.Dropout(p)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _mean(x) if self.gap else x.flatten(1)
         x = self.dropout(self.relu(self.dense1(x)))
         x = self.dropout(self.relu(self.dense2(x)))
@@ -89,7 +96,8 @@ class MLPBlock(nn.Module):
 CLASSIFIERS = sorted(POOLS) + ["gapmlp", "mlp"]
 
 
-def make_head(classifier, in_channels, num_classes, mlp_pool=(), mlp_size=7):
+def make_head(classifier: str | Callable[..., nn.Module], in_channels: int, num_classes: int,
+              mlp_pool: Sequence[nn.Module] = (), mlp_size: int = 7) -> nn.Sequential:
     """Head as an nn.Sequential. The flattening MLP first applies `mlp_pool` (extra modules, e.g. the last
     max-pool of VGG) and an adaptive average pool to `mlp_size` x `mlp_size`; the others see raw features.
     `classifier` is a name of CLASSIFIERS or a class taking (in_channels, num_classes)."""

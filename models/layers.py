@@ -4,24 +4,31 @@ MC dropout (Gal & Ghahramani, 2016) keeps dropout *on* at test time and averages
 forward passes. `MCDropout` therefore ignores `eval()`; `mc_dropout(model, enabled=False)` turns it off
 for a deterministic pass, as a plain call or as a context manager that restores the previous state.
 """
+from __future__ import annotations
+
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
-def conv(in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1):
+
+def conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+         groups: int = 1) -> nn.Conv2d:
     """Bias-free convolution, as in the original implementation (a BatchNorm usually follows)."""
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                      groups=groups, bias=False)
 
 
-def conv1x1(in_channels, out_channels, stride=1):
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return conv(in_channels, out_channels, 1, stride=stride)
 
 
-def conv3x3(in_channels, out_channels, stride=1, groups=1):
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     return conv(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups)
 
 
@@ -38,7 +45,7 @@ class MCDropout(nn.Module):
         self.p = p
         self.mc = True
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         active = self.training or self.mc
         # Under torch.compile, F.dropout: dynamo cannot trace Tensor.random_ (a graph break in every block, and
         # past 8 block shapes the recompile limit sends the rest back to eager), and inductor fuses its own RNG.
@@ -46,7 +53,7 @@ class MCDropout(nn.Module):
             return _cpu_dropout(x, self.p)
         return F.dropout(x, self.p, training=active)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}, mc={self.mc}"
 
 
@@ -57,7 +64,7 @@ FAST_CPU_DROPOUT = True
 
 
 @contextlib.contextmanager
-def stock_dropout():
+def stock_dropout() -> Iterator[None]:
     """Inside: F.dropout on CPUs too (the original's random stream, and the baseline the benchmarks compare with)."""
     global FAST_CPU_DROPOUT
     previous, FAST_CPU_DROPOUT = FAST_CPU_DROPOUT, False
@@ -125,7 +132,7 @@ def set_activation(model: nn.Module, act: str) -> nn.Module:
     return model
 
 
-def dropout(p):
+def dropout(p: float) -> nn.Module:
     """MC dropout of rate p, or an identity when p == 0 (deterministic variants)."""
     return MCDropout(p) if p > 0 else nn.Identity()
 
@@ -155,13 +162,13 @@ class mc_dropout:
         return False
 
 
-def is_stochastic(model):
+def is_stochastic(model: nn.Module) -> bool:
     """True if `model` has an active MC dropout layer, i.e. two eval() passes can differ."""
     return any(isinstance(m, MCDropout) and m.mc for m in model.modules())
 
 
 @contextlib.contextmanager
-def evaluating(model):
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """eval() and no_grad for the block, the model's previous mode restored afterwards (MC dropout layers stay
     on: they are stochastic in eval() by design)."""
     was_training = model.training

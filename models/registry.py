@@ -6,12 +6,20 @@ dropout rate and the smoothing block. Users can still tune what a variant leaves
 the smoothing block and its `temp`, the classifier, ...), but may not contradict the name: asking a `dnn`
 model for dropout, or a plain model for smoothing, raises instead of silently building something else.
 """
+from __future__ import annotations
+
 import difflib
 import fnmatch
 import functools
 import re
+from typing import TYPE_CHECKING
 
 from .smoothing import make_smoothing
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+    import torch
 
 _MODELS = {}
 
@@ -20,7 +28,7 @@ COMMON_KWARGS = {"rate", "smoothing", "temp", "sfilter", "pad_mode", "thr", "cla
 SMOOTHING_KWARGS = ("temp", "sfilter", "pad_mode", "thr")
 
 
-def register(name, builder=None):
+def register(name: str, builder: Callable[..., torch.nn.Module] | None = None) -> Callable:
     """Register `builder(num_classes=..., stem=..., **kwargs) -> nn.Module` under `name`.
 
     Usable as `register(name, fn)` or as a decorator `@register(name)`.
@@ -37,17 +45,17 @@ def _natural_key(name):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def smoothing_variant(name):
+def smoothing_variant(name: str) -> str:
     """The +smoothing name of a model name: resnet_mcdo_18 -> resnet_mcdo_smoothing_18 (itself if it has one)."""
     return name if "_smoothing" in name else re.sub(r"_(dnn|mcdo)", r"_\1_smoothing", name, count=1)
 
 
-def list_models(pattern="*"):
+def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching the shell wildcard `pattern`, sorted naturally (resnet_dnn_18 < resnet_dnn_101)."""
     return sorted(fnmatch.filter(_MODELS, pattern), key=_natural_key)
 
 
-def get_model(name: str, num_classes: int = 10, stem: bool = False, **kwargs) -> "torch.nn.Module":  # noqa: F821 (annotation)
+def get_model(name: str, num_classes: int = 10, stem: bool = False, **kwargs: Any) -> torch.nn.Module:
     """Build the model `name` for `num_classes` classes.
 
     stem=False is the CIFAR stem (32x32 inputs), stem=True the ImageNet stem (224x224) where the family has
@@ -102,7 +110,9 @@ def _plain(value):
     return getattr(value, "__name__", repr(value))
 
 
-def register_variants(family, network, depths=None, default_rate=0.3, extra_kwargs=(), fixed_by=None):
+def register_variants(family: str, network: Callable[..., torch.nn.Module], depths: Mapping[int, Mapping] | None = None,
+                      default_rate: float = 0.3, extra_kwargs: Sequence[str] = (),
+                      fixed_by: Callable[..., dict] | None = None) -> None:
     """Register the four variants (dnn, mcdo, dnn_smoothing, mcdo_smoothing) of `network` for each depth.
 
     `depths` maps depth -> constructor kwargs (e.g. {18: dict(block=BasicBlock, depths=(2, 2, 2, 2))});

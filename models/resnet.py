@@ -8,11 +8,18 @@ reproduce the original implementation's state_dict keys exactly, so its checkpoi
 
 Dropout placement follows the original: after the ReLU that precedes the last convolution of each block.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch.nn as nn
 
 from .classifiers import make_head
 from .layers import conv, conv1x1, conv3x3, dropout, set_activation
 from .registry import register_variants
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _bottleneck_width(channels, groups, width_per_group):
@@ -80,7 +87,7 @@ class BasicBlock(_Block):
     expansion = 1
     preact = False
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.shortcut(x)
         x = self.dropout(self.relu(self.bn1(self.conv1(x))))
         x = self.bn2(self.conv2(x))
@@ -92,7 +99,7 @@ class Bottleneck(_Block):
     expansion = 4
     preact = False
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.shortcut(x)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.dropout(self.relu(self.bn2(self.conv2(x))))
@@ -108,7 +115,7 @@ class PreActBasicBlock(_Block):
     expansion = 1
     preact = True
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.relu(self.bn1(x))
         skip = self.shortcut(h) if len(self.shortcut) else x
         h = self.conv1(h)
@@ -121,7 +128,7 @@ class PreActBottleneck(_Block):
     expansion = 4
     preact = True
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.relu(self.bn1(x))
         skip = self.shortcut(h) if len(self.shortcut) else x
         h = self.conv1(h)
@@ -172,7 +179,7 @@ class ResNet(nn.Module):
         self.classifier = make_head(classifier, in_channels, num_classes)
         set_activation(self, act)
 
-    def forward(self, x):  # (B, 3, H, W) -> (B, num_classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes)
         x = self.layer0(x)
         for i in range(1, self.num_stages + 1):
             x = getattr(self, f"smooth{i}")(getattr(self, f"layer{i}")(x))

@@ -21,12 +21,19 @@ The original's BNBlurBlock cannot be built (its constructor calls the base class
 our working version of what it describes. Every blur takes any separable filter, e.g. (1, 2, 1) or
 (1, 3, 3, 1), and a padding mode; the default 2x2 box with zero padding is the AvgPool2d above.
 """
+from __future__ import annotations
+
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 
 class Blur(nn.Module):
@@ -51,7 +58,7 @@ class Blur(nn.Module):
         self.pad_mode = "constant" if pad_mode == "zero" else pad_mode
         self.sfilter = tuple(float(v) for v in sfilter)
 
-    def forward(self, x):  # (B, C, H, W) -> (B, C, H, W)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
         x = F.pad(x, self.padding, mode=self.pad_mode)
         return F.conv2d(x, self.filter.to(x.dtype), groups=x.shape[1])
 
@@ -66,11 +73,11 @@ class Blur(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"sfilter={self.sfilter}, pad_mode={self.pad_mode}"
 
 
-def blur(in_filters, sfilter=(1, 1), pad_mode="constant"):
+def blur(in_filters: int, sfilter: Sequence[int] = (1, 1), pad_mode: str = "constant") -> nn.Module:
     """The paper's blur: a 2x2 box with zero padding is AvgPool2d(2, stride=1, padding=1) (map grows by 1)."""
     if tuple(sfilter) == (1, 1) and pad_mode in ("constant", "zero"):
         return nn.AvgPool2d(kernel_size=2, stride=1, padding=1)
@@ -146,21 +153,23 @@ class SmoothingBlock(nn.Module):
             self.bn = nn.BatchNorm2d(in_filters)
         self.blur = blur(in_filters, sfilter, pad_mode)
 
-    def forward(self, x):  # (B, C, H, W) -> (B, C, H', W'): H' = H + 1 for the default 2x2 blur
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> (B, C, H', W'): H' = H + 1 for the default 2x2 blur
         if hasattr(self, "bn"):
             x = self.bn(x)
         return self.blur(self.fn(x, self.temp))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"activation={self.activation}" + (f", temp={self.temp:g}" if self.temp is not None else "")
 
 
-def TanhBlurBlock(in_filters, temp=10.0, sfilter=(1, 1), pad_mode="constant"):
+def TanhBlurBlock(in_filters: int, temp: float = 10.0, sfilter: Sequence[int] = (1, 1),
+                  pad_mode: str = "constant") -> SmoothingBlock:
     """The paper's smoothing block: relu(t * tanh(x / t)) -> 2x2 blur (stride 1), t = 10."""
     return SmoothingBlock(in_filters, "tanh", temp=temp, sfilter=sfilter, pad_mode=pad_mode)
 
 
-def make_smoothing(block="tanh", **kwargs):
+def make_smoothing(block: str | Callable[..., nn.Module] = "tanh", **kwargs: Any) -> Callable[..., nn.Module]:
     """Return a factory `in_filters -> nn.Module` for a smoothing block given by name, class or callable.
 
     A name is a row of SMOOTHING_BLOCKS; `kwargs` (temp, sfilter, pad_mode, thr) go to the block, and a block

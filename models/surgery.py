@@ -53,11 +53,14 @@ where our `mcdo` ResNets have it; in a network without residual blocks, after ea
 BatchNorm/activation (our `mcdo` VGG and AlexNet). `where="dropout"` turns the model's own `nn.Dropout`
 layers into MC dropout instead; a list of names puts it after those modules.
 """
+from __future__ import annotations
+
 import contextlib
 import difflib
 import inspect
 import operator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
@@ -67,6 +70,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .layers import MCDropout, evaluating
 from .smoothing import SmoothingBlock, make_smoothing
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["add_smoothing", "add_mc_dropout", "plan_smoothing", "Insertion"]
 
@@ -366,8 +373,9 @@ def _kernel(g, n):
     return max(shape[2:]) if shape else 3
 
 
-def add_smoothing(model: nn.Module, block="tanh", where="subsampling", *, stem: bool = False, head: bool = True,
-                  example_input: torch.Tensor = None, **block_kwargs) -> tuple:
+def add_smoothing(model: nn.Module, block: str | Callable[..., nn.Module] = "tanh", where: str = "subsampling", *,
+                  stem: bool = False, head: bool = True, example_input: torch.Tensor = None,
+                  **block_kwargs: Any) -> tuple:
     """Insert smoothing blocks into `model` (in place); returns (model, [Insertion]).
 
     block: a name of models.SMOOTHING_BLOCKS ("tanh": the paper's), a class or a callable `in_filters ->
@@ -393,7 +401,7 @@ def add_smoothing(model: nn.Module, block="tanh", where="subsampling", *, stem: 
 
 # --- MC dropout ------------------------------------------------------------------------------------------------
 
-def add_mc_dropout(model: nn.Module, rate: float, where="auto", *, example_input: torch.Tensor = None) -> tuple:
+def add_mc_dropout(model: nn.Module, rate: float, where: str = "auto", *, example_input: torch.Tensor = None) -> tuple:
     """Insert MC dropout (models.MCDropout: stays on in eval()) into `model` (in place); returns (model, [Insertion]).
 
     where: "auto" (residual networks: on the input of the last convolution of each residual branch; others:

@@ -4,11 +4,18 @@ A stage is a Sequential that starts with its 2x2 max-pool (except stage 0) follo
 block (`smooth0`..`smooth4`) follows each stage. The MLP head starts with the last max-pool and an adaptive
 average pool to 7x7, as torchvision's VGG (so the same weights work at 32x32 and 224x224: there is no stem).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch.nn as nn
 
 from .classifiers import make_head
 from .layers import conv3x3, dropout
 from .registry import register_variants
+
+if TYPE_CHECKING:
+    import torch
 
 VGG_DEPTHS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 VGG_CHANNELS = (64, 128, 256, 512, 512)
@@ -24,7 +31,7 @@ class ConvBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.dropout = dropout(rate)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.relu(self.bn(self.conv(x))))
 
 
@@ -38,7 +45,7 @@ class PreActConvBlock(nn.Module):
         self.conv = conv3x3(in_channels, out_channels)
         self.dropout = dropout(rate)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.conv(self.relu(self.bn(x))))
 
 
@@ -60,7 +67,7 @@ class VGG(nn.Module):
         self.classifier = make_head(classifier, in_channels, num_classes,
                                     mlp_pool=[nn.MaxPool2d(kernel_size=2, stride=2)], mlp_size=7)
 
-    def forward(self, x):  # (B, 3, H, W) -> (B, num_classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes)
         for i in range(self.num_stages):
             x = getattr(self, f"smooth{i}")(getattr(self, f"layer{i}")(x))
         return self.classifier(x)

@@ -9,6 +9,8 @@ the table with 95% bootstrap intervals and where the outputs are. Progress shows
     python -m ops.demo [--config configs/fashion_mnist_demo.json] [--with-dnn] [--seed 0] [key=value ...]
     python -m ops.demo --evaluate resources/models_checkpoints    # score the shipped models: docs/index.md
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -17,14 +19,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ops.data import datasets
 from ops.train import runs
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ensure_fashion_mnist(root):
+def ensure_fashion_mnist(root: Path | str) -> None:
     try:
         datasets.get_dataset("fashion_mnist", root=root)
         return
@@ -41,7 +47,7 @@ def ensure_fashion_mnist(root):
     datasets.get_dataset("fashion_mnist", root=root)  # raises with the full message if it is still missing
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/fashion_mnist_demo.json")
     parser.add_argument("--with-dnn", action="store_true", help="also train the deterministic pair")

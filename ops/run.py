@@ -23,18 +23,24 @@ same numbers. Errors print one line per problem, naming it and the fix, and exit
 shows the traceback): bad arguments, configs and names, seeds out of range (0 to 2**32 - 1), a --time the SLURM
 executor cannot take, a run another process holds. Ctrl-C exits with 130 after saying how to resume.
 """
+from __future__ import annotations
+
 import argparse
 import copy
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_general.json"
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["train", "test", "train-set"])
@@ -121,7 +127,7 @@ def _train_set(args):
                    name=f"train-set-{spec['name']}")
 
 
-def parse_sizes(text) -> list:
+def parse_sizes(text: str) -> list:
     """'1,2,5' -> [1, 2, 5]; anything but comma-separated positive integers is refused."""
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
@@ -137,7 +143,7 @@ LOCATION_KEYS = (("env", "out_dir"), ("env", "checkpoint_root"), ("env", "leader
                  ("env", "workers"), ("env", "progress"), ("dataset", "root"))
 
 
-def evaluation_config(stored, overrides):
+def evaluation_config(stored: dict, overrides: dict) -> dict:
     """A stored config (a card's or a run's) made fit to evaluate here: its recipe (model, data, subset), with
     the locations and devices of LOCATION_KEYS from `overrides` or the defaults."""
     from ops.train import configs
@@ -178,7 +184,7 @@ def _model_to_test(args):
     return None, cfg, path, name, checkpoint_label(path, name)
 
 
-def checkpoint_label(path, model_name) -> str:
+def checkpoint_label(path: Path | str, model_name: str) -> str:
     """The label a checkpoint's results are filed under: the uid of `{dataset}_{model}_{uid}.pth.tar` (a_run of
     ..._resnet_mcdo_18_a_run.pth.tar), else the file's name; made a plain name if it is not one (said so)."""
     import re

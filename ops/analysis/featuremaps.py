@@ -30,9 +30,12 @@ than the mean level, i.e. a low-pass map. Maps must be square and at least 3x3.
 
 Their figures are ops.plots.featuremaps.
 """
+from __future__ import annotations
+
 import contextlib
 import difflib
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +45,11 @@ from models.layers import evaluating
 from ops.common.checks import is_int
 from ops.common.runtime import seeded
 from ops.evaluate.engine import model_device
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from collections.abc import Mapping
+    import torch.nn as nn
 
 
 class _Capture:
@@ -96,13 +104,14 @@ def _maybe_seeded(seed, model):
     return contextlib.nullcontext() if seed is None else seeded(seed, model_device(model))
 
 
-def capture(model, x, points):
+def capture(model: nn.Module, x: torch.Tensor, points: Sequence[str]) -> dict[str, torch.Tensor]:
     """{point: (B, C, H, W) output} of one forward pass of `x` (B, 3, H, W) through `model` (in eval())."""
     with evaluating(model), _Capture(model, points) as cap:
         return cap.run(x.to(model_device(model)))
 
 
-def mc_samples(model, x, points, samples, seed=0):
+def mc_samples(model: nn.Module, x: torch.Tensor, points: Sequence[str], samples: int,
+               seed: int = 0) -> dict[str, torch.Tensor]:
     """{point: (S, B, C, H, W)}: the maps of `samples` MC passes of `x` (masks from `seed`). Memory grows with S:
     use few images; seed=None: the caller's generator)."""
     with evaluating(model), _Capture(model, points) as cap, _maybe_seeded(seed, model):
@@ -110,7 +119,8 @@ def mc_samples(model, x, points, samples, seed=0):
     return {p: torch.stack([r[p] for r in runs]) for p in points}
 
 
-def mc_variance(model, images, points, samples=10, batch_size=64, seed=0):
+def mc_variance(model: nn.Module, images: torch.Tensor, points: Sequence[str], samples: int = 10, batch_size: int = 64,
+                seed: int = 0) -> dict[str, dict]:
     """{point: {"variance", "power", "relative"}} over `samples` MC passes of `images` (N, 3, H, W).
 
     variance: per element over the S passes (unbiased), averaged over images, channels and positions; power: the
@@ -143,13 +153,13 @@ def mc_variance(model, images, points, samples=10, batch_size=64, seed=0):
     return out
 
 
-def log_amplitude(maps):
+def log_amplitude(maps: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (H, W): log(|fft2| + 1e-6), zero frequency moved to (H//2, W//2), mean over B and C."""
     f = torch.fft.fft2(maps.float()).abs().add(1e-6).log()  # (B, C, H, W)
     return torch.fft.fftshift(f, dim=(-2, -1)).mean(dim=(0, 1))
 
 
-def diagonal_profile(spectrum):
+def diagonal_profile(spectrum: torch.Tensor) -> torch.Tensor:
     """(H, W) centred log amplitude -> (K,) its diagonal from the centre outwards minus the value at frequency 0."""
     h, w = spectrum.shape
     if h != w or h < 3:
@@ -160,17 +170,18 @@ def diagonal_profile(spectrum):
     return diag - diag[0]
 
 
-def fourier_profile(maps):
+def fourier_profile(maps: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (K,) relative log amplitude along the diagonal, K = H - H//2 (see the module docstring)."""
     return diagonal_profile(log_amplitude(maps))
 
 
-def frequencies(size):
+def frequencies(size: int) -> torch.Tensor:
     """Frequency of each point of the profile of a size x size map: 2*pi*j/size for j = 0 .. size - size//2 - 1."""
     return 2 * math.pi * torch.arange(size - size // 2) / size
 
 
-def fourier_profiles(model, images, points, samples=1, batch_size=64, seed=0):
+def fourier_profiles(model: nn.Module, images: torch.Tensor, points: Sequence[str], samples: int = 1,
+                     batch_size: int = 64, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{point: (frequencies (K,), profile (K,))}: the log amplitude averaged over all `images` and `samples`
     passes (MC dropout on, as the model predicts; masks from `seed`), then its diagonal profile."""
     if not is_int(samples, 1):
@@ -188,18 +199,18 @@ def fourier_profiles(model, images, points, samples=1, batch_size=64, seed=0):
     return {p: (frequencies(s.shape[0]), diagonal_profile(s / count).float()) for p, s in sums.items()}
 
 
-def common_frequency(*profile_sets) -> float:
+def common_frequency(*profile_sets: Mapping) -> float:
     """The highest frequency that every profile of every {point: (freqs, profile)} set reaches: where maps of
     different sizes (a blur grows a map by one pixel: 33 against 32) can be compared."""
     return min(float(freqs[-1]) for profiles in profile_sets for freqs, _ in profiles.values())
 
 
-def profile_at(freqs, profile, at) -> float:
+def profile_at(freqs: torch.Tensor | Sequence[float], profile: torch.Tensor | Sequence[float], at: float) -> float:
     """The profile's value at frequency `at` (linear interpolation between its points)."""
     return float(np.interp(float(at), np.asarray(freqs, dtype=np.float64), np.asarray(profile, dtype=np.float64)))
 
 
-def high_frequency(profiles, at=None):
+def high_frequency(profiles: Mapping[str, tuple], at: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalised depths (P,), high-frequency values (P,)) of {point: (freqs, profile)} in point order: each
     profile's value at the frequency `at` (default: common_frequency(profiles)), so that maps of different
     sizes are compared at the same frequency; `at` may also be a list, one frequency per point (compare models
@@ -210,7 +221,7 @@ def high_frequency(profiles, at=None):
     return torch.linspace(0, 1, len(values)), values
 
 
-def stage_points(model, example_input=None):
+def stage_points(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
     """The modules whose outputs each stage hands to the next: models.plan_smoothing's hosts (outputs only)."""
     plan = models.surgery.plan_smoothing(model, example_input=example_input)
     inputs = [p for p in plan if p.position != "after"]
@@ -220,6 +231,6 @@ def stage_points(model, example_input=None):
     return [p.module for p in plan]
 
 
-def strongest_channel(maps):
+def strongest_channel(maps: torch.Tensor) -> int:
     """(S, C, H, W) -> index of the channel with the largest mean activation (a neutral choice of what to show)."""
     return int(maps.abs().mean(dim=(0, 2, 3)).argmax())

@@ -10,16 +10,23 @@ mask_seed(seed, m, b), layer after layer in forward order, scaled by 1 / (1 - p)
 on every device). The masks do not depend on the weights, so a landscape or a Hessian of mask m is a smooth
 function of the weights, and analyses of several masks can be compared.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 
 import models
 from ops.data.datasets import ImageTensorDataset
 from ops.data.loaders import DeviceLoader
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 MASK_BUFFER = "_landscape_mask"
 
 
-def mask_seed(seed, mask, batch):
+def mask_seed(seed: int, mask: int, batch: int) -> int:
     """The generator seed of mask `mask` for batch `batch` (distinct for distinct triples)."""
     return ((int(seed) * 1_000_003 + int(mask)) * 1_000_033 + int(batch)) % (2 ** 63)
 
@@ -83,7 +90,7 @@ class FixedMasks:
             self._shapes[key] = [(x.shape[0],) + s[1:] for s in shapes]
         return self._shapes[key]
 
-    def draw(self, mask, batch, x):
+    def draw(self, mask: int, batch: int, x: torch.Tensor) -> list[torch.Tensor]:
         """The boolean keep-masks of (mask, batch), one per dropout layer, on x's device."""
         g = torch.Generator().manual_seed(mask_seed(self.seed, mask, batch))
         # keep = U < 1 - p with U ~ Uniform[0, 1) float32: a Bernoulli(1 - p) draw, twice as fast as bernoulli_
@@ -93,7 +100,7 @@ class FixedMasks:
             keep = [k.contiguous(memory_format=torch.channels_last) if k.ndim == 4 else k for k in keep]
         return keep
 
-    def select(self, mask, batch, x):
+    def select(self, mask: int, batch: int, x: torch.Tensor) -> None:
         """Make the next forward passes use mask `mask` of batch `batch` (x: that batch, for its shape).
 
         mask may be a list of K ids: the next pass then takes x repeated K times along dim 0 (K * B rows), row
@@ -120,7 +127,9 @@ def _apply_mask(module, inputs, output):
     return output.mul(keep.to(output.dtype)).mul_(1.0 / (1.0 - module.p))
 
 
-def prepare_batches(data, n_images=None, batch_size=128, seed=0, device="cpu", augment=False):
+def prepare_batches(data: Iterable | torch.utils.data.Dataset, n_images: int | None = None, batch_size: int = 128,
+                    seed: int = 0, device: torch.device | str | None = "cpu",
+                    augment: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A list of (x, y) batches on `device`: the fixed evaluation data of a landscape or a Hessian.
 
     data: an ImageTensorDataset (the first `n_images` of a `seed` permutation; `augment` crops and flips them

@@ -30,8 +30,11 @@ repeat exactly on a CPU, and on a GPU up to the few kernels that have no determi
 - max_eigenvalue_spectrum: the paper's statistic: the top eigenvalue of the mini-batch Hessian for each of many
   mini-batches (optionally augmented, optionally with weight decay), as a list to histogram.
 """
+from __future__ import annotations
+
 import contextlib
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,11 +46,16 @@ import models
 from ops.analysis.fixed import FixedMasks, prepare_batches
 from ops.evaluate.engine import require_parameters
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
 DROPOUT_MODES = ("fixed", "off")
 
 
 @contextlib.contextmanager
-def exact_kernels():
+def exact_kernels() -> Iterator[None]:
     """cuDNN's deterministic algorithms and no TF32 inside the block (restored after): fp32 products on a GPU.
 
     On CPUs, denormal floats are flushed to zero inside the block: second-order graphs of small networks are
@@ -123,7 +131,7 @@ class HessianOperator:
         out = torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, self.params)])
         return out + self.weight_decay * v if self.weight_decay else out
 
-    def random(self, seed, kind="normal"):
+    def random(self, seed: int, kind: str = "normal") -> torch.Tensor:
         """A random flat vector (CPU generator, then the device): 'normal' or 'rademacher' (+-1)."""
         g = torch.Generator().manual_seed(int(seed) % (2 ** 63))
         if kind == "normal":
@@ -200,7 +208,7 @@ def trace(op: "HessianOperator", max_iter: int = 200, tol: float = 1e-2, seed: i
     return {"trace": float(np.mean(samples)), "std_error": err, "samples": len(samples), "converged": False}
 
 
-def lanczos(op, v, n_steps):
+def lanczos(op: HessianOperator, v: torch.Tensor, n_steps: int) -> tuple[list[float], list[float]]:
     """(alphas, betas) of n_steps of Lanczos from v with full reorthogonalisation (fewer if an invariant subspace
     is found): T = tridiag(betas, alphas, betas)."""
     v = v / v.norm()
@@ -239,7 +247,7 @@ def slq(op: "HessianOperator", n_steps: int = 30, n_vectors: int = 1, seed: int 
     return {"nodes": nodes, "weights": weights}
 
 
-def density(result, grid, sigma=None):
+def density(result: Mapping, grid: torch.Tensor | Sequence[float], sigma: float | None = None) -> torch.Tensor:
     """The spectral density of an `slq` result on `grid` (1-D): the mean over start vectors of
     sum_i w_i N(grid; node_i, sigma^2). sigma defaults to 1% of the range of the nodes."""
     grid = np.asarray(grid, dtype=np.float64)
@@ -253,9 +261,10 @@ def density(result, grid, sigma=None):
     return out / len(result["nodes"])
 
 
-def max_eigenvalue_spectrum(model: torch.nn.Module, data, *, n_batches: int = 32, batch_size: int = 64,
+def max_eigenvalue_spectrum(model: torch.nn.Module, data: Any, *, n_batches: int = 32, batch_size: int = 64,
                             augment: bool = False, weight_decay: float = 0.0, dropout: str = "fixed", seed: int = 0,
-                            max_iter: int = 20, tol: float = 1e-3, device=None, progress: bool = False) -> dict:
+                            max_iter: int = 20, tol: float = 1e-3, device: torch.device | str | None = None,
+                            progress: bool = False) -> dict:
     """The top Hessian eigenvalue of each of `n_batches` mini-batches of `data` (the paper's spectrum).
 
     data: an ImageTensorDataset (n_batches * batch_size images of a `seed` permutation; `augment` crops and flips

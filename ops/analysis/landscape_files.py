@@ -7,16 +7,24 @@ A resumable grid is a folder: meta.json (the settings and a fingerprint of model
 then points.rank{r}.jsonl, one finished point per line, appended as they finish. A rerun of the same
 landscape skips the finished points; a folder holding another landscape's points is refused.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from models.atomic import read_json, write_json, write_text
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any, IO
+    import torch.nn as nn
 
 # The original implementation's landscape CSV (no header): 16 columns, or 17 with ECSE; the successor
 # (how-do-vits-work) adds l1 and l2 after x and y (19 columns).
@@ -37,14 +45,14 @@ class Landscape:
     meta: dict = field(default_factory=dict)
 
     @property
-    def masks(self):
+    def masks(self) -> int:
         return sorted({r["mask"] for r in self.records})
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return (len(self.xs),) if self.ys is None else (len(self.ys), len(self.xs))
 
-    def grid(self, key="loss", mask=0):
+    def grid(self, key: str = "loss", mask: int = 0) -> np.ndarray:
         """(ny, nx) array of `key` for `mask` (row i is y = ys[i]); (nx,) for a 1-D landscape."""
         values = np.full(self.shape, np.nan)
         found = False
@@ -59,13 +67,13 @@ class Landscape:
             raise KeyError(f"no records for mask {mask}; masks here: {self.masks}")
         return values
 
-    def table(self):
+    def table(self) -> Any:
         """The records as a pandas DataFrame."""
         import pandas as pd
 
         return pd.DataFrame(self.records)
 
-    def to_csv(self, path, mask=0, layout="original"):
+    def to_csv(self, path: Path | str, mask: int = 0, layout: str = "original") -> Path:
         """Write the original's landscape CSV of one mask: 17 columns (x, y, NLL, Cutoff1, Cutoff2, Acc, ...,
         ECE, ECSE), no header, x varying fastest; layout="successor" adds l1, l2 after x, y (19 columns)."""
         columns = {"original": ORIGINAL_COLUMNS, "successor": SUCCESSOR_COLUMNS}.get(layout)
@@ -84,13 +92,13 @@ class Landscape:
             lines.append(",".join(repr(float(values[c])) for c in columns))
         return write_text(path, "\n".join(lines) + "\n")
 
-    def save(self, path):
+    def save(self, path: Path | str) -> Path:
         """JSON with everything (grid, meta, all records)."""
         return write_text(path, json.dumps({"xs": self.xs, "ys": self.ys, "meta": self.meta,
                                             "records": self.records}, default=json_default))
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: Path | str) -> Landscape:
         raw = read_json(path, what="landscape")
         missing = [k for k in ("xs", "ys", "records") if k not in raw]
         if missing:
@@ -99,7 +107,7 @@ class Landscape:
         return cls(raw["xs"], raw["ys"], raw["records"], raw.get("meta", {}))
 
 
-def json_default(obj):
+def json_default(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
     if torch.is_tensor(obj):
@@ -120,7 +128,7 @@ def _check_grid(path, rows, xs, ys):
                          f"values ({len(xs) * len(ys)} points): a value off the grid, or rows missing")
 
 
-def read_csv(path, mask=0):
+def read_csv(path: Path | str, mask: int = 0) -> Landscape:
     """A Landscape from a landscape CSV: the original's 16 or 17 columns, or the successor's 19 (with l1, l2).
 
     The grid is rebuilt from the distinct x and y values; `loss` is NLL (add a weight-decay term yourself: the
@@ -169,7 +177,7 @@ def read_csv(path, mask=0):
     return Landscape(xs, ys, records, {"source": source, "columns": len(columns), "path": str(path)})
 
 
-def weights_fingerprint(model) -> str:
+def weights_fingerprint(model: nn.Module) -> str:
     """sha1 of what the model computes with: every parameter and buffer, persistent or not (BatchNorm statistics,
     blur filters), and every module's numeric and text settings (a dropout rate, a smoothing temperature), by name."""
     h = hashlib.sha1()
@@ -185,7 +193,7 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def fingerprint(engine, coords, meta):
+def fingerprint(engine: Mapping, coords: Sequence, meta: Mapping) -> str:
     """sha1 of everything a landscape's numbers depend on: `meta` (the model's name, build arguments and weights
     fingerprint, and every setting), the grid, the directions and the evaluation data."""
     h = hashlib.sha1()
@@ -198,7 +206,8 @@ def fingerprint(engine, coords, meta):
     return h.hexdigest()
 
 
-def read_done(folder, fingerprint=None, coords=None, masks=None):
+def read_done(folder: Path | str, fingerprint: str | None = None, coords: Sequence | None = None,
+              masks: int | None = None) -> dict:
     """{index: records} of the finished points of `folder`. A line counts only if it is whole JSON, carries this
     landscape's fingerprint, an integer index of the grid and records of that index at that point's coordinates;
     anything else (a line cut by a kill, a line pasted from another landscape) is recomputed."""
@@ -231,14 +240,14 @@ def _valid_point(item, fingerprint, coords, masks=None):
                (x is None or (r.get("x") == x[0] and r.get("y") == (x[1] if len(x) > 1 else None))) for r in records)
 
 
-def append_point(log, index, records, fingerprint):
+def append_point(log: IO, index: int, records: Sequence[Mapping], fingerprint: str) -> None:
     """One finished point as one line of a points file (a crash leaves at most that line cut)."""
     log.write(json.dumps({"index": index, "fingerprint": fingerprint, "records": records}, default=json_default)
               + "\n")
     log.flush()
 
 
-def open_points(path, rank):
+def open_points(path: Path | str, rank: int) -> IO:
     """The rank's points file for appending; a last line cut by a kill is ended first, so that it stays one bad
     line instead of swallowing the next point."""
     file = Path(path) / f"points.rank{rank}.jsonl"
@@ -252,7 +261,8 @@ def open_points(path, rank):
     return open(file, "a")
 
 
-def resume(path, fingerprint, meta, rank, world, coords=None):
+def resume(path: Path | str, fingerprint: str, meta: Mapping, rank: int, world: int,
+           coords: Sequence | None = None) -> dict:
     """{point index: records} already finished in the folder `path` (rank 0 reads, then tells the others)."""
     n = meta.get("n_masks", 1)
     masks = list(range(n)) + ([-1] if n > 1 else [])

@@ -43,8 +43,11 @@ Speed (benchmarks/landscape_speed.py compares with its naive loop: a deep copy +
 - `path=folder` makes a grid resumable: finished points are appended to points.rank{r}.jsonl and skipped when
   the same call runs again (meta.json refuses to mix points of a different landscape).
 """
+from __future__ import annotations
+
 import contextlib
 import math
+from typing import TYPE_CHECKING
 import warnings
 from pathlib import Path
 
@@ -62,12 +65,17 @@ from ops.common.runtime import autocast, check_precision, progress_bar, resolve_
 from ops.evaluate.engine import require_parameters
 from ops.evaluate.metrics import SCALAR_KEYS, Metrics, cutoff_key
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+    import torch.nn as nn
+
 NORMS = ("filter", "original", "layer", "none")
 ENSEMBLE = -1  # the mask id of the MC ensemble's records
 MAX_POINTS = 10_000  # a 100 x 100 grid
 
 
-def perturbable(model):
+def perturbable(model: nn.Module) -> dict[str, torch.Tensor]:
     """{name: parameter} of the parameters a direction may move: the trainable ones (buffers never)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
@@ -76,7 +84,7 @@ def _vnorm(t, dims):
     return torch.linalg.vector_norm(t, dim=dims, keepdim=True)
 
 
-def normalize_direction(d, w, norm="filter", eps=1e-10):
+def normalize_direction(d: torch.Tensor, w: torch.Tensor, norm: str = "filter", eps: float = 1e-10) -> torch.Tensor:
     """Scale a random direction `d` to the weights `w` (same shape); see the module docstring for the norms."""
     if norm == "filter":  # per output filter: d[i] * ||w[i]|| / ||d[i]||
         dims = tuple(range(1, d.ndim))
@@ -90,7 +98,8 @@ def normalize_direction(d, w, norm="filter", eps=1e-10):
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
-def random_directions(model, n=2, seed=0, norm="filter", ignore_1d=True):
+def random_directions(model: nn.Module, n: int = 2, seed: int = 0, norm: str = "filter",
+                      ignore_1d: bool = True) -> list[dict[str, torch.Tensor]]:
     """`n` random directions [{name: tensor}] for `model`'s trainable parameters (on their devices).
 
     Drawn on the CPU from `seed` (the same directions on every device). 1-D tensors are zero unless
@@ -118,7 +127,8 @@ def random_directions(model, n=2, seed=0, norm="filter", ignore_1d=True):
     return directions
 
 
-def direction_between(start, end, ignore_1d=False):
+def direction_between(start: nn.Module | Mapping[str, torch.Tensor], end: nn.Module | Mapping[str, torch.Tensor],
+                      ignore_1d: bool = False) -> dict[str, torch.Tensor]:
     """{name: end - start} over `start`'s trainable parameters (models or state dicts with the same keys).
 
     With it, landscape(start, ..., [d], xs=...) interpolates: x = 0 is `start` and x = 1 is `end` (BatchNorm
@@ -138,7 +148,8 @@ def direction_between(start, end, ignore_1d=False):
     return out
 
 
-def check_directions(model, directions):
+def check_directions(model: nn.Module,
+                     directions: Sequence[Mapping[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
     """Validate user directions against the model; returns them as float tensors on the parameters' devices."""
     if isinstance(directions, dict):
         directions = [directions]
@@ -166,7 +177,7 @@ def check_directions(model, directions):
     return out
 
 
-def grid_axis(n=11, scale=1.0):
+def grid_axis(n: int = 11, scale: float = 1.0) -> list[float]:
     """linspace(-scale, scale, n): the original's axis (n = 11 or 21)."""
     if not is_int(n, 1):
         raise ValueError(f"n must be an integer >= 1 (points per axis), got {n!r}")
@@ -300,12 +311,13 @@ class _Engine:
         return recs
 
 
-def landscape(model: "torch.nn.Module", data, directions: list = None, *, xs: list = None, ys: list = None,
+def landscape(model: "torch.nn.Module", data: Any, directions: list = None, *, xs: list = None, ys: list = None,
               n: int = 11, scale: float = 1.0, n_masks: int = 1, seed: int = 0, direction_seed: int = 0,
               norm: str = "filter", n_images: int = None, batch_size: int = 128, weight_decay: float = 0.0,
-              path=None, points_per_pass: int = 1, masks_per_pass="auto", compile: bool = False,
-              channels_last: bool = True, cache_masks: bool = True, precision: str = "fp32", device=None,
-              bins: int = 10, cutoffs=(0.0, 0.9), progress: bool = False, on_point=None) -> Landscape:
+              path: Path | str | None = None, points_per_pass: int = 1, masks_per_pass: int | str = "auto",
+              compile: bool = False, channels_last: bool = True, cache_masks: bool = True, precision: str = "fp32",
+              device: torch.device | str | None = None, bins: int = 10, cutoffs: Sequence[float] = (0.0, 0.9),
+              progress: bool = False, on_point: Any = None) -> Landscape:
     """Evaluate `model` over a grid of weights; returns a Landscape (see the module docstring).
 
     data: an ImageTensorDataset or an iterable of (x, y) batches; `n_images` of it (a fixed `seed` subset) are
@@ -404,7 +416,8 @@ def _check_passes(n_masks, points_per_pass, masks_per_pass, cache_masks, device)
     return masks_per_pass
 
 
-def grid_coords(dims, xs=None, ys=None, n=11, scale=1.0) -> tuple:
+def grid_coords(dims: int, xs: Sequence[float] | None = None, ys: Sequence[float] | None = None, n: int = 11,
+                scale: float = 1.0) -> tuple:
     """(xs, ys or None, coords) of a 1-D or 2-D grid; coords list x fastest, as the original's CSV. At most
     MAX_POINTS points: each one is a full evaluation of the data."""
     if (xs is None or dims == 2 and ys is None) and isinstance(n, int) and n ** dims > MAX_POINTS:

@@ -25,12 +25,15 @@ Perturbation sequences (N videos of T frames), with pred_t the argmax of the mea
     cec           the original's cross-entropy consistency: mean over consecutive frames of
                   -(1/K) sum_k p_{t+1,k} log p_{t,k} (it averages over the K classes rather than summing)
 """
+from __future__ import annotations
+
 import contextlib
 import csv
 import json
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,6 +51,11 @@ from ops.evaluate.metrics import cutoff_key
 from ops.evaluate.reports import leaderboard_columns
 from ops.evaluate.engine import (behaves_stochastically, check_sizes, eval_keeping_dropout, log_mean_exp, model_device,
                                   predict_log_probs, prepare_for_inference, sweep)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+    import torch.nn as nn
 
 # AlexNet's ImageNet-C errors per severity 1..5 (Hendrycks' published table; their means are the usual
 # ALEXNET_ERR list). Keyed by name: the original implementation ordered the blurs differently.
@@ -74,7 +82,8 @@ ALEXNET_CLEAN_ERROR = 0.43478  # torchvision's AlexNet (top-1 56.522%), the 43.5
 # --- Corrupted data ----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def prepare(model, example, channels_last=True, precision="fp32"):
+def prepare(model: nn.Module, example: torch.Tensor, channels_last: bool = True,
+            precision: str = "fp32") -> tuple[nn.Module, bool]:
     """(model ready for inference, stochastic?): decided once per model, not once per (corruption, severity).
 
     BatchNorm is folded into the convolutions (checked on `example`, a batch on the model's device) and whether
@@ -85,9 +94,12 @@ def prepare(model, example, channels_last=True, precision="fp32"):
     return prepare_for_inference(model, channels_last=channels_last, fuse_bn=True, example=example), stochastic
 
 
-def evaluate_corrupted(model, cset, sizes=(1,), *, mean, std, classes=None, corruptions=None, severities=None,
-                       n=None, clean=None, batch_size=256, device=None, channels_last=True, progress=True, workers=4,
-                       **sweep_kwargs):
+def evaluate_corrupted(model: nn.Module, cset: Any, sizes: Sequence[int] = (1,), *, mean: Sequence[float],
+                       std: Sequence[float], classes: Sequence[str] | None = None,
+                       corruptions: Sequence[str] | None = None, severities: Sequence[int] | None = None,
+                       n: int | None = None, clean: Any = None, batch_size: int = 256,
+                       device: torch.device | str | None = None, channels_last: bool = True, progress: bool = True,
+                       workers: int = 4, **sweep_kwargs: Any) -> dict:
     """Sweep `model` over every (corruption, severity) of `cset` (ops.data.corrupted_sets.CorruptedSet or ImageNetCSet).
 
     mean, std: the normalisation of the clean data (the model's). n: n images of each cell (corrupted_sets.take:
@@ -187,7 +199,7 @@ def _check_source(cset, clean):
                              f"{mine[:12]}): pass the clean set it was generated from (or clean=None)")
 
 
-def errors(results, size, corruptions=None):
+def errors(results: Mapping, size: int, corruptions: Sequence[str] | None = None) -> dict[str, dict[int, float]]:
     """{corruption: {severity: error}} at one ensemble size (error = 1 - accuracy)."""
     corrupted = results["corrupted"]
     return {c: {s: 1 - cell[size]["acc"] for s, cell in sorted(corrupted[c].items())}
@@ -206,7 +218,8 @@ def _reference_errors(reference, corruption, severities):
     return [ref[s] for s in severities] if isinstance(ref, dict) else [ref] * len(severities)
 
 
-def mce(errs, clean_error=None, reference=None, reference_clean=None):
+def mce(errs: Mapping[str, Mapping[int, float]], clean_error: float | None = None,
+        reference: Mapping | str | None = None, reference_clean: float | None = None) -> dict:
     """CE per corruption, mCE, and (with clean_error) relative CE and mCE; see the module docstring.
 
     errs: {corruption: {severity: error}} (`errors(...)`). reference: None (unnormalised), "alexnet", or
@@ -233,7 +246,7 @@ def mce(errs, clean_error=None, reference=None, reference_clean=None):
             "relative_mce": float(np.mean(list(rel.values())))}
 
 
-def mean_over_cells(results, size, key, corruptions=None):
+def mean_over_cells(results: Mapping, size: int, key: str, corruptions: Sequence[str] | None = None) -> float:
     """Mean of a metric (nll, ece, acc, ...) over every (corruption, severity) cell: the corrupted average."""
     corrupted = results["corrupted"]
     values = [cell[size][key] for c in (corruptions or corrupted) for cell in corrupted[c].values()]
@@ -248,7 +261,8 @@ def chance_error(num_classes: int) -> float:
     return 1 - 1 / num_classes
 
 
-def near_chance_cells(results_by_model, num_classes, sizes=None, corruptions=None, near=NEAR_CHANCE) -> set:
+def near_chance_cells(results_by_model: Mapping[str, Mapping], num_classes: int, sizes: Sequence[int] | None = None,
+                      corruptions: Sequence[str] | None = None, near: float = NEAR_CHANCE) -> set:
     """{(corruption, severity)} where some model at some size errs at >= near * chance_error: cells where the
     models have stopped telling the classes apart, whose differences say nothing about robustness."""
     limit = near * chance_error(num_classes)
@@ -289,7 +303,9 @@ def _check_comparable(results_by_model, chosen):
                              f"corruptions, severities and n")
 
 
-def corruption_summary(results_by_model, sizes=None, reference=None, corruptions=None, num_classes=None):
+def corruption_summary(results_by_model: Mapping[str, Mapping], sizes: Sequence[int] | None = None,
+                       reference: Mapping | str | None = None, corruptions: Sequence[str] | None = None,
+                       num_classes: int | None = None) -> list[dict]:
     """One row per (model, ensemble size): clean error, mCE, relative mCE, corrupted NLL / ECE / accuracy.
 
     corruptions: None takes the 15 standard ones present (mCE is defined over those); the extra ones count
@@ -319,7 +335,8 @@ def corruption_summary(results_by_model, sizes=None, reference=None, corruptions
     return rows
 
 
-def format_summary(rows, percent=("clean_error", "mce", "relative_mce", "ece_c", "acc_c")):
+def format_summary(rows: Sequence[Mapping],
+                   percent: Sequence[str] = ("clean_error", "mce", "relative_mce", "ece_c", "acc_c")) -> str:
     """Markdown table of `summary` rows (errors, mCE, ECE and accuracy in %)."""
     cols = [("clean_error", "Clean err"), ("mce", "mCE"), ("relative_mce", "rel. mCE"), ("nll_c", "NLL-C"),
             ("ece_c", "ECE-C"), ("acc_c", "Acc-C")]
@@ -336,7 +353,8 @@ def format_summary(rows, percent=("clean_error", "mce", "relative_mce", "ece_c",
     return "\n".join(lines)
 
 
-def write_corrupted(results, folder, stem, cutoffs=(0.0, 0.9), overwrite=False):
+def write_corrupted(results: Mapping, folder: Path | str, stem: str, cutoffs: Sequence[float] = (0.0, 0.9),
+                    overwrite: bool = False) -> list[Path]:
     """The original's corrupted CSV, one per ensemble size: `{folder}/{stem}_corrupted_n{size}.csv`, columns
     intensity, ctype, then the leaderboard's metric columns (header row first); and every metric dict in
     `{stem}_corrupted.json`. Returns the paths. Files of an earlier call with the same stem are refused unless
@@ -375,7 +393,7 @@ def _write_corrupted(results, folder, stem, cutoffs, overwrite):
     return paths + [path]
 
 
-def to_json(results):
+def to_json(results: Mapping) -> dict:
     """results with string keys (JSON objects cannot have integer keys)."""
     def sizes(d):
         return {str(n): m for n, m in d.items()}
@@ -385,7 +403,7 @@ def to_json(results):
     return out | {k: results[k] for k in ("seed", "set") if k in results}
 
 
-def from_json(obj):
+def from_json(obj: Mapping) -> dict:
     """Inverse of to_json."""
     def sizes(d):
         return {int(n): m for n, m in d.items()}
@@ -397,7 +415,7 @@ def from_json(obj):
 
 # --- Perturbation sequences --------------------------------------------------------------------------------------
 
-def flips(preds, noise):
+def flips(preds: torch.Tensor, noise: bool) -> torch.Tensor:
     """(N, T) predicted classes -> (N, T - 1) bool: changed against frame 0 (noise) or the previous frame."""
     if preds.ndim != 2 or preds.shape[1] < 2:
         raise ValueError(f"preds must be (N, T) with T >= 2 frames, got {tuple(preds.shape)}")
@@ -405,18 +423,18 @@ def flips(preds, noise):
     return preds[:, 1:] != ref
 
 
-def flip_probability(preds, noise):
+def flip_probability(preds: torch.Tensor, noise: bool) -> float:
     """Hendrycks' flip probability of (N, T) predictions (all videos have T frames, so the mean over videos of
     per-video means is the overall mean)."""
     return flips(preds, noise).double().mean().item()
 
 
-def consistency(preds):
+def consistency(preds: torch.Tensor) -> float:
     """The original's consistency: share of consecutive frames with the same prediction."""
     return 1 - flips(preds, noise=False).double().mean().item()
 
 
-def cross_entropy_consistency(log_probs):
+def cross_entropy_consistency(log_probs: torch.Tensor) -> float:
     """The original's CEC of (N, T, K) log-probabilities: mean of -(1/K) sum_k p_{t+1,k} log p_{t,k}."""
     if log_probs.ndim != 3 or log_probs.shape[1] < 2:
         raise ValueError(f"log_probs must be (N, T, K) with T >= 2, got {tuple(log_probs.shape)}")
@@ -425,8 +443,11 @@ def cross_entropy_consistency(log_probs):
 
 
 @torch.no_grad()
-def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=None, batch_size=32, device=None,
-                       channels_last=True, progress=False, precision="fp32", max_batch=None, stochastic=None, seed=0):
+def evaluate_perturbed(model: nn.Module, frames: torch.Tensor | np.ndarray, *, mean: Sequence[float],
+                       std: Sequence[float], sizes: Sequence[int] = (1,), noise: bool = False, n: int | None = None,
+                       batch_size: int = 32, device: torch.device | str | None = None, channels_last: bool = True,
+                       progress: bool = False, precision: str = "fp32", max_batch: int | None = None,
+                       stochastic: bool | None = None, seed: int = 0) -> dict:
     """flip_prob, consistency and cec at every ensemble size (prefixes of one set of max(sizes) MC samples).
 
     frames: (N, T, H, W, C) uint8 (the -P layout, numpy or tensor); noise: compare with frame 0 (pass
@@ -474,7 +495,8 @@ def evaluate_perturbed(model, frames, *, mean, std, sizes=(1,), noise=False, n=N
     return out
 
 
-def evaluate_perturbations(model, folder, ptypes, *, mean, std, sizes=(1,), **kwargs):
+def evaluate_perturbations(model: nn.Module, folder: Path | str, ptypes: Sequence[str], *, mean: Sequence[float],
+                           std: Sequence[float], sizes: Sequence[int] = (1,), **kwargs: Any) -> dict:
     """{ptype: {size: stability metrics}} for -P files `{folder}/{ptype}.npy` (official or generated)."""
     from ops.data.corrupted_sets import load_perturbed
 
@@ -493,7 +515,8 @@ def evaluate_perturbations(model, folder, ptypes, *, mean, std, sizes=(1,), **kw
 
 
 @torch.no_grad()
-def brightness_probe(model, dataset, shifts=(0.02, 0.05), batch_size=250) -> dict:
+def brightness_probe(model: nn.Module, dataset: torch.utils.data.Dataset, shifts: Sequence[float] = (0.02, 0.05),
+                     batch_size: int = 250) -> dict:
     """Where a uniform brightness shift hurts: {region: {shift: error}} for a shift added everywhere, to the
     object only (pixels that are not exactly 0) and to the background only (pixels exactly 0: the zero padding
     and, in Fashion-MNIST, the scanned background), one deterministic pass (MC dropout off).

@@ -6,10 +6,12 @@ caller says so (`numpy=True`: values that index tables or seed generators); coun
 torch treats only those as sizes (`Tensor.split`, `DataLoader(batch_size=)`) and JSON stores only those. Each
 caller raises its own error, naming the argument and the fix.
 """
+from __future__ import annotations
+
 import numbers
 
 
-def is_int(value, low: int = None, high: int = None, numpy: bool = False) -> bool:
+def is_int(value: object, low: int = None, high: int = None, numpy: bool = False) -> bool:
     """True for an integer (a Python int; with numpy=True also a NumPy integer; never a bool) with
     low <= value <= high (either bound may be None)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if numpy else int):
@@ -20,6 +22,6 @@ def is_int(value, low: int = None, high: int = None, numpy: bool = False) -> boo
 MAX_SEED = 2 ** 32 - 1  # numpy's range; torch takes more, but the trainer derives per-epoch seeds from it
 
 
-def is_seed(value) -> bool:
+def is_seed(value: object) -> bool:
     """True for a seed every generator here accepts: an integer from 0 to MAX_SEED."""
     return is_int(value, 0, MAX_SEED)

@@ -7,16 +7,24 @@ loss in float32 (PyTorch's autocast lists), channels_last only changes the memor
 CPU with AVX512-BF16 or AMX (and PyTorch's kernels allowed to use them). Elsewhere (AVX2-only CPUs, most
 laptops) bf16 is emulated and many times slower than fp32, so auto means fp32 there.
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+    from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def resolve_device(device=None):
+def resolve_device(device: torch.device | str | None = None) -> torch.device:
     """'auto'/None -> cuda if available else cpu; anything else is passed to torch.device."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -26,7 +34,7 @@ def resolve_device(device=None):
     return device
 
 
-def check_precision(precision):
+def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
@@ -51,7 +59,7 @@ def _cpu_model():
         return None
 
 
-def machine_info(device="cpu") -> dict:
+def machine_info(device: torch.device | str = "cpu") -> dict:
     """What a measured time or a trained checkpoint ran on: device, CPU model and kind, threads, versions, and
     the AVX2 imitation variables if set (they change which kernels run)."""
     device = torch.device(device)
@@ -64,7 +72,7 @@ def machine_info(device="cpu") -> dict:
     return info
 
 
-def native_bf16(device):
+def native_bf16(device: torch.device | str) -> tuple[bool, str]:
     """(True/False, reason): does `device` compute bf16 natively, so that bf16 autocast is faster than fp32?"""
     device = torch.device(device)
     if device.type == "cuda":
@@ -84,7 +92,7 @@ def native_bf16(device):
     return False, f"the CPU has no native bf16 (kernels {capability}): bf16 would be emulated, several times slower"
 
 
-def resolve_precision(precision, device):
+def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
     """(precision, reason) with 'auto' decided by `native_bf16`; an explicit value is kept as given."""
     if precision != "auto":
         return check_precision(precision), "asked for"
@@ -92,7 +100,7 @@ def resolve_precision(precision, device):
     return ("bf16" if ok else "fp32"), why
 
 
-def autocast(device, precision="fp32"):
+def autocast(device: torch.device | str, precision: str = "fp32") -> AbstractContextManager:
     """Autocast context for `precision` on `device` (a no-op for fp32)."""
     check_precision(precision)
     if precision == "fp32":
@@ -101,14 +109,15 @@ def autocast(device, precision="fp32"):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def to_device(x, device, channels_last=False, non_blocking=True):
+def to_device(x: torch.Tensor, device: torch.device | str, channels_last: bool = False,
+              non_blocking: bool = True) -> torch.Tensor:
     """Move an image batch (B, C, H, W) to `device`, optionally in channels_last layout."""
     x = x.to(device, non_blocking=non_blocking)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
 @contextlib.contextmanager
-def seeded(seed, device="cpu"):
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
     """torch's generators (the CPU's, and the device's on CUDA) seeded with `seed` inside the block and restored
     afterwards: MC-dropout masks drawn inside repeat exactly, and the caller's random stream is untouched."""
     device = torch.device(device)
@@ -122,7 +131,7 @@ def _text_only():
     return "ipykernel" not in sys.modules and not sys.stderr.isatty()
 
 
-def progress_bar(*args, **kwargs):
+def progress_bar(*args: Any, **kwargs: Any) -> Any:
     """A tqdm bar: ipywidgets in a live notebook front-end, a live bar in a terminal, and where the output
     goes to a file or pipe (nohup, SLURM logs) text lines at most every 10 seconds.
 

@@ -25,6 +25,8 @@ Generation is seeded per (seed, corruption, severity, chunk), so its result does
 workers; it runs in parallel over corruptions, and each finished corruption is a file (written atomically) that
 a rerun with the same source, profile and seed keeps, so an interrupted run resumes where it stopped.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import os
@@ -36,6 +38,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,9 +51,13 @@ from ops.data.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, IMAGENET_C_SOURC
                                   _lookup, _seed, _to_uint8, corrupt, default_chunk, default_profile, parameters)
 from ops.data.datasets import ImageTensorDataset, with_classes
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from ops.data.datasets import ImageTensorDataset
+
 # --- Reading the official sets -----------------------------------------------------------------------------------
 
-def md5sum(path, chunk=1 << 20):
+def md5sum(path: Path | str, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
@@ -58,7 +65,7 @@ def md5sum(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def check_md5(path, md5):
+def check_md5(path: Path | str, md5: str) -> None:
     """Raise ValueError if the file's md5 is not `md5` (a corrupt or partial download)."""
     actual = md5sum(path)
     if actual != md5:
@@ -174,11 +181,11 @@ class CorruptedSet:
         i = self.severities.index(severity)
         return slice(i * self.n, (i + 1) * self.n)
 
-    def labels(self, severity=None):
+    def labels(self, severity: int | None = None) -> np.ndarray:
         """(N,) int64 labels of one severity block (all blocks hold the same images)."""
         return torch.from_numpy(self._labels[self._block(severity or self.severities[0])].copy())
 
-    def images(self, corruption, severity):
+    def images(self, corruption: str, severity: int) -> torch.Tensor:
         """uint8 (N, C, H, W): rows N(i) .. N(i + 1) of {corruption}.npy, i the severity's block."""
         if corruption not in self.corruptions:
             raise ValueError(f"{corruption!r} is not in {self.folder}; it has {self.corruptions}")
@@ -195,7 +202,9 @@ class CorruptedSet:
         block = np.array(data[self._block(severity)])  # (N, H, W, C), a copy
         return torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
 
-    def dataset(self, corruption, severity, mean, std, classes=None, n=None, name=None):
+    def dataset(self, corruption: str, severity: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+                classes: Sequence[str] | None = None, n: int | None = None,
+                name: str | None = None) -> ImageTensorDataset:
         """An ImageTensorDataset of one corruption and severity (the first `n` images if given)."""
         images, labels = self.images(corruption, severity), self.labels(severity)
         classes = classes or [str(k) for k in range(int(labels.max()) + 1)]
@@ -203,7 +212,7 @@ class CorruptedSet:
         return take(ds, n)
 
 
-def load_cifar_c(root="./data", name="cifar10", download=False):
+def load_cifar_c(root: Path | str = "./data", name: str = "cifar10", download: bool = False) -> CorruptedSet:
     """The official CIFAR-10-C (`name="cifar10"`) or CIFAR-100-C: `{root}/CIFAR-10-C/`. An archive found under
     root is md5-checked and unpacked; download=True fetches it first."""
     key = {"cifar": "cifar10", "cifar_10": "cifar10", "cifar-10": "cifar10", "cifar_100": "cifar100",
@@ -217,13 +226,14 @@ def load_cifar_c(root="./data", name="cifar10", download=False):
     return CorruptedSet(_official(spec, root, download, spec["folder"], layout, needed))
 
 
-def load_corrupted(folder):
+def load_corrupted(folder: Path | str) -> CorruptedSet:
     """Any folder in the -C layout (official or generated)."""
     return CorruptedSet(folder)
 
 
-def imagenet_c(root, corruption, severity, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop=224,
-               classes=None):
+def imagenet_c(root: Path | str, corruption: str, severity: int, mean: Sequence[float] = (0.485, 0.456, 0.406),
+               std: Sequence[float] = (0.229, 0.224, 0.225), crop: int = 224,
+               classes: Sequence[str] | None = None) -> torch.utils.data.Dataset:
     """ImageNet-C as an ImageFolder: `{root}/{corruption}/{severity}/{wnid}/*.JPEG`, center crop only (the images
     are already 224x224; the original implementation resized to 256 first, which rescales the corruption).
 
@@ -284,12 +294,14 @@ class ImageNetCSet:
     def __repr__(self):
         return f"ImageNetCSet({str(self.folder)!r}, {len(self.corruptions)} corruptions, severities {self.severities})"
 
-    def dataset(self, corruption, severity, mean, std, classes=None, n=None, name=None):
+    def dataset(self, corruption: str, severity: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+                classes: Sequence[str] | None = None, n: int | None = None,
+                name: str | None = None) -> torch.utils.data.Dataset:
         """An ImageFolder of one corruption and severity (a fixed random n images if n is given, see take)."""
         return take(imagenet_c(self.folder, corruption, severity, mean, std, self.crop, classes or self.classes), n)
 
 
-def take(dataset, n, seed=0):
+def take(dataset: torch.utils.data.Dataset, n: int, seed: int = 0) -> torch.utils.data.Dataset:
     """n images of a dataset, the same ones in a clean set and its corrupted copies. An ImageTensorDataset gives
     its first n (a -C file's rows are the clean set in order); any other dataset (ImageFolders are sorted by
     class, so their first n would be one class) a fixed random n, in order, the same for equal lengths."""
@@ -304,7 +316,7 @@ def take(dataset, n, seed=0):
     return subset
 
 
-def load_perturbed(root, ptype):
+def load_perturbed(root: Path | str, ptype: str) -> np.ndarray:
     """One -P sequence file: `{root}/{ptype}.npy`, (N, T, H, W, C) uint8, memory-mapped. `root` is the folder
     (`{data}/CIFAR-10-P` for the official set, or a generated one)."""
     path = Path(root) / f"{ptype}.npy"
@@ -330,7 +342,7 @@ def load_perturbed(root, ptype):
 
 # --- Generating a -C set ------------------------------------------------------------------------------------------
 
-def fingerprint(images, labels):
+def fingerprint(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> str:
     """sha1 of the images and labels: which source a generated set was made from."""
     h = hashlib.sha1(images.contiguous().numpy().tobytes())
     h.update(labels.numpy().astype(np.int64).tobytes())
@@ -357,8 +369,10 @@ def _generate_one(images, corruption, severities, profile, seed, device, out, th
     return corruption, time.time() - start
 
 
-def generate_corrupted(dataset, root="./data", name=None, corruptions=CORRUPTIONS, severities=SEVERITIES,
-                       profile=None, seed=0, device="cpu", workers=None, progress=True, overwrite=False):
+def generate_corrupted(dataset: ImageTensorDataset, root: Path | str = "./data", name: str | None = None,
+                       corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES,
+                       profile: str | None = None, seed: int = 0, device: torch.device | str = "cpu",
+                       workers: int | None = None, progress: bool = True, overwrite: bool = False) -> CorruptedSet:
     """Make a -C set of `dataset` (an ImageTensorDataset) in `{root}/{NAME}-C/`; returns its CorruptedSet.
 
     Cached and resumable: corruptions already made from the same images with the same profile, severities and
@@ -411,7 +425,7 @@ def _check_seed(seed):
         raise ValueError(f"seed must be an integer from 0 to 2**31 - 1, got {seed!r}")
 
 
-def check_severities(severities) -> tuple:
+def check_severities(severities: Sequence[int]) -> tuple:
     """Severities as a sorted tuple: distinct integers from 1 to 5."""
     values = list(severities) if not isinstance(severities, (str, bytes)) and hasattr(severities, "__iter__") else None
     if not values or any(not is_int(s, numpy=True) or s not in SEVERITIES for s in values) \
@@ -439,7 +453,7 @@ def _check_generation(dataset, corruptions, severities, profile):
     return corruptions, severities, profile
 
 
-def remove_leftovers(folder):
+def remove_leftovers(folder: Path | str) -> None:
     """Temporary files of writers that were killed (the caller holds the folder's lock, so none is live)."""
     for leftover in Path(folder).glob("*.tmp"):
         leftover.unlink(missing_ok=True)
@@ -519,7 +533,7 @@ GENERATED_PERTURBATIONS = tuple(P_FRAMES)
 
 
 @torch.no_grad()
-def perturb(images, ptype, seed=0, device="cpu"):
+def perturb(images: torch.Tensor, ptype: str, seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 (N, C, H, W) -> uint8 sequences (N, T, C, H, W) of one perturbation type (see P_FRAMES); geometry
     with torchvision's affine (bilinear, zero fill), brightness in HSV, noise frames independent draws."""
     import torchvision.transforms.v2.functional as TF
@@ -551,8 +565,11 @@ def perturb(images, ptype, seed=0, device="cpu"):
     return torch.stack(frames, 1)  # (N, T, C, H, W)
 
 
-def generate_perturbed(dataset, root="./data", name=None, ptypes=("translate", "rotate", "scale", "brightness",
-                       "gaussian_noise"), seed=0, device="cpu", progress=True, overwrite=False):
+def generate_perturbed(dataset: ImageTensorDataset, root: Path | str = "./data", name: str | None = None,
+                       ptypes: Sequence[str] = ("translate", "rotate", "scale", "brightness",
+                       "gaussian_noise"),
+                       seed: int = 0, device: torch.device | str = "cpu", progress: bool = True,
+                       overwrite: bool = False) -> Path:
     """Write `{root}/{NAME}-P/{ptype}.npy`, (N, T, H, W, C) uint8 as CIFAR-10-P, and labels.npy (N,); cached:
     existing files made from the same images and seed are kept; a folder made from other images or another seed
     raises unless overwrite=True (which replaces it). One writer at a time. Returns the folder."""

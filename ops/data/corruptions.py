@@ -15,6 +15,8 @@ where Hendrycks' CIFAR files used ImageMagick: motion blur and the motion-blurre
 sigma, the package's shift kernel). Images whose channels are all equal (Fashion-MNIST) are corrupted as one
 grey channel, as the package does for greyscale input, and repeated back.
 """
+from __future__ import annotations
+
 import hashlib
 import importlib.resources
 import io
@@ -61,7 +63,7 @@ EXTRA_PERTURBATIONS = ("gaussian_noise_2", "gaussian_noise_3", "shot_noise_2", "
                        "speckle_noise_2", "speckle_noise_3", "gaussian_blur", "snow", "shear")
 
 
-def is_noise_perturbation(ptype):
+def is_noise_perturbation(ptype: str) -> bool:
     """Noise sequences are compared with their clean frame 0, the others frame to frame (Hendrycks)."""
     return "noise" in ptype
 
@@ -131,12 +133,12 @@ PARAMS = {
 PROFILES = ("cifar", "imagenet")
 
 
-def default_profile(height, width):
+def default_profile(height: int, width: int) -> str:
     """`cifar` for images of 64 px and below, else `imagenet`."""
     return "cifar" if max(height, width) <= 64 else "imagenet"
 
 
-def parameters(corruption, severity, profile="cifar"):
+def parameters(corruption: str, severity: int, profile: str = "cifar") -> dict:
     """{name: value} of one corruption at one severity, e.g. parameters("fog", 3) -> {"strength": .75, ...}."""
     names, table = _lookup(corruption)
     if profile not in PROFILES:
@@ -210,7 +212,7 @@ def _blur_matrix(n, kernel, mode):
     return M
 
 
-def gaussian_filter(x, sigma, truncate=4.0, mode="replicate"):
+def gaussian_filter(x: torch.Tensor, sigma: float, truncate: float = 4.0, mode: str = "replicate") -> torch.Tensor:
     """Separable Gaussian blur of each channel (scipy.ndimage.gaussian_filter; skimage's default mode), as two
     small matrix products: on a CPU 10-50x faster than a 1-channel convolution over 10,000 images."""
     if sigma <= 0:
@@ -253,7 +255,7 @@ def _shift_gather(x, dy, dx):
     return x.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
-def motion_blur_kernel_shifts(radius, sigma, angles):
+def motion_blur_kernel_shifts(radius: int, sigma: float, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The package's motion blur: 2 radius + 1 copies shifted along `angles` (degrees, (B,)) with Gaussian weights
     exp(-i^2 / 2 sigma^2), i = 0..2 radius (renormalised). Returns weights (K,) and shifts dy, dx: (K, B)."""
     width = 2 * int(radius) + 1
@@ -265,7 +267,7 @@ def motion_blur_kernel_shifts(radius, sigma, angles):
     return w / w.sum(), dy.long(), dx.long()
 
 
-def motion_blur(x, radius, sigma, angles):
+def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles: torch.Tensor) -> torch.Tensor:
     """Blur each image of x along its own angle (degrees); a copy that would leave the image stops the sum."""
     B, C, H, W = x.shape
     w, dy, dx = motion_blur_kernel_shifts(radius, sigma, angles)
@@ -280,7 +282,7 @@ def motion_blur(x, radius, sigma, angles):
     return out
 
 
-def clipped_zoom(x, zoom):
+def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     """Zoom into the centre by `zoom` (bilinear, scipy.ndimage.zoom order 1) and keep the centre (H, W)."""
     H, W = x.shape[-2:]
     ch, cw = math.ceil(H / zoom), math.ceil(W / zoom)
@@ -291,7 +293,8 @@ def clipped_zoom(x, zoom):
     return out[..., top:top + H, left:left + W]
 
 
-def plasma_fractal(batch, mapsize, decay, generator, device="cpu"):
+def plasma_fractal(batch: int, mapsize: int, decay: float, generator: torch.Generator,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
     """(batch, mapsize, mapsize) diamond-square height maps in [0, 1]; mapsize a power of two."""
     assert mapsize & (mapsize - 1) == 0, "mapsize must be a power of two"
     m = torch.zeros(batch, mapsize, mapsize, device=device)
@@ -572,12 +575,13 @@ def _seed(seed, corruption, severity, chunk=0):
 
 
 @torch.no_grad()
-def default_chunk(height, width):
+def default_chunk(height: int, width: int) -> int:
     """Images per chunk: about 4M pixels (4096 images of 32x32, 83 of 224x224)."""
     return max(1, (1 << 22) // (height * width))
 
 
-def corrupt(images, corruption, severity, profile=None, seed=0, device="cpu", chunk_size=None):
+def corrupt(images: torch.Tensor, corruption: str, severity: int, profile: str | None = None, seed: int = 0,
+            device: torch.device | str = "cpu", chunk_size: int | None = None) -> torch.Tensor:
     """Corrupt uint8 images (N, C, H, W), C = 1 or 3, at one severity: uint8 (N, C, H, W) on the CPU.
 
     profile: `cifar`, `imagenet` or None (`cifar` up to 64 px). Images whose channels are all equal are

@@ -32,15 +32,22 @@ OOD sets for Fashion-MNIST (`get_ood_dataset`) go through Fashion-MNIST's pipeli
 digits, 8x8 with 17 grey levels, white on black like Fashion-MNIST) upscaled bilinearly to 28x28; "noise" is
 synthetic uniform pixel noise (named "synthetic_noise", one class "synthetic noise"), not real data.
 """
+from __future__ import annotations
+
 import gzip
 import pickle
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from models.naming import canonical_dataset
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 # Normalisation constants (the original implementation's for CIFAR and ImageNet).
 STATS = {
@@ -93,7 +100,7 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         std = torch.tensor(self.std).view(-1, 1, 1)
         return (x - mean) / std, int(self.labels[i])
 
-    def subset(self, n, seed=0):
+    def subset(self, n: int, seed: int = 0) -> ImageTensorDataset:
         """The first `n` images of a fixed random permutation (stratification is left to chance)."""
         if n is None or n >= len(self):
             return self
@@ -110,7 +117,7 @@ def _torchvision_name(key):
     return next((n for n in TORCHVISION if n.lower() == key.replace("_", "")), None)
 
 
-def canonical_name(name):
+def canonical_name(name: str) -> str:
     """'CIFAR-100', 'cifar_100', 'cifar100' -> 'cifar100' (the names of models.checkpoints' dataset folders);
     'imagefolder'; a torchvision set's class name lower-cased ('SVHN' -> 'svhn')."""
     key = canonical_dataset(name)
@@ -124,7 +131,9 @@ def canonical_name(name):
     return tv.lower()
 
 
-def get_dataset(name, root="./data", download=False, mean=None, std=None, **kwargs):
+def get_dataset(name: str, root: Path | str = "./data", download: bool = False, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None,
+                **kwargs: Any) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """(train, test) datasets, each with `.classes`. `mean`/`std` override the normalisation constants;
     other keyword arguments go to the dataset (synthetic: num_classes, n_train, n_test, size, seed;
     imagenet, imagefolder and torchvision sets: image_size; torchvision sets: their own arguments, e.g. EMNIST's
@@ -220,7 +229,7 @@ _FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def read_idx(path):
+def read_idx(path: Path | str) -> np.ndarray:
     """Read an IDX file (optionally .gz): the MNIST family's format (big-endian header, then uint8 data)."""
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -242,7 +251,7 @@ def _find_idx(folder, stem):
     return None
 
 
-def fashion_mnist_locations(root):
+def fashion_mnist_locations(root: Path | str) -> list[Path]:
     """Folders searched for Fashion-MNIST, in order."""
     root = Path(root)
     return [root / "fashion_mnist", root / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
@@ -298,7 +307,7 @@ def _imagenet(root, mean, std, image_size=224):
     return train, test
 
 
-def with_classes(folder, classes, where):
+def with_classes(folder: Path | str, classes: Sequence[str], where: str) -> torch.utils.data.Dataset:
     """An ImageFolder relabelled with the indices of `classes` (a plain ImageFolder numbers the class folders it
     finds, so one missing folder shifts every later label); a folder not among `classes` is refused."""
     index = {str(c): i for i, c in enumerate(classes)}
@@ -314,7 +323,9 @@ def with_classes(folder, classes, where):
 
 # --- Synthetic -------------------------------------------------------------------------------------------------
 
-def synthetic(num_classes=10, n_train=2000, n_test=500, size=32, seed=0, noise=0.35, mean=None, std=None):
+def synthetic(num_classes: int = 10, n_train: int = 2000, n_test: int = 500, size: int = 32, seed: int = 0,
+              noise: float = 0.35, mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None) -> tuple[ImageTensorDataset, ImageTensorDataset]:
     """Procedural images: class k is an oriented sinusoidal grating with its own angle, frequency and colour,
     randomly shifted, plus pixel noise. Learnable in a few hundred steps by a small CNN, but not trivially."""
     g = torch.Generator().manual_seed(seed)
@@ -394,7 +405,8 @@ def _scan(folder):
             for c in classes}
 
 
-def image_folder(root, mean=None, std=None, image_size: int = 32) -> tuple:
+def image_folder(root: Path | str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 image_size: int = 32) -> tuple:
     """(train, test) of root/train/<class>/* and root/val/<class>/* (or root/test/): classes are the sorted
     folder names of train/; a test class must also be a training class. See the module docstring for sizes."""
     from PIL import Image

@@ -11,10 +11,16 @@ others (ImageNet). Under DDP, training shards pad to equal length (every rank mu
 steps), but evaluation shards never do: `ShardSampler` gives each image to exactly one rank, so N processes score
 exactly the images one process scores.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class DeviceLoader:
@@ -32,7 +38,7 @@ class DeviceLoader:
         self.std = torch.tensor(dataset.std, device=self.device).view(1, -1, 1, 1) * 255
         self.classes = dataset.classes
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _indices(self):
@@ -101,8 +107,9 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.n, self.world_size))
 
 
-def make_loader(dataset, batch_size, train=False, device="cpu", workers=4, seed=0, rank=0, world_size=1,
-                channels_last=False, augment=None, pad=4):
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, train: bool = False,
+                device: torch.device | str = "cpu", workers: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1,
+                channels_last: bool = False, augment: bool | None = None, pad: int = 4) -> Any:
     """DeviceLoader for in-memory datasets, else a DataLoader (with a DistributedSampler under DDP)."""
     from ops.data.datasets import ImageTensorDataset
 

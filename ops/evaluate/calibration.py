@@ -17,6 +17,8 @@ Fitting and scoring T on the same images flatters the calibrated metrics; `cross
 images into folds by a seeded permutation, fits T on all other folds and applies it to each fold, so every
 image's calibrated probabilities come from a temperature fitted without it.
 """
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
 
@@ -38,7 +40,7 @@ def _as_tensor(x, what):
         raise ValueError(f"{what} must be a tensor or an array, got {type(x).__name__}") from None
 
 
-def check_logits(logits, targets=None) -> tuple:
+def check_logits(logits: torch.Tensor, targets: torch.Tensor | None = None) -> tuple:
     """(logits as float64 (S, N, C), targets as int64 (N,) or None) after checking shapes and values."""
     z = _as_tensor(logits, "logits")
     if z.ndim not in (2, 3):
@@ -107,7 +109,7 @@ def _minimise(f, lo, hi):
     return u if fu <= best else best_u
 
 
-def fit_temperature(logits, targets, bounds: tuple = BOUNDS) -> float:
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, bounds: tuple = BOUNDS) -> float:
     """The temperature T in `bounds` that minimises the NLL of softmax(logits / T) (N, C), or of the mean
     predictive (1/S) sum_s softmax(logits_s / T) for MC samples (S, N, C), on labels `targets` (N,)."""
     lo, hi = (float(b) for b in bounds)
@@ -126,7 +128,7 @@ def _check_temperature(temperature):
     return T
 
 
-def apply_temperature(logits, temperature: float, log: bool = False) -> torch.Tensor:
+def apply_temperature(logits: torch.Tensor, temperature: float, log: bool = False) -> torch.Tensor:
     """Calibrated predictive probabilities (N, C): softmax(logits / T) for (N, C) logits, the mean over samples
     (1/S) sum_s softmax(logits_s / T) for (S, N, C). `log=True` gives their logarithms (exact in float64, also
     where a probability underflows). Float64 in, float64 out; any other dtype gives float32."""
@@ -160,7 +162,8 @@ def fold_assignment(n: int, folds: int = 2, seed: int = 0) -> torch.Tensor:
     return fold
 
 
-def cross_fit(logits, targets, folds: int = 2, seed: int = 0, bounds: tuple = BOUNDS) -> CrossFitted:
+def cross_fit(logits: torch.Tensor, targets: torch.Tensor, folds: int = 2, seed: int = 0,
+              bounds: tuple = BOUNDS) -> CrossFitted:
     """Cross-fitted temperature scaling: for each fold k of a seeded split of the N images, fit T_k on the other
     folds (`fit_temperature`) and apply it to fold k (`apply_temperature`). logits (N, C) or (S, N, C), targets
     (N,). With folds=2: fit on one half, score the other, and the other way round."""

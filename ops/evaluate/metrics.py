@@ -47,21 +47,27 @@ bins, class bins, cutoffs, classes) and two all-gathers (the (conf, correct) pai
 ece_adaptive need, and their counts); it keeps the local state aside, so calling it twice, or updating after it,
 never counts a prediction twice. `summarize(...)` is `Metrics(...).update(...).compute()`.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 NLL_FLOOR = torch.finfo(torch.float32).tiny  # -log(floor) ~ 87.3: only exact zeros are affected
 SUM_TOL = 1e-3  # rows of probs must sum to 1 within this
 
 
-def cutoff_key(cutoff):
+def cutoff_key(cutoff: float) -> str:
     """0.9 -> '90', 0.0 -> '0', 0.995 -> '99.5'."""
     return f"{cutoff * 100:.6g}"
 
 
-def sum_tolerance(dtype):
+def sum_tolerance(dtype: torch.dtype) -> float:
     """How far a row of probabilities in `dtype` may sum from 1: SUM_TOL, or the dtype's rounding for bf16/fp16."""
     return max(SUM_TOL, torch.finfo(dtype).eps) if dtype.is_floating_point else SUM_TOL
 
@@ -152,7 +158,7 @@ class Metrics:
         self.device = device
         self.reset()
 
-    def reset(self):
+    def reset(self) -> None:
         K, B, C = len(self._cuts), self.bins, self.num_classes
         z = lambda *s: torch.zeros(s, dtype=torch.float64, device=self.device)  # noqa: E731
         self.sums = z(8)  # n, nll, correct, top5, brier, entropy, expected_entropy, n_stochastic
@@ -311,7 +317,7 @@ class Metrics:
         return out
 
 
-def auroc(scores, positive):
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve of `scores` separating positive from negative (Mann-Whitney, ties 1/2)."""
     n_pos = int(positive.sum())
     n_neg = positive.numel() - n_pos
@@ -371,7 +377,7 @@ def adaptive_ece(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> f
     return (gaps.abs().sum() / n).item()
 
 
-def aurc(conf, correct):
+def aurc(conf: torch.Tensor, correct: torch.Tensor) -> float:
     """Area under the risk-coverage curve (lower is better); ties spread their errors evenly (order-free)."""
     if conf.numel() == 0:
         return math.nan
@@ -389,8 +395,9 @@ def aurc(conf, correct):
     return (errors / k).mean().item()
 
 
-def summarize(probs, targets, *, bins=10, cutoffs=(0.0, 0.9), samples=None, log_probs=None, adaptive_bins=15,
-              classwise_bins=15):
+def summarize(probs: torch.Tensor, targets: torch.Tensor, *, bins: int = 10, cutoffs: Sequence[float] = (0.0, 0.9),
+              samples: torch.Tensor | None = None, log_probs: torch.Tensor | None = None, adaptive_bins: int = 15,
+              classwise_bins: int = 15) -> dict:
     """All metrics of `probs` (N, C) against `targets` (N,) in one call; see the module docstring."""
     if _check(probs, targets) is None:
         raise ValueError("probs is empty (0 predictions): nothing to score")

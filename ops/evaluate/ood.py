@@ -19,6 +19,8 @@ Metrics (`detection_metrics`) of scores `score_in` (n,) of in-distribution image
     fpr95     mean(score_out >= t95), t95 = the largest t with mean(score_in >= t) >= 0.95: the k-th largest
               in-distribution score, k = ceil(0.95 n) (exact integer arithmetic, ties included)
 """
+from __future__ import annotations
+
 import math
 from fractions import Fraction
 
@@ -69,7 +71,7 @@ def fpr_at_tpr(score_in: np.ndarray, score_out: np.ndarray, tpr: float = 0.95) -
     return float(np.mean(score_out >= threshold))
 
 
-def detection_metrics(score_in, score_out) -> dict:
+def detection_metrics(score_in: np.ndarray | torch.Tensor, score_out: np.ndarray | torch.Tensor) -> dict:
     """{"auroc", "aupr_in", "aupr_out", "fpr95"} of scores `score_in` (n,) against `score_out` (m,), higher
     score = more in-distribution; see the module docstring for the definitions."""
     a, b = _scores_1d(score_in, "score_in"), _scores_1d(score_out, "score_out")
@@ -93,7 +95,7 @@ def _as_samples(x, what):
     return x.double()
 
 
-def scores(probs_samples, logits_samples=None) -> dict:
+def scores(probs_samples: torch.Tensor, logits_samples: torch.Tensor | None = None) -> dict:
     """Per-image OOD scores (N,) float64 of an MC ensemble, higher = more in-distribution: "msp", "neg_entropy",
     "neg_mi", and "energy" when `logits_samples` is given. probs_samples and logits_samples: (S, N, C), or (N, C)
     for one sample; the probabilities must be the softmax of the logits when both are given."""

@@ -5,31 +5,37 @@ Leaderboard CSV (one row per ensemble size, the original column order, with a he
     top5, brier, ece, ece_signed
 at `leaderboard/logs/{dataset}/{model}/{dataset}_{model}_{uid}.csv`; the full metric dicts go beside it as JSON.
 """
+from __future__ import annotations
+
 import csv
 import itertools
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.atomic import atomic_file, write_json
 from models.naming import plain_name
 from ops.evaluate.metrics import cutoff_key
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
-def leaderboard_path(dataset_name, model_name, uid, root="leaderboard/logs"):
+
+def leaderboard_path(dataset_name: str, model_name: str, uid: str, root: Path | str = "leaderboard/logs") -> Path:
     """{root}/{dataset}/{model}/{dataset}_{model}_{uid}.csv, each part checked to be a plain name."""
     for value, what in ((dataset_name, "the dataset name"), (model_name, "the model name"), (str(uid), "the uid")):
         plain_name(value, what)
     return Path(root) / dataset_name / model_name / f"{dataset_name}_{model_name}_{uid}.csv"
 
 
-def leaderboard_columns(cutoffs=(0.0, 0.9)):
+def leaderboard_columns(cutoffs: Sequence[float] = (0.0, 0.9)) -> list[str]:
     keys = [cutoff_key(c) for c in cutoffs]
     return (["size", "nll"] + [f"cutoff_{k}" for k in keys]
             + [f"{m}_{k}" for m in ("acc", "unc", "iou", "freq") for k in keys]
             + ["top5", "brier", "ece", "ece_signed"])
 
 
-def new_leaderboard_path(dataset_name, model_name, uid, root="leaderboard/logs") -> Path:
+def new_leaderboard_path(dataset_name: str, model_name: str, uid: str, root: Path | str = "leaderboard/logs") -> Path:
     """A leaderboard CSV path no evaluation has used: `..._{uid}.csv`, else `..._{uid}-2.csv`, `-3`, ...
     The name is claimed by creating the file exclusively, so two evaluations running at once get two names."""
     for k in itertools.count(1):
@@ -44,7 +50,8 @@ def new_leaderboard_path(dataset_name, model_name, uid, root="leaderboard/logs")
             continue
 
 
-def write_leaderboard(results, path, cutoffs=(0.0, 0.9), about=None, overwrite=False) -> Path:
+def write_leaderboard(results: Mapping[int, Mapping], path: Path | str, cutoffs: Sequence[float] = (0.0, 0.9),
+                      about: Mapping | None = None, overwrite: bool = False) -> Path:
     """results: {ensemble size: metrics dict}. Writes `path` (CSV) and `path` with .json (the metrics per size,
     and `about`: what was evaluated and how, under the key "evaluation"), atomically; returns the CSV path."""
     path = Path(path)
@@ -75,7 +82,7 @@ def _finite(obj):
     return obj
 
 
-def read_leaderboard(path):
+def read_leaderboard(path: Path | str) -> dict[int, dict[str, float]]:
     """{size: {column: float}} from a leaderboard CSV written by `write_leaderboard`; a file without rows, with
     another header, or with a size twice is refused, naming the path."""
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -104,7 +111,8 @@ HEADERS = {"nll": "NLL", "acc": "Acc", "ece": "ECE", "brier": "Brier", "top5": "
            "aurc": "AURC", "mutual_info": "MI"}
 
 
-def format_table(sweeps, keys=("nll", "acc", "ece"), sizes=None):
+def format_table(sweeps: Mapping[str, Mapping[int, Mapping]], keys: Sequence[str] = ("nll", "acc", "ece"),
+                 sizes: Sequence[int] | None = None) -> str:
     """Markdown table: one row per (model, size), one column per metric. sweeps: {label: {n: metrics}}."""
     header = "| model | size | " + " | ".join(HEADERS.get(k, k) for k in keys) + " |"
     lines = [header, "|" + " --- |" * (len(keys) + 2)]
@@ -118,7 +126,7 @@ def format_table(sweeps, keys=("nll", "acc", "ece"), sizes=None):
     return "\n".join(lines)
 
 
-def format_interval_table(intervals, keys=("nll", "acc", "ece")):
+def format_interval_table(intervals: Mapping[int, Mapping], keys: Sequence[str] = ("nll", "acc", "ece")) -> str:
     """Markdown table of bootstrap estimates with 95% intervals (ops.evaluate.bootstrap), one row per (model or
     difference, size); accuracy and ECE in percent. intervals: {size: {label: {key: (estimate, low, high)}}}."""
     percent = {"acc", "ece"}

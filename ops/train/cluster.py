@@ -5,12 +5,19 @@ preemption or timeout submitit requeues it (`Checkpointable`) and it resumes fro
 Results are gathered by uid: the exported checkpoints under the set's export folder, which a later
 `python -m ops.run train-set ...` finds and skips.
 """
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import submitit
 
 from ops.common.checks import is_int
 from ops.train import sets
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from ops.train.sets import Network
 
 
 class TrainTask(submitit.helpers.Checkpointable):
@@ -24,7 +31,7 @@ MAX_TIME_MIN = 525_600  # a year: far beyond any partition's limit, and well ins
 MAX_TASK = 1024  # GPUs or CPUs per task, tasks at once
 
 
-def check_options(executor: str, gpus, cpus, time_min, parallel) -> None:
+def check_options(executor: str, gpus: int, cpus: int | None, time_min: int, parallel: int | None) -> None:
     """Refuse options the executor cannot take, before anything is submitted: SetError, one line each."""
     problems = []
     if executor not in ("slurm", "submitit-local"):
@@ -39,8 +46,9 @@ def check_options(executor: str, gpus, cpus, time_min, parallel) -> None:
         raise sets.SetError("\n".join(problems))
 
 
-def submit(networks, export, executor="slurm", folder="runs/submitit", partition=None, gpus=1, cpus=None,
-           time_min=720, parallel=None, wait=False, name="train-set") -> list:
+def submit(networks: Sequence[Network], export: Path | str, executor: str = "slurm",
+           folder: Path | str = "runs/submitit", partition: str | None = None, gpus: int = 1, cpus: int | None = None,
+           time_min: int = 720, parallel: int | None = None, wait: bool = False, name: str = "train-set") -> list:
     """Submit the unfinished `networks` as one job array; returns the submitit jobs (their results if `wait`)."""
     check_options(executor, gpus, cpus, time_min, parallel)
     todo = [n for n in networks if not sets.is_finished(n, export)]

@@ -9,6 +9,8 @@ state_dict keys (checkpoints stay interchangeable): on CUDA PyTorch's `nn.SyncBa
 on other devices `SyncBatchNorm2d` below, which combines the statistics with differentiable all-reduces and so
 works with gloo on CPU (PyTorch's class refuses CPU tensors). Outside DDP both behave as plain BatchNorm.
 """
+from __future__ import annotations
+
 import os
 
 import torch
@@ -25,7 +27,7 @@ def _distributed():
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode mean and variance are those of the global batch (any DDP backend)."""
 
-    def forward(self, x):  # (B, C, H, W)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         if not (self.training and _distributed()):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce  # differentiable: gradients cross processes too
@@ -60,14 +62,14 @@ def _convert_cpu(module):
     return module
 
 
-def convert_sync_batchnorm(model, device="cpu"):
+def convert_sync_batchnorm(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     """`model` with every BatchNorm2d synchronised across DDP processes (state_dict keys unchanged)."""
     if torch.device(device).type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _convert_cpu(model)
 
 
-def init_distributed(device):
+def init_distributed(device: torch.device | str) -> tuple[int, int, torch.device]:
     """(rank, world_size, device) from torchrun's environment; initialises the process group if needed."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:

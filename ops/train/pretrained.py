@@ -12,8 +12,11 @@ file alone: no need to repeat `model.block.width=16` or the number of classes. `
 holds the demo recipe's two trained models (see README) in that layout; `models.load(model, "fashion_mnist",
 "demo", root="resources/models_checkpoints")` reads them too.
 """
+from __future__ import annotations
+
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import models
 
@@ -22,19 +25,27 @@ from models.naming import plain_name
 from ops.common.checks import is_int
 from ops.train import configs
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+    import torch
+    import torch.nn as nn
+    import models.ensemble
+
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "resources" / "models_checkpoints"
 DEMO_MODELS = ("resnet_mcdo_18", "resnet_mcdo_smoothing_18")
 DEMO_UID = "demo"
 
 
-def card_path(checkpoint):
+def card_path(checkpoint: Path | str) -> Path:
     """`x/{dataset}_{name}_{uid}.pth.tar` -> `x/{dataset}_{name}_{uid}.json`."""
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(checkpoint.name.removesuffix(".pth.tar") + ".json")
 
 
-def write_card(checkpoint, cfg, num_classes, history=None, **extra):
+def write_card(checkpoint: Path | str, cfg: Mapping, num_classes: int, history: Sequence[Mapping] | None = None,
+               **extra: Any) -> Path:
     """Write the card of `checkpoint` (see the module docstring; `extra`: e.g. machine, wall_time_s); returns
     its path."""
     card = {"name": cfg["model"]["name"], "dataset": cfg["dataset"]["name"], "num_classes": int(num_classes),
@@ -43,7 +54,7 @@ def write_card(checkpoint, cfg, num_classes, history=None, **extra):
     return write_json(card_path(checkpoint), card)
 
 
-def read_card(checkpoint):
+def read_card(checkpoint: Path | str) -> dict:
     path = card_path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"{checkpoint} has no card {path.name} beside it, so its model cannot be rebuilt "
@@ -64,7 +75,7 @@ def read_card(checkpoint):
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 
 
-def card_problems(card) -> list:
+def card_problems(card: Mapping) -> list:
     """What is wrong with a card's fields (their types and ranges), before anything is built from them."""
     problems = []
     if not isinstance(card.get("dataset"), str) or not models.naming.PLAIN_NAME.fullmatch(card["dataset"]) \
@@ -88,7 +99,7 @@ def card_problems(card) -> list:
     return problems
 
 
-def load_trained(checkpoint, device="cpu") -> "torch.nn.Module":  # noqa: F821 (annotation only)
+def load_trained(checkpoint: Path | str, device: torch.device | str = "cpu") -> "torch.nn.Module":  # noqa: F821 (annotation only)
     """Rebuild the model of `checkpoint` from its card and load the weights (weights_only); returns it in eval().
 
     The model gets `.card` (the card's dict) and `.checkpoint` (the path)."""
@@ -100,7 +111,7 @@ def load_trained(checkpoint, device="cpu") -> "torch.nn.Module":  # noqa: F821 (
     return model.to(device).eval()
 
 
-def export(checkpoint, root, uid, overwrite=False, dtype="float32"):
+def export(checkpoint: Path | str, root: Path | str, uid: str, overwrite: bool = False, dtype: str = "float32") -> Path:
     """Copy a trained checkpoint and its card to `root` under `uid`, keeping what inference needs (name, arch,
     state_dict) and dropping the optimizer state (as large again as the weights, and useless to a reader).
     Written atomically, one writer at a time; an existing export under that uid is refused unless overwrite
@@ -131,7 +142,7 @@ def export(checkpoint, root, uid, overwrite=False, dtype="float32"):
     return path
 
 
-def to_float16(model) -> list:
+def to_float16(model: nn.Module) -> list:
     """Store `model`'s floating parameters and buffers in float16, in place, except those with a value beyond
     float16's range (+-65504: a BatchNorm running_var of 1e6 would become inf), which stay float32; returns the
     names of those. Loaded into a float32 model, the weights are the originals rounded to 11 significant bits."""
@@ -149,7 +160,8 @@ def to_float16(model) -> list:
     return kept
 
 
-def find_trained(name, dataset="fashion_mnist", runs_dir="runs/classification", resources=RESOURCES):
+def find_trained(name: str, dataset: str = "fashion_mnist", runs_dir: Path | str = "runs/classification",
+                 resources: Path | str = RESOURCES) -> Path:
     """The newest checkpoint of `name` with a card under `runs_dir` (the classification notebook's outputs),
     else the one in `resources`; None if there is neither."""
     plain_name(dataset, "dataset")
@@ -162,8 +174,9 @@ def find_trained(name, dataset="fashion_mnist", runs_dir="runs/classification", 
     return shipped if shipped.exists() and card_path(shipped).exists() else None
 
 
-def load_models(names=DEMO_MODELS, dataset="fashion_mnist", device="cpu", runs_dir="runs/classification",
-                resources=RESOURCES, verbose=True):
+def load_models(names: Sequence[str] = DEMO_MODELS, dataset: str = "fashion_mnist", device: torch.device | str = "cpu",
+                runs_dir: Path | str = "runs/classification", resources: Path | str = RESOURCES,
+                verbose: bool = True) -> dict[str, nn.Module]:
     """{name: trained model in eval()} from `find_trained` for each name; raises naming what is missing."""
     out = {}
     for name in names:
@@ -192,7 +205,8 @@ def _reference_uid(variant, seed, set_name) -> str:
     return f"{set_name}-{variant}-s{seed}"
 
 
-def reference_path(variant, seed, dataset="fashion_mnist", set_name="reference", resources=RESOURCES) -> Path:
+def reference_path(variant: str, seed: int, dataset: str = "fashion_mnist", set_name: str = "reference",
+                   resources: Path | str = RESOURCES) -> Path:
     """The exported checkpoint of network (variant, seed) of a training set (ops.train.sets); raises naming
     what is there if it is missing. `dataset` may be an alias ('fashion-mnist'), as in models.load."""
     from ops.data.datasets import canonical_name
@@ -224,14 +238,15 @@ def _check_seeds(seeds, distinct) -> list:
     return seeds
 
 
-def load_reference(variant, seeds=(0, 1, 2), dataset="fashion_mnist", set_name="reference", resources=RESOURCES,
-                   device="cpu") -> list:
+def load_reference(variant: str, seeds: Sequence[int] = (0, 1, 2), dataset: str = "fashion_mnist",
+                   set_name: str = "reference", resources: Path | str = RESOURCES,
+                   device: torch.device | str = "cpu") -> list:
     """The trained networks of one variant of a training set, one per seed, in eval() (see load_trained)."""
     seeds = _check_seeds(seeds, distinct=False)
     paths = [reference_path(variant, seed, dataset, set_name, resources) for seed in seeds]  # all found first
     return [load_trained(path, device) for path in paths]
 
 
-def reference_ensemble(variant, seeds=(0, 1, 2), **kwargs) -> "models.ensemble.Ensemble":
+def reference_ensemble(variant: str, seeds: Sequence[int] = (0, 1, 2), **kwargs: Any) -> "models.ensemble.Ensemble":
     """A deep ensemble (models.ensemble.Ensemble) of the variant's networks over `seeds` (distinct)."""
     return models.ensemble.Ensemble(load_reference(variant, _check_seeds(seeds, distinct=True), **kwargs))

@@ -14,16 +14,24 @@
   workers) are allowed. Either way the change is appended to `resumes.json` and `config.json` is rewritten to
   the config in effect, so the folder always says what was trained.
 """
+from __future__ import annotations
+
 import contextlib
 import datetime
 import json
 import secrets
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.atomic import LockedError, exclusive, read_json, write_json
 from models.naming import plain_name
 from ops.train import configs
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    import torch
+    import torch.nn as nn
 
 
 class RunError(RuntimeError):
@@ -34,18 +42,18 @@ class RunLockedError(RunError, LockedError):
     """Another process trains this run (its lock is held); the message names it (pid, host, since when)."""
 
 
-def new_uid():
+def new_uid() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def check_uid(uid):
+def check_uid(uid: str) -> str:
     message = configs.uid(uid)
     if uid is None or message:
         raise RunError(f"env.uid {message or 'is missing'}, got {uid!r}")
     return uid
 
 
-def output_folder(out_dir, uid=None):
+def output_folder(out_dir: Path | str, uid: str | None = None) -> tuple[str, Path]:
     """(uid, folder) for a run's or a notebook's outputs: `{out_dir}/{uid}`. uid=None creates a new folder
     atomically under a fresh uid, so that two runs started together never share one; a given uid is checked and
     its folder reused (to resume or redo that run on purpose)."""
@@ -74,7 +82,7 @@ class RunFolder:
         self.uid = check_uid(uid) if uid is not None else None
         self.path, self._lock = None, None
 
-    def open(self):
+    def open(self) -> RunFolder:
         """Create the folder of a new run, or find the existing one of `uid`; lock it. Returns self."""
         self.uid, self.path = output_folder(self.base, self.uid)
         self._take_lock()
@@ -89,7 +97,7 @@ class RunFolder:
             raise RunLockedError(str(exc)) from None
         self._lock = stack
 
-    def close(self):
+    def close(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -101,11 +109,11 @@ class RunFolder:
         self.close()
         return False
 
-    def stored_config(self):
+    def stored_config(self) -> dict | None:
         path = self.path / self.CONFIG
         return read_json(path, what="run's config") if path.exists() else None
 
-    def reconcile(self, cfg, epoch, restart=False):
+    def reconcile(self, cfg: Mapping, epoch: int, restart: bool = False) -> dict:
         """Check a resumption's config against the stored one; record and return the changes {key: (old, new)}.
 
         After `epoch` > 0 trained epochs, changes of RESULT_KEYS raise RunError unless cfg.env.force_resume;
@@ -130,11 +138,11 @@ class RunFolder:
             write_json(self.path / self.RESUMES, resumes)
         return changes
 
-    def write_config(self, cfg):
+    def write_config(self, cfg: Mapping) -> Path:
         return write_json(self.path / self.CONFIG, cfg)
 
 
-def find_run(uid, out_dir="runs", model=None):
+def find_run(uid: str, out_dir: Path | str = "runs", model: str | None = None) -> Path:
     """The run folder {out_dir}/{dataset}/{model}/{uid} holding a config.json; refuses ambiguity. `uid` must be a
     plain name (a run folder of an older, longer uid rule is still found)."""
     try:
@@ -153,7 +161,8 @@ def find_run(uid, out_dir="runs", model=None):
     return found[0]
 
 
-def load_run(uid, out_dir="runs", model=None, device="cpu", overrides=()):
+def load_run(uid: str, out_dir: Path | str = "runs", model: str | None = None, device: torch.device | str = "cpu",
+             overrides: Sequence[str] = ()) -> tuple[nn.Module, dict, Path]:
     """Rebuild a run's model from its stored config and load its weights: (model in eval(), config, weights path).
 
     The weights are the run's final ones ({env.checkpoint_root}/..., the original layout) or, for a run that

@@ -31,12 +31,18 @@ finished through submitit (each task is the same resumable run, requeued from it
 timeout); `submitit-local` is submitit's local executor (processes on this machine, as under SLURM; the tests
 use it).
 """
+from __future__ import annotations
+
 import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ops.train import configs, pretrained
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 MAX_SEEDS = 1000  # seeds of a set: 1000 networks per variant is more than any study here trains
@@ -122,7 +128,7 @@ def _uid_problems(spec, variant, seeds, path) -> list:
         if problem else []
 
 
-def load_set(path, overrides=()) -> tuple:
+def load_set(path: Path | str, overrides: Sequence[str] = ()) -> tuple:
     """(set section, [Network]) of a set config file; `overrides` are `section.key=value` for the recipe and
     `set.export=FOLDER`. Networks come seed by seed (every variant of seed 0 first), so that a set stopped
     half-way has each variant at least once. Every problem of the file is reported together."""
@@ -179,7 +185,7 @@ def _recipe_differences(card_cfg, cfg) -> dict:
             if configs.affects_result(k) or k == "train.epochs"}
 
 
-def exported_path(network, export) -> Path:
+def exported_path(network: Network, export: Path | str) -> Path:
     import models
 
     from ops.data.datasets import canonical_name
@@ -188,7 +194,7 @@ def exported_path(network, export) -> Path:
     return models.checkpoint_path(dataset, network.model, network.uid, export)
 
 
-def is_finished(network, export) -> bool:
+def is_finished(network: Network, export: Path | str) -> bool:
     """True if `export` holds this network trained with this recipe; SetError if it holds another recipe's."""
     path = exported_path(network, export)
     if not path.exists() or not pretrained.card_path(path).exists():  # no card: a kill cut the export short
@@ -202,7 +208,7 @@ def is_finished(network, export) -> bool:
     return True
 
 
-def train_network(cfg, export, export_dtype="float32") -> dict:
+def train_network(cfg: dict, export: Path | str, export_dtype: str = "float32") -> dict:
     """Train (or resume) one network of a set and export it; returns {uid, checkpoint, wall_time_s}."""
     from ops.train import trainer
 
@@ -238,7 +244,7 @@ def _record_time(known, network, export):
         known.setdefault(network.variant, []).append(seconds)
 
 
-def run_local(networks, export) -> list:
+def run_local(networks: Sequence[Network], export: Path | str) -> list:
     """Train the unfinished networks here, one after the other; returns the exported checkpoint paths.
 
     A network that another process is training (a second `train-set` on the same set: its run or its export is
@@ -289,3 +295,4 @@ def _train_here(network, export, where) -> bool:
             raise
         print(f"{where} exported meanwhile by another process", flush=True)
     return True
+
