@@ -1,7 +1,7 @@
 """The evaluation engine: MC-dropout prediction, and the metrics of a model at every ensemble size.
 
     results = ops.evaluate.sweep(model, test_loader, sizes=(1, 2, 3, 4, 5, 10, 20, 50))   # {n: metrics dict}
-    metrics = ops.evaluate.test(model, n_ff=5, dataset=test_loader)                       # one size
+    metrics = ops.evaluate.test(model, mc_samples=5, dataset=test_loader)                 # one size (n_ff=5 too)
     log_probs = ops.evaluate.predict_log_probs(model, x, n_samples=10)                    # (S, B, C)
 
 Prediction. Instead of S sequential forward passes of a (B, ...) batch, the batch is repeated k times along
@@ -30,10 +30,13 @@ What is evaluated is the model as the user has it:
   random draws; if they differ, if tracing fails, or if `forward` changes the model's Python state (side
   effects a traced copy would not repeat), the eager model is used, with a warning.
 """
+from __future__ import annotations
+
 import copy
 import itertools
 import math
 import numbers
+from typing import TYPE_CHECKING
 import warnings
 
 import torch
@@ -46,6 +49,10 @@ from ops.common.checks import is_int
 from ops.common.runtime import autocast, check_precision, progress_bar, resolve_device, seeded, to_device
 from ops.evaluate.metrics import Metrics
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
+
 # Images per forward pass: MC copies of a small batch are stacked up to it, a larger batch is split into pieces
 # of it. On a CPU, convolutions are cache-bound and run fastest at small batches (resnet_mcdo_18 at width 16 on
 # 2 cores: 2,670 images/s at 128 images per pass, 1,770 at 500; the smoothing variant 1,810 and 1,050); a GPU
@@ -53,7 +60,7 @@ from ops.evaluate.metrics import Metrics
 DEFAULT_MAX_BATCH = {"cpu": 128, "cuda": 4096}
 
 
-def model_device(model, default="cpu"):
+def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
     """Device of the model's first parameter or buffer (a model without either runs on `default`)."""
     for t in model.parameters():
         return t.device
@@ -62,7 +69,7 @@ def model_device(model, default="cpu"):
     return torch.device(default)
 
 
-def require_parameters(model, purpose):
+def require_parameters(model: nn.Module, purpose: str) -> torch.Tensor:
     """The model's first parameter, or a ValueError saying that `purpose` needs weights."""
     for p in model.parameters():
         return p
@@ -76,7 +83,7 @@ def _log_softmax_pass(model, x, precision):
 
 
 @torch.inference_mode()
-def behaves_stochastically(model, x, precision="fp32"):
+def behaves_stochastically(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> bool:
     """True if two passes of `x` through `model` (as it is: eval() or not) give different outputs."""
     if models.is_stochastic(model):
         return True
@@ -86,7 +93,9 @@ def behaves_stochastically(model, x, precision="fp32"):
 
 
 @torch.inference_mode()
-def predict_log_probs(model, x, n_samples, max_batch=None, precision="fp32", channels_last=False, stochastic=None):
+def predict_log_probs(model: nn.Module, x: torch.Tensor, n_samples: int, max_batch: int | None = None,
+                      precision: str = "fp32", channels_last: bool = False,
+                      stochastic: bool | None = None) -> torch.Tensor:
     """(S, B, C) float32 log-probabilities of `n_samples` passes of `x` (B, ...) through `model` (in eval()).
 
     max_batch: images per forward pass (MC copies of a smaller batch are stacked, a larger batch is split); None
@@ -126,14 +135,14 @@ def predict_log_probs(model, x, n_samples, max_batch=None, precision="fp32", cha
     return torch.cat(chunks)  # (S, B, C)
 
 
-def log_mean_exp(log_probs, n=None):
+def log_mean_exp(log_probs: torch.Tensor, n: int | None = None) -> torch.Tensor:
     """log of the mean over the first `n` samples of exp(log_probs): (S, B, C) -> (B, C)."""
     lp = log_probs if n is None else log_probs[:n]
     return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
 
 
 @torch.inference_mode()
-def predict(model, x, n_samples=1, **kwargs):
+def predict(model: nn.Module, x: torch.Tensor, n_samples: int = 1, **kwargs: Any) -> torch.Tensor:
     """Predictive probabilities (B, C): the mean of `n_samples` MC passes (see predict_log_probs)."""
     return log_mean_exp(predict_log_probs(model, x, n_samples, **kwargs)).exp()
 
@@ -143,7 +152,7 @@ MAX_SIZE = 1000  # MC samples per image: memory and time grow with it
 FOLD_RTOL = 1e-4  # folded vs eager outputs, relative to the output's scale (folding only reorders rounding)
 
 
-def check_sizes(sizes):
+def check_sizes(sizes: Iterable[int]) -> list[int]:
     """Sorted distinct positive integer ensemble sizes; strings, floats and booleans are refused."""
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
         raise ValueError(f"sizes must be a list of positive integers, e.g. [1, 2, 5], got {sizes!r}")
@@ -165,7 +174,7 @@ class _KeepMCDropout(torch.fx.Tracer):
         return isinstance(m, models.MCDropout) or super().is_leaf_module(m, qualname)
 
 
-def eval_keeping_dropout(model):
+def eval_keeping_dropout(model: nn.Module) -> nn.Module:
     """model.eval(), but dropout modules that were in train() inside an eval() model stay in train()."""
     keep = [] if model.training else [m for m in model.modules()
                                       if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
@@ -198,7 +207,7 @@ def _seeded(fn, x, device):
 
 
 @torch.no_grad()
-def fold_batchnorm(model, example):
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module | None, str | None]:
     """(folded copy, None) if folding BatchNorm into the convolutions computes what `model` computes on
     `example`, else (None, reason). `model` itself is not changed."""
     from torch.fx.experimental.optimization import fuse
@@ -224,7 +233,8 @@ def fold_batchnorm(model, example):
     return folded, None
 
 
-def prepare_for_inference(model, channels_last=False, fuse_bn=False, example=None):
+def prepare_for_inference(model: nn.Module, channels_last: bool = False, fuse_bn: bool = False,
+                          example: torch.Tensor | None = None) -> nn.Module:
     """The model in eval() (see eval_keeping_dropout), optionally channels_last and with BatchNorm folded.
 
     Folding needs `example` (a batch on the model's device) to check the folded copy against the model; without
@@ -268,9 +278,11 @@ def _agree_on_classes(num_classes, device):
 FAST_DEFAULTS = {"cpu": True, "cuda": False}
 
 
-def sweep(model: "nn.Module | list", dataset, sizes=PAPER_SIZES, *, device=None, precision="fp32", channels_last=None,
-          fuse_bn=None, max_batch=None, bins=10, cutoffs=(0.0, 0.9), progress=False, max_batches=None, mc=None,
-          keep_predictions=None, seed: int = 0) -> dict:
+def sweep(model: "nn.Module | list", dataset: Iterable, sizes: Iterable[int] = PAPER_SIZES, *,
+          device: torch.device | str | None = None, precision: str = "fp32", channels_last: bool | None = None,
+          fuse_bn: bool | None = None, max_batch: int | None = None, bins: int = 10,
+          cutoffs: Sequence[float] = (0.0, 0.9), progress: bool = False, max_batches: int | None = None,
+          mc: bool | None = None, keep_predictions: dict | None = None, seed: int = 0) -> dict:
     """Metrics for every ensemble size in `sizes` from one set of max(sizes) predictions per image: {n: dict}.
 
     model: one model (size n = the mean of its first n MC samples), or a list of models, a deep ensemble (size
@@ -356,6 +368,16 @@ def _score_batches(draw, first, batches, sizes, device, bins, cutoffs, keep_pred
     return meters, kept
 
 
-def test(model: nn.Module, n_ff: int, dataset, **kwargs) -> dict:
-    """Metrics of the mean prediction of `n_ff` MC passes (1 for deterministic models); see `sweep`."""
-    return sweep(model, dataset, sizes=(n_ff,), **kwargs)[check_sizes((n_ff,))[0]]
+def test(model: nn.Module, mc_samples: int | None = None, dataset: Iterable | None = None, *,
+         n_ff: int | None = None, **kwargs: Any) -> dict:
+    """Metrics of the mean prediction of `mc_samples` MC forward passes (1 for deterministic models); see `sweep`.
+
+    `n_ff` is the original implementation's name of `mc_samples` (its `test(model, n_ff, dataset)`, and the
+    `val.n_ff` key of training configs): `test(model, n_ff=5, dataset=loader)` still works; give one of the two."""
+    if (mc_samples is None) == (n_ff is None):
+        raise TypeError("test() takes the number of MC forward passes once: as mc_samples (or positionally), or as "
+                        "n_ff, the original implementation's name")
+    if dataset is None:
+        raise TypeError("test() needs the dataset to evaluate on")
+    n = n_ff if mc_samples is None else mc_samples
+    return sweep(model, dataset, sizes=(n,), **kwargs)[check_sizes((n,))[0]]

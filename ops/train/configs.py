@@ -8,6 +8,8 @@ when they parse (numbers, true/false, null, lists), else taken as strings.
 Everything is checked before any work starts: unknown or mistyped keys (named, with the closest allowed key),
 types and ranges of every value (RULES). All problems are reported together in one ConfigError, one line each.
 """
+from __future__ import annotations
+
 import copy
 import difflib
 import json
@@ -15,9 +17,14 @@ import numbers
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.naming import uid_problem
 from ops.common.checks import MAX_SEED, is_seed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 DEFAULTS = {
     "dataset": {
@@ -44,7 +51,7 @@ DEFAULTS = {
     },
     "val": {
         "batch_size": 256,
-        "n_ff": 1,             # MC samples for the per-epoch validation
+        "n_ff": 1,             # MC samples (forward passes) for the per-epoch validation: the original's key
         "every": 1,            # validate every n epochs (and always after the last)
         "precision": "fp32",   # validation and `ops.run test`: fp32 unless asked (bf16 moves ECE, see README)
     },
@@ -110,55 +117,55 @@ def _num(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def positive_int(v):
+def positive_int(v: Any) -> str | None:
     return None if _int(v) and v >= 1 else "must be a positive integer"
 
 
-def non_negative_int(v):
+def non_negative_int(v: Any) -> str | None:
     return None if _int(v) and v >= 0 else "must be an integer >= 0"
 
 
-def optional_positive_int(v):
+def optional_positive_int(v: Any) -> str | None:
     return None if v is None else positive_int(v)
 
 
-def integer(v):
+def integer(v: Any) -> str | None:
     return None if _int(v) else "must be an integer"
 
 
-def positive_number(v):
+def positive_number(v: Any) -> str | None:
     return None if _num(v) and v > 0 else "must be a number > 0"
 
 
-def non_negative_number(v):
+def non_negative_number(v: Any) -> str | None:
     return None if _num(v) and v >= 0 else "must be a number >= 0"
 
 
-def fraction(v):  # [0, 1)
+def fraction(v: Any) -> str | None:  # [0, 1)
     return None if _num(v) and 0 <= v < 1 else "must be a number in [0, 1)"
 
 
-def crop_padding(v):
+def crop_padding(v: Any) -> str | None:
     return None if type(v) is int and 0 <= v <= 16 else "must be an integer from 0 to 16 (pixels of zero padding)"
 
 
-def boolean(v):
+def boolean(v: Any) -> str | None:
     return None if isinstance(v, bool) else "must be true or false"
 
 
-def text(v):
+def text(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "must be a non-empty string"
 
 
-def optional_text(v):
+def optional_text(v: Any) -> str | None:
     return None if v is None else text(v)
 
 
-def one_of(*choices):
+def one_of(*choices: Any) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"must be one of {list(choices)}"
 
 
-def channel_triple(positive):
+def channel_triple(positive: bool) -> Callable[[Any], str | None]:
     def rule(v):
         if v is None:
             return None
@@ -167,26 +174,26 @@ def channel_triple(positive):
     return rule
 
 
-def milestones(v):
+def milestones(v: Any) -> str | None:
     ok = isinstance(v, list) and all(_int(m) and m >= 1 for m in v) and v == sorted(set(v))
     return None if ok else "must be a list of increasing positive integers (scheduled epochs)"
 
 
-def betas(v):
+def betas(v: Any) -> str | None:
     ok = isinstance(v, list) and len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v)
     return None if ok else "must be a list of two numbers in [0, 1)"
 
 
-def uid(v):
+def uid(v: Any) -> str | None:
     """The uid rule of models.naming (the same at the final save): None or a plain name of at most 64 chars."""
     return None if v is None else uid_problem(v)
 
 
-def seed(v):
+def seed(v: Any) -> str | None:
     return None if is_seed(v) else f"must be an integer from 0 to {MAX_SEED}"
 
 
-def device(v):
+def device(v: Any) -> str | None:
     return None if isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) else \
         "must be auto, cpu, cuda, cuda:N or mps"
 
@@ -219,7 +226,7 @@ RULES = {
 MAX_WIDTH = 1024  # 16x the paper's 64: a ResNet-18 of that width has 2.9 billion parameters
 
 
-def model_width(v):
+def model_width(v: Any) -> str | None:
     message = positive_int(v)
     return message or (None if v <= MAX_WIDTH else f"must be at most {MAX_WIDTH} (the paper's is 64)")
 
@@ -245,7 +252,7 @@ def _check_keys(cfg, schema, path, problems):
                 _check_keys(value, default, path + (key,), problems)
 
 
-def non_finite(node, path="") -> list:
+def non_finite(node: Any, path: str = "") -> list:
     """The dotted keys of every infinite or NaN number in `node` (JSON parsing accepts Infinity and NaN)."""
     if isinstance(node, dict):
         return [k for key, value in node.items() for k in non_finite(value, f"{path}.{key}" if path else str(key))]
@@ -254,7 +261,7 @@ def non_finite(node, path="") -> list:
     return [path] if isinstance(node, float) and not math.isfinite(node) else []
 
 
-def validate(cfg):
+def validate(cfg: dict) -> list[str]:
     """Every problem of a full config (after merging defaults), as a list of one-line messages."""
     bad = non_finite(cfg)
     problems = [f"{key} must be a finite number, got {_lookup(cfg, key)!r} (Infinity and NaN are refused)"
@@ -280,7 +287,7 @@ def _lookup(cfg, dotted):
     return node
 
 
-def merge(base, update):
+def merge(base: Mapping, update: Mapping) -> dict:
     """A copy of `base` with `update`'s keys replaced, section by section (nested dicts merge)."""
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
@@ -291,7 +298,7 @@ def merge(base, update):
     return out
 
 
-def parse_override(text):
+def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.epochs=2' -> (['train', 'epochs'], 2)."""
     if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"Override {text!r} must look like section.key=value")
@@ -303,7 +310,7 @@ def parse_override(text):
     return key.strip().split("."), value
 
 
-def apply_overrides(cfg, overrides):
+def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
     cfg = copy.deepcopy(cfg)
     for text in overrides or ():
         keys, value = parse_override(text) if isinstance(text, str) else text
@@ -316,7 +323,7 @@ def apply_overrides(cfg, overrides):
     return cfg
 
 
-def make_config(cfg=None, overrides=()):
+def make_config(cfg: Mapping | None = None, overrides: Sequence[str] = ()) -> dict:
     """Validate a config dict (+ overrides) and fill in the defaults; raises ConfigError listing every problem."""
     if cfg is not None and not isinstance(cfg, dict):
         raise ConfigError(f"A config must be a JSON object with sections {sorted(DEFAULTS)}, got a "
@@ -333,7 +340,7 @@ def make_config(cfg=None, overrides=()):
     return merged
 
 
-def load_config(path, overrides=()):
+def load_config(path: Path | str, overrides: Sequence[str] = ()) -> dict:
     """The config of a JSON file (+ overrides), checked and completed. A `set` section (the networks of a
     training set, ops.train.sets) is left out: the file's recipe is what one run of it trains."""
     cfg = read_config_file(path)
@@ -341,7 +348,7 @@ def load_config(path, overrides=()):
     return make_config(cfg, overrides)
 
 
-def read_config_file(path):
+def read_config_file(path: Path | str) -> dict:
     """The JSON object of a config file, unchecked; a clear error for a missing file or bad JSON."""
     path = Path(path)
     if not path.exists():
@@ -366,7 +373,7 @@ RESULT_KEYS = ("dataset.name", "dataset.mean", "dataset.std", "dataset.train_siz
                "model", "optim", "env.seed", "env.precision")
 
 
-def flatten(cfg, prefix=""):
+def flatten(cfg: Mapping, prefix: str = "") -> dict:
     """{'a': {'b': 1}} -> {'a.b': 1} (free-form sections stay whole)."""
     out = {}
     for key, value in cfg.items():
@@ -378,11 +385,11 @@ def flatten(cfg, prefix=""):
     return out
 
 
-def diff(old, new):
+def diff(old: Mapping, new: Mapping) -> dict:
     """{dotted key: (old, new)} for every key whose value differs."""
     a, b = flatten(old), flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def affects_result(key):
+def affects_result(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RESULT_KEYS)

@@ -25,12 +25,15 @@ Under torchrun (WORLD_SIZE > 1) each process trains on its shard with Distribute
 gloo on CPU), the global batch is split across processes, BatchNorm can be synchronised (train.sync_bn),
 metrics are all-reduced, and only rank 0 writes.
 """
+from __future__ import annotations
+
 import csv
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,6 +52,10 @@ from ops.train import distributed, pretrained
 from ops.train.configs import make_config
 from ops.train.runs import RunFolder
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
+
 CHECKPOINT = "checkpoint.pth.tar"
 
 
@@ -56,13 +63,13 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def seed_everything(seed):
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
 
 
-def build_optimizer(parameters, cfg):
+def build_optimizer(parameters: Iterable[torch.nn.Parameter], cfg: dict) -> torch.optim.Optimizer:
     fused = {"fused": True} if cfg["fused"] else {}  # PyTorch's fused kernels (CPU and CUDA)
     if cfg["name"] == "SGD":
         return torch.optim.SGD(parameters, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
@@ -71,7 +78,7 @@ def build_optimizer(parameters, cfg):
                              **fused)
 
 
-def lr_factor(step, steps_per_epoch, epochs, warmup_epochs, scheduler):
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: int, scheduler: str) -> float:
     """Multiplier of the base lr after `step` optimizer steps.
 
     The first `warmup_epochs` epochs ramp it up linearly (per iteration); the schedule then runs over the
@@ -92,7 +99,8 @@ def lr_factor(step, steps_per_epoch, epochs, warmup_epochs, scheduler):
     return 1.0  # constant
 
 
-def build_scheduler(optimizer, cfg, steps_per_epoch):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     sched = dict(cfg["optim"]["scheduler"])
     if sched["name"] == "CosineAnnealingLR":  # eta_min is an lr; the factor is relative to the base lr
         sched["eta_min"] = sched["eta_min"] / cfg["optim"]["lr"]
@@ -100,7 +108,7 @@ def build_scheduler(optimizer, cfg, steps_per_epoch):
         step, steps_per_epoch, cfg["train"]["epochs"], cfg["train"]["warmup_epochs"], sched))
 
 
-def build_loss(cfg, num_classes):
+def build_loss(cfg: dict, num_classes: int) -> tuple[Any, nn.Module]:
     """(mixup_fn or None, criterion). Label smoothing, Mixup and CutMix are opt-in (they change calibration)."""
     t = cfg["train"]
     if t["mixup"] > 0 or t["cutmix"] > 0:
@@ -113,7 +121,7 @@ def build_loss(cfg, num_classes):
     return None, nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
 
 
-def load_data(cfg):
+def load_data(cfg: dict) -> tuple[str, torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """(canonical dataset name, train set, test set) of a config, cut to dataset.train_size / test_size.
 
     The subsets are fixed by env.seed, so `python -m ops.run test` scores the test images the run validated on.
@@ -179,20 +187,21 @@ class Run:
 
 
     @property
-    def is_main(self):
+    def is_main(self) -> bool:
         return self.rank == 0
 
     @property
-    def run_dir(self):
+    def run_dir(self) -> Path:
         return self.folder.path if self.folder is not None else Path(self.cfg["env"]["out_dir"]) / \
             self.dataset_name / self.name / str(self.uid)
 
     @property
-    def checkpoint(self):
+    def checkpoint(self) -> Path:
         return self.run_dir / CHECKPOINT
 
 
-def setup(config=None, model_name=None, overrides=(), model=None, epoch_figure=None) -> "Run":
+def setup(config: Mapping | None = None, model_name: str | None = None, overrides: Sequence[str] = (),
+          model: nn.Module | None = None, epoch_figure: Any = None) -> "Run":
     """Check the config and build a Run: devices, data, model, optimizer, run folder, resumed state."""
     cfg = make_config(config, overrides)
     env, tcfg = cfg["env"], cfg["train"]
@@ -287,7 +296,7 @@ def _prepare_folder(run):
         run.writer = SummaryWriter(str(run.run_dir), purge_step=run.start_epoch + 1)
 
 
-def resume(run):
+def resume(run: Run) -> None:
     """Load the run's checkpoint: weights, optimizer, schedule, grad scaler, epoch and history."""
     # The stored optimizer and schedule bring their hyper-parameters along (lr, momentum, weight decay, betas, the
     # base lrs). Those of the config in effect win (they differ only after env.force_resume), so that what is
@@ -310,12 +319,12 @@ def resume(run):
         print(f"Resuming {run.checkpoint} after epoch {run.start_epoch}", flush=True)
 
 
-def save_epoch(run, epoch):
+def save_epoch(run: Run, epoch: int) -> None:
     models.save_checkpoint(run.checkpoint, run.model, run.optimizer, scheduler=run.scheduler.state_dict(),
                            scaler=run.scaler.state_dict(), epoch=epoch, history=run.history, config=run.cfg)
 
 
-def train_one_epoch(run, epoch):
+def train_one_epoch(run: Run, epoch: int) -> dict:
     """One epoch of training; returns its row of metrics.csv (loss, lr, images/s)."""
     env = run.cfg["env"]
     # Reseed from (seed, epoch, rank): a resumed run draws the same dropout masks and mixup pairs.
@@ -365,8 +374,8 @@ def train_one_epoch(run, epoch):
             "train_images_per_s": seen * run.world_size / (time.time() - start)}
 
 
-def evaluate(run):
-    """Validation metrics of the model (val.n_ff MC samples, val.precision) on the run's test images."""
+def evaluate(run: Run) -> dict:
+    """Validation metrics of the model (val.n_ff: MC forward passes, val.precision) on the run's test images."""
     val = run.cfg["val"]
     return evaluation.test(run.model, val["n_ff"], run.test_loader, precision=val["precision"],
                            channels_last=run.cfg["env"]["channels_last"], fuse_bn=False)
@@ -380,7 +389,7 @@ def _write_csv(path, history):
         writer.writerows(history)
 
 
-def log_epoch(run, row, metrics):
+def log_epoch(run: Run, row: Mapping, metrics: Mapping) -> None:
     """metrics.csv, TensorBoard and one line in the terminal (rank 0)."""
     writer, epoch = run.writer, row["epoch"]
     if writer is not None:
@@ -401,7 +410,7 @@ def log_epoch(run, row, metrics):
         print(line, flush=True)
 
 
-def finish(run):
+def finish(run: Run) -> Path:
     """The final weights in the original layout, with the card that rebuilds the model; returns the path."""
     env = run.cfg["env"]
     final = models.save(run.model, run.dataset_name, run.uid, optimizer=run.optimizer, root=env["checkpoint_root"])
@@ -410,7 +419,7 @@ def finish(run):
     return final
 
 
-def close(run):
+def close(run: Run) -> None:
     if run.writer is not None:
         run.writer.close()
         run.writer = None
@@ -418,8 +427,8 @@ def close(run):
         run.folder.close()
 
 
-def train(config: dict = None, model_name: str = None, overrides=(), model: nn.Module = None,
-          epoch_figure=None) -> dict:
+def train(config: dict = None, model_name: str = None, overrides: Sequence[str] = (), model: nn.Module = None,
+          epoch_figure: Any = None) -> dict:
     """Train according to `config` (a dict as from ops.train.configs.load_config, or None for the defaults).
 
     model_name overrides `config["model"]["name"]`; `model` may be given ready-built (it must carry `.name`);
