@@ -10,7 +10,7 @@ from pathlib import Path
 from models.atomic import write_json, write_text
 from ops.paper.claims import CLAIMS
 
-PERCENT = {"acc", "ece", "error"}
+PERCENT = {"acc", "ece", "error", "auroc"}
 METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test units. Values are means over "
           "seeds. An interval combines two sources of uncertainty: the seeds (independently trained networks: the "
           "between-seed variance of the per-seed values over S) and the test units (a bootstrap of the images, "

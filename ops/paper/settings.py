@@ -25,6 +25,7 @@ FULL = {
     "featuremaps": {"images": 256, "groups": 16, "samples": 10},
     "landscapes": {"n": 9, "scale": 1.0, "images": 256, "masks": 4},
     "hessians": {"batches": 16, "batch_size": 64, "max_iter": 30, "tol": 1e-3},
+    "ood": {"images": 1000, "sizes": [2, 10]},  # beyond the paper: test images vs each OOD set, MC sizes
 }
 
 # QUICK=1: fewer images, masks and batches (the report says so in its header); within 10 minutes here.
@@ -35,6 +36,7 @@ QUICK = {
     "featuremaps": {"images": 64, "groups": 8, "samples": 5},
     "landscapes": {"n": 5, "images": 64, "masks": 2},
     "hessians": {"batches": 4, "max_iter": 10},
+    "ood": {"images": 300},
 }
 
 # The CI smoke run: tiny untrained networks on synthetic data, every stage and section in seconds.
@@ -47,6 +49,7 @@ SMOKE = {
     "featuremaps": {"images": 16, "groups": 4, "samples": 3},
     "landscapes": {"n": 3, "images": 16, "masks": 2},
     "hessians": {"batches": 2, "batch_size": 8, "max_iter": 3},
+    "ood": {"images": 16, "sizes": [2]},
 }
 
 STAGES = ("sweep", "deterministic", "ensembles", "robustness", "featuremaps", "landscapes", "hessians")
@@ -107,6 +110,8 @@ def _consistency(s) -> list:
                         f"{land['n']!r}")
     if s["featuremaps"]["groups"] > s["featuremaps"]["images"]:
         problems.append("paper.featuremaps.groups must not exceed paper.featuremaps.images")
+    if not all(is_int(n, 1) for n in s["ood"]["sizes"]):
+        problems.append(f"paper.ood.sizes must be positive integers (MC samples), got {s['ood']['sizes']!r}")
     if s["featuremaps"]["samples"] < 2:
         problems.append("paper.featuremaps.samples must be at least 2 (a variance over MC samples)")
     return problems

@@ -242,7 +242,8 @@ def ensembles(ctx) -> dict:
     rows.append(row(h, a, b, "nll", f"NLL: plain MC dropout with 2 samples vs a deep ensemble of {min(2, S)} "
                                     f"(context)", margin=ctx.s["margins"]["nll"]))
     scaled, temperatures = _temperature_scaled(ctx, preds, targets)
-    rows += scaled
+    ood_rows, ood = _ood(ctx)
+    rows += scaled + ood_rows
     for r in rows:  # not a claim of the paper: the numbers and intervals as context, no verdict either way
         r.update(verdict=None, primary=False, context=True)
         if r.get("note", "").startswith("every seed"):
@@ -252,7 +253,61 @@ def ensembles(ctx) -> dict:
     lines["deep ensemble (deterministic)"] = curve
     ctx.figure("ensembles", "ensemble_size", lines, None)
     return {"rows": rows, "deep_ensemble": curve, "members": S, "images": len(targets),
-            "temperatures": temperatures}
+            "temperatures": temperatures, "ood": ood}
+
+
+def _ood_sets(ctx) -> dict:
+    """{name: ImageTensorDataset} of out-of-distribution images: for Fashion-MNIST the real handwritten digits of
+    scikit-learn (upscaled to 28x28); for every data set synthetic uniform noise of the test images' shape."""
+    from ops.data import datasets
+    from ops.data.datasets import ImageTensorDataset
+
+    n, test = ctx.s["ood"]["images"], ctx.test
+    g = torch.Generator().manual_seed(ctx.s["seed"])
+    noise = torch.randint(0, 256, (n, *test.images.shape[1:]), generator=g, dtype=torch.uint8)
+    sets = {"noise (synthetic)": ImageTensorDataset(noise, torch.zeros(n, dtype=torch.long), test.classes, test.mean,
+                                                    test.std, "synthetic_noise")}
+    if ctx.dataset_name == "fashion_mnist":
+        sets = {"digits (scikit-learn, real)": datasets.get_ood_dataset("digits", n=n, seed=ctx.s["seed"])} | sets
+    return sets
+
+
+def _ood_scores(ctx, net, dataset, sizes) -> dict:
+    """{size: {score: (N,)}} of seeded MC predictions of `dataset` (msp, negative entropy, negative MI)."""
+    from ops.evaluate import ood
+
+    x = next(iter(DeviceLoader(dataset, len(dataset), device=ctx.device)))[0]
+    torch.manual_seed(ctx.s["seed"])
+    lp = engine.predict_log_probs(net, x, max(sizes), max_batch=ctx.s["batch_size"] * 8)  # (S, N, C)
+    return {m: ood.scores(lp[:m].double().exp()) for m in sizes}
+
+
+def _ood(ctx) -> tuple:
+    """Beyond the paper: OOD detection with and without smoothing (MC dropout at the settings' sizes): AUROC and
+    FPR95 per network of each score, test images (in) against each OOD set (out); intervals over seeds."""
+    from ops.evaluate.ood import detection_metrics
+
+    o = ctx.s["ood"]
+    inside, sets = corrupted_sets.take(ctx.test, o["images"]), _ood_sets(ctx)
+    found = {}  # {variant: [{set: {size: {score: {metric: value}}}} per seed]}
+    for variant in ("mcdo", "mcdo_smoothing"):
+        found[variant] = []
+        for _, net in ctx.nets(variant):
+            s_in = _ood_scores(ctx, net, inside, o["sizes"])
+            s_out = {name: _ood_scores(ctx, net, ds, o["sizes"]) for name, ds in sets.items()}
+            found[variant].append({name: {m: {k: detection_metrics(s_in[m][k], s_out[name][m][k]) for k in s_in[m]}
+                                          for m in o["sizes"]} for name in sets})
+    rows, a, b = [], LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    for name in sets:
+        for m in o["sizes"]:
+            for score in ("msp", "neg_entropy", "neg_mi"):
+                for metric, direction in (("auroc", "higher"), ("fpr95", "lower")):
+                    per = {v: [np.array([run[name][m][score][metric]]) for run in runs] for v, runs in found.items()}
+                    h = ctx.mean({a: per["mcdo"], b: per["mcdo_smoothing"]}, paired=False)
+                    rows.append(row(h, a, b, "error" if metric == "fpr95" else "auroc",
+                                    f"OOD {name}: {metric.upper()} of {score}, {m} samples", stat="mean",
+                                    direction=direction))
+    return rows, found
 
 
 def _temperature_scaled(ctx, preds, targets) -> tuple:

@@ -296,3 +296,22 @@ def _train_here(network, export, where) -> bool:
         print(f"{where} exported meanwhile by another process", flush=True)
     return True
 
+
+def card_table(networks: list[Network], export: str | Path) -> list[str]:
+    """Markdown rows `| variant (model) | seed | epochs | Acc (%) | NLL | ECE (%) | precision | machine |` of the
+    networks of `networks` exported in `export`, from each card's last epoch (the docs' reference-models table)."""
+    rows = []
+    for n in networks:
+        path = exported_path(n, export)
+        if not path.exists():
+            continue
+        card = pretrained.read_card(path)
+        last, machine = card["history"][-1], card.get("machine", {})
+        block = {k: v for k, v in n.cfg["model"]["block"].items() if k != "width"}
+        extra = "".join(f", `{k}={v!r}`" for k, v in block.items()).replace("'", '"')
+        where = f"{machine.get('cpu', '?')} ({machine.get('cpu_capability', '?')})" + \
+            (f", {machine['gpu']}" if machine.get("gpu") else "")
+        rows.append(f"| {n.variant} (`{n.model}`{extra}) | {n.seed} | {len(card['history'])} | "
+                    f"{100 * last['test_acc']:.2f} | {last['test_nll']:.4f} | {100 * last['test_ece']:.2f} | "
+                    f"{card['config']['env']['precision']} | {where} |")
+    return rows
