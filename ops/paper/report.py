@@ -102,6 +102,9 @@ def _claim_blocks(c, result, figures) -> list:
     primary = [r for r in rows if r.get("primary")]
     if primary:
         blocks.append(("p", "Verdict: " + "; ".join(f"{r['quantity']}: **{r['verdict']}**" for r in primary) + "."))
+    if result.get("missing"):
+        blocks.append(("p", "Not measured yet: " + "; ".join(result["missing"]) + " (train them with `python -m "
+                            "ops.run train-set <the set config>`; a new run then includes them)."))
     for f in figures:
         blocks.append(("img", f, f"claim {c.number}"))
     blocks.append(("p", c.paper))

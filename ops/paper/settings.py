@@ -26,6 +26,8 @@ FULL = {
     "landscapes": {"n": 9, "scale": 1.0, "images": 256, "masks": 4},
     "hessians": {"batches": 16, "batch_size": 64, "max_iter": 30, "tol": 1e-3},
     "ood": {"images": 1000, "sizes": [2, 10]},  # beyond the paper: test images vs each OOD set, MC sizes
+    # the special cases (claim 8): test images and MC sizes, and training images for the training NLL (Table 1)
+    "special": {"images": 10000, "sizes": [1, 10], "train_images": 10000},
 }
 
 # QUICK=1: fewer images, masks and batches (the report says so in its header); within 10 minutes here.
@@ -37,6 +39,7 @@ QUICK = {
     "landscapes": {"n": 5, "images": 64, "masks": 2},
     "hessians": {"batches": 4, "max_iter": 10},
     "ood": {"images": 300},
+    "special": {"images": 1000, "train_images": 1000},
 }
 
 # The CI smoke run: tiny untrained networks on synthetic data, every stage and section in seconds.
@@ -50,9 +53,10 @@ SMOKE = {
     "landscapes": {"n": 3, "images": 16, "masks": 2},
     "hessians": {"batches": 2, "batch_size": 8, "max_iter": 3},
     "ood": {"images": 16, "sizes": [2]},
+    "special": {"images": 32, "sizes": [1, 2], "train_images": 32},
 }
 
-STAGES = ("sweep", "deterministic", "ensembles", "robustness", "featuremaps", "landscapes", "hessians")
+STAGES = ("sweep", "deterministic", "ensembles", "robustness", "featuremaps", "landscapes", "hessians", "special")
 
 
 def _problems(settings, path="", reference=FULL) -> list:

@@ -23,7 +23,8 @@ from ops.evaluate.intervals import verdict
 KEYS = ("nll", "acc", "ece")
 NAMES = {"nll": "NLL", "acc": "accuracy", "ece": "ECE"}
 LABELS = {"mcdo": "MC dropout", "mcdo_smoothing": "MC dropout + smoothing", "dnn": "deterministic",
-          "dnn_smoothing": "deterministic + smoothing", "mcdo_mlp": "MC dropout, MLP head"}
+          "dnn_smoothing": "deterministic + smoothing", "mcdo_mlp": "MC dropout, MLP head",
+          "mcdo_preact": "MC dropout, pre-activation", "mcdo_relu6": "MC dropout, ReLU6"}
 
 
 def better(metric: str) -> str:
@@ -544,5 +545,53 @@ def hessians_stage(ctx) -> dict:
     return {"rows": rows, "spectra": out, "converged": converged}
 
 
+# (other arm, claimed arm, what is compared) of claim 8
+SPECIAL_PAIRS = (("mcdo_mlp", "mcdo", "GAP head vs MLP head"), ("mcdo", "mcdo_preact", "pre-activation vs post"),
+                 ("mcdo", "mcdo_relu6", "ReLU6 vs ReLU"))
+
+
+def _train_nll(ctx, variant, n) -> list:
+    """[(N,) per-image NLL of n un-augmented training images, one MC sample, per seed]: does the head overfit?"""
+    loader = DeviceLoader(corrupted_sets.take(ctx.train, n), ctx.s["batch_size"], device=ctx.device)
+    out = []
+    for _, net in ctx.nets(variant):
+        kept = {}
+        engine.sweep(net, loader, sizes=[1], keep_predictions=kept, seed=ctx.s["seed"])
+        out.append(-kept[1].double().gather(1, kept["targets"][:, None]).squeeze(1))
+    return out
+
+
+def special(ctx) -> dict:
+    """Claim 8: GAP, pre-activation and ReLU6 against the plain MC dropout network (test NLL, accuracy and ECE at
+    1 sample and the largest size), and the MLP vs GAP heads' training NLL. Variants not trained yet are named."""
+    sp, rows, missing = ctx.s["special"], [], []
+    sizes = sorted(set(sp["sizes"]))
+    preds = {}
+    for lo, hi, what in SPECIAL_PAIRS:
+        absent = [v for v in (lo, hi) if not ctx.paths.get(v)]
+        if absent:
+            missing += [f"{what}: no trained {v} network" for v in absent if v not in missing]
+            continue
+        for v in (lo, hi):
+            if v not in preds:
+                preds[v], targets = _predictions(ctx, v, sizes, sp["images"])
+        a, b = LABELS[lo], LABELS[hi]
+        for n in sizes:
+            h = ctx.bootstrap({a: [p[n] for p in preds[lo]], b: [p[n] for p in preds[hi]]}, targets)
+            rows += [row(h, a, b, k, f"{what}: {NAMES[k]}, {n} sample{'s' * (n > 1)}",
+                         primary=(k == "nll" and n == sizes[0])) for k in KEYS]
+    if ctx.paths.get("mcdo_mlp") and ctx.paths.get("mcdo"):
+        a, b = LABELS["mcdo_mlp"], LABELS["mcdo"]
+        h = ctx.mean({a: _train_nll(ctx, "mcdo_mlp", sp["train_images"]),
+                      b: _train_nll(ctx, "mcdo", sp["train_images"])}, paired=True)
+        r = row(h, a, b, "nll", f"GAP head vs MLP head: training NLL ({sp['train_images']} training images, no "
+                                f"augmentation, 1 sample; the paper: the MLP head does not overfit)", stat="mean")
+        rows.append(dict(r, verdict=None, context=True))  # what it shows is read beside the test rows
+    drawn = [r for r in rows if not r.get("context")]
+    if drawn:
+        ctx.figure("special", "forest", drawn, "Special cases: claimed arm - plain MC dropout")
+    return {"rows": rows, "missing": missing}
+
+
 STAGES = {"sweep": sweep, "deterministic": deterministic, "ensembles": ensembles, "robustness": robustness_stage,
-          "featuremaps": featuremaps, "landscapes": landscapes_stage, "hessians": hessians_stage}
+          "featuremaps": featuremaps, "landscapes": landscapes_stage, "hessians": hessians_stage, "special": special}

@@ -47,7 +47,7 @@ def test_the_smoke_report_has_every_claim_with_numbers_an_interval_and_a_verdict
     folder, _ = smoke_run
     md = (folder / "report.md").read_text()
     sections = re.split(r"\n## Claim \d+: ", md)
-    assert len(sections) == 8  # the header (with the verdict table) and seven claims
+    assert len(sections) == 9  # the header (with the verdict table) and eight claims
     for section in sections[1:]:
         assert re.search(r"\*\*(supported|contradicted|not resolved)\*\*", section) or "context (no verdict)" in section
         assert re.search(r"-?\d+\.\d+ \[-?\d+\.\d+(e-?\d+)?, -?\d+\.\d+(e-?\d+)?\]", section)  # estimate [low, high]
@@ -82,7 +82,7 @@ def test_a_killed_run_resumes_with_its_finished_stages_and_refuses_other_setting
     assert sorted(p.stem for p in (folder / "stages").iterdir()) == sorted(settings.STAGES)
     capsys.readouterr()
     pipeline.run(CONFIG, smoke=True, out=folder.parent, uid=folder.name)  # everything finished: kept
-    assert capsys.readouterr().out.count("finished earlier, kept") == 7
+    assert capsys.readouterr().out.count("finished earlier, kept") == 8
     other = tmp_path / "config.json"
     other.write_text(json.dumps({**json.loads(CONFIG.read_text()), "paper": {"level": 0.9}}))
     with pytest.raises(PaperError, match="other settings"):
@@ -93,8 +93,8 @@ def test_the_stages_print_their_number_and_the_time_left(smoke_run, capsys):
     folder, _ = smoke_run
     pipeline.run(CONFIG, smoke=True, out=folder.parent / "again")
     out = capsys.readouterr().out
-    for i in range(1, 8):
-        assert re.search(rf"\[stage {i} of 7\] .*; time left: about \d+m\d\ds", out)
+    for i in range(1, 9):
+        assert re.search(rf"\[stage {i} of 8\] .*; time left: about \d+m\d\ds", out)
 
 
 @pytest.mark.parametrize("override, message", [
