@@ -55,7 +55,9 @@ CLAIMS = (
           "the sizes in the settings (the paper's curves go to 50)."),
     Claim(5, "featuremaps", "Smoothing steadies and low-passes the feature maps",
           "Spatial smoothing ensembles neighbouring points of the feature maps: it lowers their variance across "
-          "MC samples and damps their high frequencies (the Fourier profile).",
+          "MC samples and damps their high frequencies (the Fourier profile). Right after a 2x2 blur the second "
+          "half cannot fail (the blur has no response at the Nyquist frequency), so the rows at the end of the "
+          "following stage, where it can, are primary too.",
           "Paper: a figure of feature-map variance and Fourier profiles; no number in the original README."),
     Claim(6, "landscapes", "GAP and smoothing flatten and steady the loss landscape",
           "\"The loss landscape [of the MLP classifier] is chaotic and irregular ... GAP ... flattens and "

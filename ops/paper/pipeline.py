@@ -34,6 +34,11 @@ COST = {"mcdo": 1.0, "mcdo_smoothing": 1.25, "dnn": 0.8, "dnn_smoothing": 1.05, 
 PRIOR_RATE = 1500.0  # image-passes per second of resnet_mcdo_18 before anything is measured (2 cores, fp32)
 
 
+# What the stages compute: raised whenever a stage's rows or protocol change, so that a run folder started under
+# other claims is not resumed into a report that mixes them (2: the claims as the paper states them, issue 31).
+CLAIMS_VERSION = 2
+
+
 class PaperError(ValueError):
     """The paper run cannot start as asked; the message names the problem and the fix."""
 
@@ -177,12 +182,20 @@ def network_paths(spec, seeds, dataset, resources) -> dict:
     if missing_variants:
         raise PaperError(f"the set config has no variants {missing_variants}: the report needs all of "
                          f"{list(pretrained.REFERENCE_VARIANTS)} (dnn, dnn_smoothing, mcdo, mcdo_smoothing, mcdo_mlp)")
+    foreign = [s for s in seeds if s not in spec["seeds"]]
+    if foreign:
+        raise PaperError(f"--seeds {foreign} are not seeds of the set (set.seeds: {spec['seeds']}): analyse the "
+                         f"set's own seeds")
+    empty = [v for v in pretrained.REFERENCE_VARIANTS if not variant_seeds(spec, v, seeds)]
+    if empty:
+        raise PaperError(f"with seeds {list(seeds)}, {empty} would have no network (their seeds: "
+                         f"{[spec['networks'][v].get('seeds', spec['seeds']) for v in empty]}): include one of them")
     paths, missing = {}, []
     for v in pretrained.REFERENCE_VARIANTS:
         paths[v] = {}
         for seed in variant_seeds(spec, v, seeds):
             try:
-                paths[v][seed] = pretrained.reference_path(v, seed, dataset, spec["name"], resources)
+                paths[v][seed] = _with_card(pretrained.reference_path(v, seed, dataset, spec["name"], resources))
             except FileNotFoundError:
                 missing.append(f"{v} seed {seed}")
     if missing:
@@ -194,11 +207,18 @@ def network_paths(spec, seeds, dataset, resources) -> dict:
             found = {}
             for seed in variant_seeds(spec, v, seeds):
                 try:
-                    found[seed] = pretrained.reference_path(v, seed, dataset, spec["name"], resources)
+                    found[seed] = _with_card(pretrained.reference_path(v, seed, dataset, spec["name"], resources))
                 except FileNotFoundError:
                     pass
             paths[v] = found
     return paths
+
+
+def _with_card(path):
+    """`path` if its card is beside it, else FileNotFoundError: an export cut short (no card yet) is not finished."""
+    if not pretrained.card_path(path).exists():
+        raise FileNotFoundError(f"{path} has no card: its export was cut short")
+    return path
 
 
 # Networks of the paper's special cases (pre-activation, ReLU6): analysed by claim 8 where they are trained, never
@@ -316,6 +336,7 @@ def describe(config, s, seeds, paths, dataset, test, device) -> dict:
     return {"config": str(config), "config_sha256": sha256(config), "settings": s, "dataset": dataset,
             "seeds": list(seeds), "networks": nets, "device": str(device), "torch": torch.__version__,
             "machine_kind": kind,  # other kernels (CPU kind, imitation, GPU) give other low bits: not mixed in a run
+            "claims_version": CLAIMS_VERSION,  # stage files of another version of the claims are never mixed in
             "test": {"n": len(test), "sha1": corrupted_sets.fingerprint(test.images, test.labels)}}
 
 
@@ -332,6 +353,9 @@ def _open_run(folder, meta):
             was, now = (", ".join(repr(m.get(k)) for k in other) for m in (old, meta))
             where = (f"; it was computed with another {' and '.join(other)} ({was} vs {now}), whose kernels give "
                      f"other numbers: resume it there" if other else "")
+            if old.get("claims_version") != meta["claims_version"]:
+                where += (f"; its stages were computed under claims version {old.get('claims_version', 1)!r}, "
+                          f"this library's is {meta['claims_version']}")
             raise PaperError(f"{folder} holds a paper run with other settings, networks or data (fingerprint "
                              f"{old.get('fingerprint')} vs {meta['fingerprint']}){where}; or start a new run (no "
                              f"--uid)")
@@ -419,6 +443,9 @@ def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=N
         raise PaperError(f"there is no paper run {uid!r} in {out} to resume (no run.json); leave out --uid to start "
                          f"a new one")
     uid, folder = runs.output_folder(out, uid)
+    if seeds is None and uid is not None and not smoke:  # a resumed run keeps its seeds (the set may have grown)
+        stored = read_json(Path(out) / uid / "run.json", what="paper run description").get("seeds")
+        seeds = stored if isinstance(stored, list) and stored else None
     given_seeds = seeds is not None
     with exclusive(folder / "lock", f"the paper run {folder}"):
         seeds = list(seeds or ([0, 1] if smoke else spec["seeds"]))

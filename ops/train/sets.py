@@ -174,13 +174,21 @@ def _network_config(raw, spec, variant, seed, overrides) -> dict:
 
 
 def _recipe_differences(card_cfg, cfg) -> dict:
-    """{key: (exported, wanted)} of the keys that change what is trained (precision compared as resolved), and
+    """{key: (exported, wanted)} of the keys that change what is trained (precision compared as resolved; "auto"
+    accepts the bf16 or fp32 the card records), and
     train.epochs: a run may be extended on resumption, but a set's networks are trained for the set's epochs (an
     export of fewer epochs is not the set's network)."""
     from ops.common.runtime import resolve_device, resolve_precision
 
     wanted = copy.deepcopy(cfg)
-    wanted["env"]["precision"] = resolve_precision(cfg["env"]["precision"], resolve_device(cfg["env"]["device"]))[0]
+    exported = card_cfg.get("env", {}).get("precision") if isinstance(card_cfg.get("env"), dict) else None
+    if cfg["env"]["precision"] == "auto" and exported in ("bf16", "fp32"):
+        # "auto" is the machine's choice (bf16 where it is native, else fp32) and the card records what it chose:
+        # a network trained on another kind of machine is still the set's (the card names its precision)
+        wanted["env"]["precision"] = exported
+    else:
+        wanted["env"]["precision"] = resolve_precision(cfg["env"]["precision"],
+                                                       resolve_device(cfg["env"]["device"]))[0]
     return {k: v for k, v in configs.diff(card_cfg, wanted).items()
             if configs.affects_result(k) or k == "train.epochs"}
 

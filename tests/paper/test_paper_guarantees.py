@@ -170,3 +170,53 @@ def test_a_resume_on_another_machine_kind_is_refused_naming_it(uninterrupted, tm
     (folder / "run.json").write_text(json.dumps(meta))
     with pytest.raises(PaperError, match="another machine_kind .*resume it there"):
         pipeline.run(CONFIG, smoke=True, out=tmp_path, uid=folder.name)
+
+
+def test_seeds_outside_the_set_or_leaving_a_variant_empty_are_refused(tmp_path):
+    spec, _, root = _copy_set(tmp_path)
+    with pytest.raises(PaperError, match=r"\[7\] are not seeds of the set"):
+        pipeline.network_paths(spec, [0, 7], "synthetic", root)
+    with pytest.raises(PaperError, match=r"\['mcdo_mlp'\] would have no network"):
+        pipeline.network_paths(spec, [3, 4], "synthetic", root)
+
+
+def test_an_export_without_its_card_is_not_a_finished_network(tmp_path):
+    spec, _, root = _copy_set(tmp_path)
+    paths = pipeline.network_paths(spec, [0, 1], "synthetic", root)
+    Path(str(paths["dnn"][1]).removesuffix(".pth.tar") + ".json").unlink()
+    with pytest.raises(PaperError, match="dnn seed 1"):
+        pipeline.network_paths(spec, [0, 1], "synthetic", root)
+    assert pipeline.complete_seeds(spec, "synthetic", root) == ([0], [1, 2, 3, 4])
+
+
+def test_a_set_with_auto_precision_accepts_the_precision_its_cards_record():
+    """A network trained in bf16 on an AVX512-BF16 machine is the set's on any machine, and an fp32 one too: the
+    card names what "auto" chose (before, an AVX2-only machine refused all 15 shipped networks)."""
+    _, networks = sets.load_set(CONFIG)
+    n = networks[0]
+    for exported in ("bf16", "fp32"):
+        card = {**n.cfg, "env": {**n.cfg["env"], "precision": exported}}
+        assert sets._recipe_differences(card, n.cfg) == {}
+    fixed = {**n.cfg, "env": {**n.cfg["env"], "precision": "fp32"}}
+    card = {**n.cfg, "env": {**n.cfg["env"], "precision": "bf16"}}
+    assert "env.precision" in sets._recipe_differences(card, fixed)  # an explicit precision must match
+
+
+def test_the_equivalent_ensemble_size_interpolates_the_plain_curve():
+    from ops.paper.stages import equivalent_size
+
+    curve = {1: 1.0, 2: 0.9, 5: 0.86, 10: 0.84, 50: 0.83}
+    assert equivalent_size(curve, 0.95) == pytest.approx(1.5)
+    assert equivalent_size(curve, 0.85) == pytest.approx(7.5)
+    assert equivalent_size(curve, 0.83) == 50
+    assert equivalent_size(curve, 0.80) == float("inf")  # better than the largest size: "> 50"
+    assert equivalent_size(curve, 1.2) == 0.0  # worse than one sample
+
+
+def test_seed_directions_count_each_seed_against_the_other_arm():
+    from ops.paper.stages import seed_directions
+
+    d = seed_directions([0.30, 0.20, 0.25], [0.22, 0.24, 0.21], "lower")  # other arm's mean 0.25
+    assert d["better"] == 3 and d["of"] == 3 and d["all_claimed"] and d["text"] == "3 of 3 seeds lower"
+    assert seed_directions([0.30, 0.20, 0.25], [0.22, 0.24, 0.21], "lower", paired=True)["better"] == 2
+    assert seed_directions([0.9], [0.95, 0.85], "higher")["text"] == "1 of 2 seeds higher"
