@@ -1,7 +1,44 @@
-"""Helpers shared by several test modules (stand-ins for datasets nobody has offline)."""
+"""Helpers shared by several test modules (stand-ins for datasets nobody has offline, the shipped reference
+networks, a second process holding a lock)."""
+import os
 import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_SET = ROOT / "configs" / "fashion_mnist_reference.json"
+SHIPPED = ROOT / "resources" / "models_checkpoints"
+
+
+def shipped_reference_networks() -> list:
+    """(network, exported checkpoint) for each network of the Fashion-MNIST set committed so far."""
+    from ops.train import pretrained, sets
+
+    found = []
+    for n in sets.load_set(FASHION_SET)[1]:
+        try:
+            found.append((n, pretrained.reference_path(n.variant, n.seed, resources=SHIPPED)))
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def hold_lock(lock_path, seconds=300, env=None):
+    """A real second process holding the lock of `lock_path` (models.atomic.exclusive) until killed; returned once
+    it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from models.atomic import exclusive
+        with exclusive({str(lock_path)!r}):
+            print("locked", flush=True)
+            time.sleep({seconds})
+    """)], cwd=ROOT, env=env or {**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
 
 
 def write_cifar(root, n_per_batch=6, hundred=False):

@@ -1,10 +1,6 @@
 """What the analyses promise about the files they write, case by case, grouped by guarantee: nothing is mixed
 (fingerprints), nothing is shared (one writer), nothing escapes its folder, results keep their identity, and bad
 inputs are refused at the boundary with the file, the field and the fix."""
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,7 @@ from ops.analysis import landscape_files, landscapes, robustness
 from ops.analysis.hessians import max_eigenvalue_spectrum
 from ops.data import corrupted_sets, corruptions, datasets
 from ops.evaluate import reports
+from tests.helpers import hold_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,17 +23,9 @@ def _images(n=12, seed=0):
     return test
 
 
+
 def _hold_lock(lock_path):
-    """A real second process holding the lock of `lock_path` until killed; returns it once it holds it."""
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from models.atomic import exclusive
-        with exclusive({str(lock_path)!r}):
-            print("locked", flush=True)
-            time.sleep(120)
-    """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
+    return hold_lock(lock_path, seconds=120)
 
 
 # --- Nothing mixed: every cached artifact carries what determines it, and a mismatch is refused --------------

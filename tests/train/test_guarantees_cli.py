@@ -5,7 +5,6 @@ weights are refused; folder-per-class sets keep their labels; two train-set proc
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from models.checkpoints import CheckpointError
 from ops import run
 from ops.data import corrupted_sets
 from ops.train import configs, pretrained, sets
+from tests import helpers
 from tests.train.test_sets import write_set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,17 +47,9 @@ def cli(module, *args, cwd):
     return done.returncode, done.stdout, done.stderr
 
 
+
 def hold_lock(lock_path):
-    """A real second process holding the lock `lock_path` (models.atomic.exclusive) until killed."""
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from models.atomic import exclusive
-        with exclusive({str(lock_path)!r}):
-            print("locked", flush=True)
-            time.sleep(300)
-    """)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
+    return helpers.hold_lock(lock_path, env=ENV)
 
 
 def assert_one_line_error(code, err, *words):

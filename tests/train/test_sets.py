@@ -12,7 +12,7 @@ import models
 from ops import run
 from ops.train import configs, pretrained
 from ops.train import cluster, sets
-from tests.helpers import write_cifar
+from tests.helpers import shipped_reference_networks, write_cifar
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION = ROOT / "configs" / "fashion_mnist_reference.json"
@@ -300,15 +300,7 @@ SHIPPED = ROOT / "resources" / "models_checkpoints"
 RUN_KEYS = {"env.precision"}  # resolved when the run starts (auto -> bf16 on this CPU); nothing else differs
 
 
-def _shipped():
-    """(network, exported checkpoint) for each network of the Fashion-MNIST set committed so far."""
-    found = []
-    for n in sets.load_set(FASHION)[1]:
-        try:
-            found.append((n, pretrained.reference_path(n.variant, n.seed, resources=SHIPPED)))
-        except FileNotFoundError:
-            pass
-    return found
+_shipped = shipped_reference_networks
 
 
 def test_shipped_reference_networks_are_the_set_config_trained_to_convergence():

@@ -8,20 +8,14 @@ import pytest
 
 from ops.common import runtime
 from ops.train import configs, pretrained, sets
+from tests.helpers import shipped_reference_networks
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION = ROOT / "configs" / "fashion_mnist_reference.json"
 SHIPPED = ROOT / "resources" / "models_checkpoints"
 
 
-def _shipped():
-    found = []
-    for n in sets.load_set(FASHION)[1]:
-        try:
-            found.append((n, pretrained.reference_path(n.variant, n.seed, resources=SHIPPED)))
-        except FileNotFoundError:
-            pass
-    return found
+_shipped = shipped_reference_networks
 
 
 def test_the_validation_passes_keep_the_original_config_key():
