@@ -428,6 +428,18 @@ def run_stages(ctx, fingerprint, plan) -> dict:
     return timings
 
 
+def resumed_seeds(out, uid, seeds, smoke):
+    """The seeds to analyse: those given, else a resumed run's own (its run.json: the set may have grown since it
+    started, and a run never changes its seeds), else None (the set's trained seeds are chosen later)."""
+    if seeds is not None or uid is None or smoke:
+        return seeds
+    try:
+        stored = read_json(Path(out) / uid / "run.json", what="paper run description").get("seeds")
+    except ValueError as exc:
+        raise PaperError(f"{exc}; or start a new run (no --uid)") from None
+    return stored if isinstance(stored, list) and stored else None
+
+
 def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=None, out="runs/paper", uid=None,
         device=None) -> Path:
     """Run the report (see the module docstring); returns the run folder."""
@@ -442,10 +454,8 @@ def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=N
     if uid is not None and not (Path(out) / uid / "run.json").is_file():
         raise PaperError(f"there is no paper run {uid!r} in {out} to resume (no run.json); leave out --uid to start "
                          f"a new one")
+    seeds = resumed_seeds(out, uid, seeds, smoke)
     uid, folder = runs.output_folder(out, uid)
-    if seeds is None and uid is not None and not smoke:  # a resumed run keeps its seeds (the set may have grown)
-        stored = read_json(Path(out) / uid / "run.json", what="paper run description").get("seeds")
-        seeds = stored if isinstance(stored, list) and stored else None
     given_seeds = seeds is not None
     with exclusive(folder / "lock", f"the paper run {folder}"):
         seeds = list(seeds or ([0, 1] if smoke else spec["seeds"]))

@@ -220,3 +220,14 @@ def test_seed_directions_count_each_seed_against_the_other_arm():
     assert d["better"] == 3 and d["of"] == 3 and d["all_claimed"] and d["text"] == "3 of 3 seeds lower"
     assert seed_directions([0.30, 0.20, 0.25], [0.22, 0.24, 0.21], "lower", paired=True)["better"] == 2
     assert seed_directions([0.9], [0.95, 0.85], "higher")["text"] == "1 of 2 seeds higher"
+
+
+def test_a_resumed_run_keeps_its_own_seeds_and_a_new_run_chooses_later(tmp_path):
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "run.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
+    assert pipeline.resumed_seeds(tmp_path, "r1", None, smoke=False) == [0, 1, 2]  # the set may have grown since
+    assert pipeline.resumed_seeds(tmp_path, "r1", [0, 1], smoke=False) == [0, 1]  # --seeds wins
+    assert pipeline.resumed_seeds(tmp_path, None, None, smoke=False) is None  # a new run: trained seeds, later
+    (tmp_path / "r1" / "run.json").write_text("{damaged")
+    with pytest.raises(PaperError, match="run.json"):
+        pipeline.resumed_seeds(tmp_path, "r1", None, smoke=False)
