@@ -201,4 +201,8 @@ def test_products_of_a_width_4_resnet_match_float64_finite_differences_in_every_
     eps = 1e-6 / float(v.norm())  # a step this short crosses (almost) no ReLU kink; float64 keeps ~9 digits
     exact = (grad_at(w0 + eps * v.double()) - grad_at(w0 - eps * v.double())) / (2 * eps)
     assert exact.norm() > 0
-    torch.testing.assert_close(op(v).double(), exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()))
+    # Compared as vectors: a ReLU input within float32 rounding of 0 may switch sides between the float32 network
+    # and its float64 copy (seen for 12 of 44,622 weights under the AVX2 imitation), which moves single elements;
+    # the failure this guards against (products 118 times too large) moves the whole vector.
+    error = float((op(v).double() - exact).norm() / exact.norm())
+    assert error < 1e-3, error

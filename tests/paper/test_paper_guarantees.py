@@ -165,7 +165,7 @@ def test_a_resume_on_another_machine_kind_is_refused_naming_it(uninterrupted, tm
     folder = tmp_path / uninterrupted.name
     shutil.copytree(uninterrupted, folder)
     meta = json.loads((folder / "run.json").read_text())
-    meta["machine_kind"] = {**meta["machine_kind"], "cpu_capability": "AVX2"}
+    meta["machine_kind"] = {**meta["machine_kind"], "cpu": "another CPU", "cpu_capability": "SSE2"}
     meta["fingerprint"] = pipeline._fingerprint(meta)
     (folder / "run.json").write_text(json.dumps(meta))
     with pytest.raises(PaperError, match="another machine_kind .*resume it there"):
