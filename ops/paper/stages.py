@@ -623,7 +623,7 @@ def special(ctx) -> dict:
         a, b = LABELS[lo], LABELS[hi]
         for n in sizes:
             h = ctx.bootstrap({a: [p[n] for p in preds[lo]], b: [p[n] for p in preds[hi]]}, targets)
-            rows += [row(h, a, b, k, f"{what}: {NAMES[k]}, {n} sample{'s' * (n > 1)}",
+            rows += [row(h, a, b, k, f"{NAMES[k]}: {what}, {n} sample{'s' * (n > 1)}",  # the figure labels by pair
                          primary=(k == "nll" and n == sizes[0])) for k in KEYS]
     if ctx.paths.get("mcdo_mlp") and ctx.paths.get("mcdo"):
         a, b = LABELS["mcdo_mlp"], LABELS["mcdo"]
@@ -634,7 +634,7 @@ def special(ctx) -> dict:
         rows.append(dict(r, verdict=None, context=True))  # what it shows is read beside the test rows
     drawn = [r for r in rows if not r.get("context")]
     if drawn:
-        ctx.figure("special", "forest", drawn, "Special cases: claimed arm - plain MC dropout")
+        ctx.figure("special", "forest", drawn, "Special cases: claimed arm - other arm")
     return {"rows": rows, "missing": missing}
 
 
