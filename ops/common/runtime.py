@@ -109,6 +109,34 @@ def autocast(device: torch.device | str, precision: str = "fp32") -> AbstractCon
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+# oneDNN's strided 1x1 convolution, backward to its weights, writes past its workspace when the input is
+# channels_last and has fewer channels than the kernel's channel block (8 on AVX2, 16 on AVX-512): the gradients are
+# silently wrong and differ between runs, or the process hangs in a spin barrier or crashes
+# (uxlfoundation/oneDNN#6035). ResNets of width < 16 have such shortcut convolutions; width 16 and up do not.
+ONEDNN_CHANNEL_BLOCK = 16
+
+
+def channels_last_hazards(model: torch.nn.Module, device: torch.device | str) -> list[str]:
+    """Names of `model`'s convolutions whose weight gradient oneDNN computes wrongly in channels_last on a CPU
+    (strided 1x1 with fewer than ONEDNN_CHANNEL_BLOCK input channels per group); [] on a GPU or if none."""
+    if torch.device(device).type != "cpu":
+        return []
+    return [name for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and max(m.stride) > 1
+            and m.in_channels // m.groups < ONEDNN_CHANNEL_BLOCK]
+
+
+def safe_channels_last(model: torch.nn.Module, device: torch.device | str, wanted: bool) -> tuple[bool, str]:
+    """(channels_last, reason) for computing gradients of `model` on `device`: the wanted layout unless
+    `channels_last_hazards` finds a convolution it would compute wrongly, then the contiguous layout."""
+    hazards = channels_last_hazards(model, device) if wanted else []
+    if not hazards:
+        return wanted, "asked for"
+    return False, (f"channels_last off: oneDNN computes the weight gradient of {hazards[0]} (strided 1x1, fewer "
+                   f"than {ONEDNN_CHANNEL_BLOCK} input channels) wrongly in that layout on CPUs "
+                   f"(uxlfoundation/oneDNN#6035); {len(hazards)} such convolution(s)")
+
+
 def to_device(x: torch.Tensor, device: torch.device | str, channels_last: bool = False,
               non_blocking: bool = True) -> torch.Tensor:
     """Move an image batch (B, C, H, W) to `device`, optionally in channels_last layout."""

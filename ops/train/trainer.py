@@ -43,7 +43,7 @@ import torch.nn as nn
 import models
 from models.atomic import atomic_file
 
-from ops.common.runtime import autocast, machine_info, progress_bar, resolve_precision, to_device
+from ops.common.runtime import autocast, machine_info, progress_bar, resolve_precision, safe_channels_last, to_device
 from ops.data import datasets as datasets_
 from ops.data import loaders
 from ops.evaluate import engine as evaluation
@@ -239,17 +239,20 @@ def _build_run(cfg, name, model, rank, world_size, device, precision) -> "Run":
     """Data, model, optimizer, schedule and loss of a run (no files yet)."""
     env, tcfg = cfg["env"], cfg["train"]
     dataset_name, train_set, test_set = load_data(cfg)
+    num_classes = len(train_set.classes)
+    if model is None:
+        model = models.get_model(name, num_classes=num_classes, stem=cfg["model"]["stem"], **cfg["model"]["block"])
+    env["channels_last"], why = safe_channels_last(model, device, env["channels_last"])
+    if why != "asked for" and rank == 0:
+        print(why, flush=True)  # and the stored config says the layout that was run
     common = dict(device=device, workers=env["workers"], seed=env["seed"], rank=rank, world_size=world_size,
                   channels_last=env["channels_last"])
     train_loader = loaders.make_loader(train_set, tcfg["batch_size"] // world_size, train=True,
                                        augment=tcfg["augment"], pad=tcfg["crop_padding"], **common)
     test_loader = loaders.make_loader(test_set, cfg["val"]["batch_size"], train=False, **common)
-    num_classes = len(train_set.classes)
     if len(train_loader) == 0:
         raise ValueError(f"train.batch_size={tcfg['batch_size']} is larger than the {len(train_set)} training "
                          f"images (full batches only): lower it")
-    if model is None:
-        model = models.get_model(name, num_classes=num_classes, stem=cfg["model"]["stem"], **cfg["model"]["block"])
     if tcfg["sync_bn"] and world_size > 1:
         model = distributed.convert_sync_batchnorm(model, device)
     model = model.to(device, memory_format=torch.channels_last if env["channels_last"] else torch.preserve_format)

@@ -87,6 +87,35 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
 
+def test_channels_last_is_off_where_onednn_computes_wrong_weight_gradients():
+    """uxlfoundation/oneDNN#6035: a strided 1x1 convolution with fewer input channels than oneDNN's channel block gets
+    wrong weight gradients in channels_last on CPUs (a width-4 network trained to other weights on every run under
+    AVX2, or hung). Exactly those convolutions are named; none at width 16 (the reference set) or on a GPU."""
+    from ops.common.runtime import channels_last_hazards, safe_channels_last
+
+    assert channels_last_hazards(models.get_model("resnet_mcdo_18", width=4), "cpu") == [
+        "layer2.0.shortcut.0", "layer3.0.shortcut.0"]  # 4 and 8 input channels; layer4's has 16
+    assert channels_last_hazards(models.get_model("resnet_mcdo_18", width=8), "cpu") == ["layer2.0.shortcut.0"]
+    assert channels_last_hazards(models.get_model("resnet_mcdo_18", width=16), "cpu") == []
+    assert channels_last_hazards(models.get_model("resnet_mcdo_18", width=4), "cuda") == []
+    assert safe_channels_last(models.get_model("resnet_mcdo_18", width=16), "cpu", True) == (True, "asked for")
+    layout, why = safe_channels_last(models.get_model("resnet_mcdo_18", width=4), "cpu", True)
+    assert not layout and "layer2.0.shortcut.0" in why and "oneDNN#6035" in why
+
+
+@pytest.mark.parametrize(("width", "layout"), [(8, False), (16, True)])
+def test_training_asked_for_channels_last_runs_and_records_the_safe_layout(tmp_path, width, layout):
+    import json
+
+    result = train(None, "resnet_mcdo_18", overrides(
+        tmp_path, "train.epochs=1", "train.max_steps_per_epoch=1", f"model.block.width={width}",
+        "env.channels_last=true", "env.uid=cl"))
+    stored = json.loads((result["run_dir"] / "config.json").read_text())
+    assert stored["env"]["channels_last"] is layout and result["config"]["env"]["channels_last"] is layout
+    conv = result["model"].layer1[0].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last if layout else torch.contiguous_format)
+
+
 def test_mixup_is_off_by_default_and_mixes_when_asked(tmp_path):
     from ops.train.configs import make_config
 
