@@ -490,11 +490,23 @@ def _gather(done, finished, world) -> dict:
     return done
 
 
+def roughness(grid: np.ndarray, xs: Sequence[float], ys: Sequence[float]) -> float:
+    """How irregular a 2-D landscape is: the root mean square of what a least-squares quadratic surface
+    (1, x, y, x^2, xy, y^2) over the grid leaves unexplained, in the loss's units. 0 for any quadratic bowl or
+    saddle, however steep; it grows with bumps between neighbouring points ("chaotic and irregular")."""
+    x, y = np.meshgrid(np.asarray(xs, float), np.asarray(ys, float))  # (ny, nx), as land.grid
+    basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
+    values = np.asarray(grid, float).reshape(-1)
+    coef, *_ = np.linalg.lstsq(basis, values, rcond=None)
+    return float(np.sqrt(np.mean(np.square(values - basis @ coef))))
+
+
 def summary(land: Landscape) -> dict:
     """How flat and how steady a 2-D landscape is, per MC mask and per grid point (the units an interval
     resamples): {"rise": (M,) mean over the grid of loss - centre loss, per mask; "curvature": (M,) second
     difference of the loss at the centre, mean of the x and y axes, per mask; "spread": (P,) standard deviation
-    of the loss across masks at each grid point (zeros for one mask)} as lists, plus their means.
+    of the loss across masks at each grid point (zeros for one mask); "roughness": (M,) `roughness` of each
+    mask's grid} as lists, plus their means.
 
     Flatter means a lower rise and curvature; steadier across MC masks means a lower spread. The grid must be
     2-D with an odd number of points per axis (the trained weights at its centre)."""
@@ -511,5 +523,5 @@ def summary(land: Landscape) -> dict:
     rise = (grids - centre[:, None, None]).mean(axis=(1, 2))
     spread = grids.std(0).reshape(-1) if len(masks) > 1 else np.zeros(grids[0].size)
     out = {"rise": rise.tolist(), "curvature": ((curv_x + curv_y) / 2).tolist(), "spread": spread.tolist(),
-           "centre_loss": centre.tolist()}
+           "roughness": [roughness(g, land.xs, land.ys) for g in grids], "centre_loss": centre.tolist()}
     return out | {f"mean_{k}": float(np.mean(v)) for k, v in out.items()}

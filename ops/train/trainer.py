@@ -459,6 +459,8 @@ def train(config: dict = None, model_name: str = None, overrides: Sequence[str] 
             if run.world_size > 1:
                 dist.barrier()
         final = finish(run) if run.is_main else None
+        if run.world_size > 1:  # the other ranks tear their process group down only once rank 0 has exported:
+            dist.barrier()      # rank 1 leaving early aborted once ("terminate called without an active exception")
     except KeyboardInterrupt:
         if run.is_main:
             # What the checkpoint file holds, not what was in memory: an interrupt may land between the two.

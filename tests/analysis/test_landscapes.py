@@ -317,6 +317,25 @@ def test_figures_and_the_mask_animation_are_written(tmp_path):
         plots.landscape_figure(lands, kind="heatmap")
 
 
+def test_roughness_ignores_any_quadratic_and_measures_the_bumps_left():
+    """A bowl or saddle of any steepness is perfectly regular (0); bumps added to it count exactly as bumps alone
+    (the quadratic part is removed) and scale with their size; a single spike at one point of an n x n grid
+    leaves about its height / n."""
+    from ops.analysis.landscapes import roughness
+
+    xs = ys = np.linspace(-0.1, 0.1, 21)
+    x, y = np.meshgrid(xs, ys)
+    bowl = 40 * x * x - 25 * x * y + 7 * y * y + 3 * x - y + 0.3
+    assert roughness(bowl, xs, ys) < 1e-12 and roughness(-bowl, xs, ys) < 1e-12
+    bumps = np.random.default_rng(0).normal(0, 0.01, x.shape)
+    assert roughness(bowl + bumps, xs, ys) == pytest.approx(roughness(bumps, xs, ys), rel=1e-9)
+    assert roughness(5 * bumps, xs, ys) == pytest.approx(5 * roughness(bumps, xs, ys), rel=1e-9)
+    assert roughness(bumps, xs, ys) == pytest.approx(np.sqrt(np.mean(bumps ** 2) * 435 / 441), rel=0.03)  # 6 fitted
+    spike = np.zeros_like(x)
+    spike[7, 13] = 1.0
+    assert roughness(spike, xs, ys) == pytest.approx(1 / 21, rel=0.05)
+
+
 def test_masks_stacked_in_one_pass_give_the_same_numbers(data):
     net = small_net()
     dirs = L.random_directions(net, 2, seed=0)
@@ -342,6 +361,7 @@ def test_the_summary_of_a_quadratic_bowl_is_its_known_rise_curvature_and_spread(
     np.testing.assert_allclose(s["curvature"], [2 * a, 2 * a])
     np.testing.assert_allclose(s["rise"], [a * 2 * np.mean(np.square(xs))] * 2)
     np.testing.assert_allclose(s["spread"], np.full(25, 0.1))
+    np.testing.assert_allclose(s["roughness"], [0.0, 0.0], atol=1e-12)  # a bowl is perfectly regular
     assert s["mean_curvature"] == pytest.approx(2 * a)
     with pytest.raises(ValueError, match="odd number"):
         summary(Landscape(xs[:4], ys[:4], [r for r in records if r["x"] != 1.0 and r["y"] != 1.0], {}))
