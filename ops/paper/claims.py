@@ -62,12 +62,20 @@ CLAIMS = (
     Claim(6, "landscapes", "GAP and smoothing flatten and steady the loss landscape",
           "\"The loss landscape [of the MLP classifier] is chaotic and irregular ... GAP ... flattens and "
           "stabilizes the loss landscape. Likewise ... spatial smoothing also flattens and stabilizes the loss "
-          "landscape.\"",
+          "landscape.\" Primary, on the original notebook's protocol (a +-0.1 grid of 21 x 21 points, two random "
+          "directions normalised along the weights' first axis with 1-D tensors left still, training images, one "
+          "MC mask per landscape): the mean rise of the loss over the grid (flatness) and its roughness, the RMS "
+          "of what a quadratic surface leaves unexplained (\"chaotic and irregular\"; 0 for any smooth bowl). "
+          "Secondary: a filter-normalised +-1 grid with several masks, for the spread of the loss across MC masks "
+          "(\"stabilizes\") and the curvature at the centre. Where ours differs: a fixed subset of training "
+          "images without augmentation (the original: all 50,000, augmented, fresh masks per batch), and one "
+          "mask held fixed across a landscape, so that its roughness is the weights', not the masks'.",
           "Paper: three GIFs (MLP head, GAP head, GAP + smoothing) of CIFAR-100 ResNet-18 landscapes; no number."),
-    Claim(7, "hessians", "Smoothing suppresses the large Hessian eigenvalues",
+    Claim(7, "hessians", "Smoothing and GAP suppress the large Hessian eigenvalues",
           "The paper: spatial smoothing reduces the magnitude of the top Hessian eigenvalues (the distribution of "
           "the largest eigenvalue over mini-batches, its Algorithm 1, each mini-batch's top eigenvalue kept with its "
-          "sign). Rows: the mean magnitude (the claim) and the share of negative top eigenvalues beside it.",
+          "sign). Rows: the mean magnitude (the claim) and the share of negative top eigenvalues beside it, for "
+          "smoothing vs plain and for the GAP head vs the MLP head (the same mini-batches for every network).",
           "Paper: a figure of the top-eigenvalue spectra on CIFAR-100; no number in the original README."),
 )
 

@@ -2,6 +2,7 @@
 from ops.plots import claims as claim_plots
 from ops.plots.classification import ensemble_size_figure, save_figure
 from ops.plots.featuremaps import fourier_figure, variance_figure
+from ops.plots.landscapes import landscape_figure
 
 
 def _ensemble_size(lines, bands):
@@ -14,7 +15,8 @@ def _featuremaps(variances, profiles):
 
 KINDS = {"ensemble_size": _ensemble_size, "forest": lambda *a: [claim_plots.forest_figure(*a)],
          "severity": lambda *a: [claim_plots.severity_figure(*a)],
-         "hessians": lambda *a: [claim_plots.convergence_figure(*a)], "featuremaps": _featuremaps}
+         "hessians": lambda *a: [claim_plots.convergence_figure(*a)], "featuremaps": _featuremaps,
+         "landscapes": lambda lands: [landscape_figure(lands, title="Loss - min on the original's grid (+-0.1)")]}
 
 
 def draw(path, kind, *data) -> list:

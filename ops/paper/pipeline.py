@@ -36,7 +36,7 @@ PRIOR_RATE = 1500.0  # image-passes per second of resnet_mcdo_18 before anything
 
 # What the stages compute: raised whenever a stage's rows or protocol change, so that a run folder started under
 # other claims is not resumed into a report that mixes them (2: the claims as the paper states them, issue 31).
-CLAIMS_VERSION = 2
+CLAIMS_VERSION = 3
 
 
 class PaperError(ValueError):
@@ -54,9 +54,10 @@ def planned_units(s: dict, n_seeds: int) -> dict:
         "robustness": cells * r["images_per_cell"] * (max(r["sizes"]) * (COST["mcdo"] + COST["mcdo_smoothing"])
                                                       + COST["dnn"] + COST["dnn_smoothing"]),
         "featuremaps": f["images"] * (f["samples"] + 1) * (COST["mcdo"] + COST["mcdo_smoothing"]),
-        "landscapes": ls["n"] ** 2 * ls["masks"] * ls["images"] * (COST["mcdo_mlp"] + COST["mcdo"]
-                                                                   + COST["mcdo_smoothing"]),
-        "hessians": hs["batches"] * hs["batch_size"] * hs["max_iter"] * 6 * (COST["mcdo"] + COST["mcdo_smoothing"]),
+        "landscapes": sum(g["n"] ** 2 * g["masks"] * g["images"] for g in (ls, s["landscapes_filter"]))
+        * (COST["mcdo_mlp"] + COST["mcdo"] + COST["mcdo_smoothing"]),
+        "hessians": hs["batches"] * hs["batch_size"] * hs["max_iter"] * 6 * (COST["mcdo_mlp"] + COST["mcdo"]
+                                                                             + COST["mcdo_smoothing"]),
         "special": sp["images"] * max(sp["sizes"]) * (COST["mcdo_preact"] + COST["mcdo_relu6"] + COST["mcdo"]
                                                       + COST["mcdo_mlp"]) + sp["train_images"] * 2 * COST["mcdo_mlp"],
     }.items()}

@@ -68,6 +68,11 @@ def _verdict_table(results) -> tuple:
     return ("table", ["#", "claim", "measured (claimed arm - other)", "difference [interval]", "verdict"], rows)
 
 
+def _grid(g) -> str:
+    return (f"+-{g['scale']:g}, {g['n']}x{g['n']} points, {g['norm']} directions, {g['images']} training images, "
+            f"{g['masks']} MC mask{'s' * (g['masks'] > 1)}")
+
+
 def _header(meta, timings, total) -> list:
     s, m = meta["settings"], meta["machine"]
     mode = {"full": "full", "quick": "QUICK=1 (fewer images, masks and batches than the full report: less precise)",
@@ -77,8 +82,8 @@ def _header(meta, timings, total) -> list:
                     f"Networks: the reference set of `{meta['config']}`, seeds {meta['seeds']} "
                     f"({len(meta['networks'])} variants). Test images: {s['sweep']['images']} of {meta['test']['n']} "
                     f"for the sweeps; {s['robustness']['images_per_cell']} per corrupted cell; "
-                    f"{s['landscapes']['n']}x{s['landscapes']['n']} landscape grid, {s['landscapes']['images']} "
-                    f"training images, {s['landscapes']['masks']} MC masks; {s['hessians']['batches']} Hessian "
+                    f"landscapes: the original's grid ({_grid(s['landscapes'])}) and a filter-normalised one "
+                    f"({_grid(s['landscapes_filter'])}); {s['hessians']['batches']} Hessian "
                     f"mini-batches of {s['hessians']['batch_size']}; {s['n_boot']} bootstrap resamples."),
               ("p", f"Machine: {m.get('cpu')} ({m.get('cpu_capability')}, {m.get('threads')} threads, torch "
                     f"{m.get('torch')}{', imitation ' + str(m['imitation']) if m.get('imitation') else ''}). "

@@ -8,6 +8,7 @@ and batches are counts, margins are in the metric's own units (NLL in nats, accu
 """
 import math
 
+from ops.analysis.landscapes import NORMS
 from ops.common.checks import is_int
 from ops.data.corruptions import CORRUPTIONS, PROFILES
 from ops.train.configs import merge as merged  # one nested-dict merge for configs and settings
@@ -23,7 +24,10 @@ FULL = {
     "robustness": {"images_per_cell": 1000, "corruptions": list(CORRUPTIONS), "severities": [1, 2, 3, 4, 5],
                    "sizes": [1, 2, 3], "profile": "cifar"},
     "featuremaps": {"images": 256, "groups": 16, "samples": 10},
-    "landscapes": {"n": 9, "scale": 1.0, "images": 256, "masks": 4},
+    # claim 6: the original notebook's grid (+-0.1, 21 x 21, its direction normalisation, training images, one
+    # MC mask per landscape; 256 images, not its 50,000), then a filter-normalised +-1 grid with several masks
+    "landscapes": {"n": 21, "scale": 0.1, "norm": "original", "images": 256, "masks": 1},
+    "landscapes_filter": {"n": 7, "scale": 1.0, "norm": "filter", "images": 128, "masks": 3},
     "hessians": {"batches": 16, "batch_size": 64, "max_iter": 30, "tol": 1e-3},
     "ood": {"images": 1000, "sizes": [2, 10]},  # beyond the paper: test images vs each OOD set, MC sizes
     # the special cases (claim 8): test images and MC sizes, and training images for the training NLL (Table 1)
@@ -36,7 +40,8 @@ QUICK = {
     "sweep": {"images": 1000, "max_size": 50, "interval_sizes": [1, 2, 5, 10, 50]},
     "robustness": {"images_per_cell": 100, "sizes": [1, 2]},
     "featuremaps": {"images": 64, "groups": 8, "samples": 5},
-    "landscapes": {"n": 5, "images": 64, "masks": 2},
+    "landscapes": {"n": 11, "images": 64},
+    "landscapes_filter": {"n": 5, "images": 32, "masks": 2},
     "hessians": {"batches": 4, "max_iter": 10},
     "ood": {"images": 300},
     "special": {"images": 1000, "train_images": 1000},
@@ -50,7 +55,8 @@ SMOKE = {
     "robustness": {"images_per_cell": 16, "corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5],
                    "sizes": [1, 2]},
     "featuremaps": {"images": 16, "groups": 4, "samples": 3},
-    "landscapes": {"n": 3, "images": 16, "masks": 2},
+    "landscapes": {"n": 3, "images": 16},
+    "landscapes_filter": {"n": 3, "images": 16, "masks": 2},
     "hessians": {"batches": 2, "batch_size": 8, "max_iter": 3},
     "ood": {"images": 16, "sizes": [2]},
     "special": {"images": 32, "sizes": [1, 2], "train_images": 32},
@@ -108,10 +114,15 @@ def _consistency(s) -> list:
         problems.append(f"paper.robustness.profile must be one of {PROFILES}, got {s['robustness']['profile']!r}")
     if s["n_boot"] < 2:
         problems.append("paper.n_boot must be at least 2")
-    land = s["landscapes"]
-    if land["n"] < 3 or land["n"] % 2 == 0:
-        problems.append(f"paper.landscapes.n must be odd and >= 3 (the trained weights at the centre), got "
-                        f"{land['n']!r}")
+    for key in ("landscapes", "landscapes_filter"):
+        land = s[key]
+        if land["n"] < 3 or land["n"] % 2 == 0:
+            problems.append(f"paper.{key}.n must be odd and >= 3 (the trained weights at the centre), got "
+                            f"{land['n']!r}")
+        if land["norm"] not in NORMS:
+            problems.append(f"paper.{key}.norm must be one of {NORMS}, got {land['norm']!r}")
+        if not land["scale"] > 0:
+            problems.append(f"paper.{key}.scale must be > 0 (the grid spans -scale..scale), got {land['scale']!r}")
     if s["featuremaps"]["groups"] > s["featuremaps"]["images"]:
         problems.append("paper.featuremaps.groups must not exceed paper.featuremaps.images")
     if not all(is_int(n, 1) for n in s["ood"]["sizes"]):

@@ -521,72 +521,102 @@ def _following_stage_rows(ctx, groups, points, f, seed) -> list:
 
 
 def _landscape_units(summary, key):
-    """The units an interval resamples: the masks for rise and |curvature|; the grid points of the spread are
-    strongly correlated, so it counts once per network."""
+    """The units an interval resamples: the masks for rise, |curvature| and roughness; the grid points of the
+    spread are strongly correlated, so it counts once per network."""
     if key == "spread":
         return np.array([summary["mean_spread"]])
     return np.abs(summary[key]) if key == "curvature" else np.array(summary[key])
 
 
-def landscapes_stage(ctx) -> dict:
-    """Claim 6: loss landscapes of the MLP head, the GAP head and GAP + smoothing: rise, curvature, mask spread."""
-    ls = ctx.s["landscapes"]
+def _landscapes(ctx, key) -> tuple[dict, dict]:
+    """({variant: [summary per seed]}, {variant: the first seed's Landscape}) of the grid settings `key`."""
+    ls = ctx.s[key]
     summaries, first = {}, {}
     for variant in ("mcdo_mlp", "mcdo", "mcdo_smoothing"):
         summaries[variant] = []
         for seed, net in ctx.nets(variant):
-            land = landscapes.landscape(net, ctx.train, n=ls["n"], scale=ls["scale"], n_masks=ls["masks"],
-                                        seed=ctx.s["seed"], n_images=ls["images"], batch_size=ctx.s["batch_size"],
-                                        path=ctx.folder / "landscapes" / f"{variant}-s{seed}", progress=True)
+            land = landscapes.landscape(net, ctx.train, n=ls["n"], scale=ls["scale"], norm=ls["norm"],
+                                        n_masks=ls["masks"], seed=ctx.s["seed"], n_images=ls["images"],
+                                        batch_size=ctx.s["batch_size"], progress=True,
+                                        path=ctx.folder / key / f"{variant}-s{seed}")
             summaries[variant].append(landscapes.summary(land))
             first.setdefault(variant, land)
-    rows = []
+    return summaries, first
+
+
+# (statistic, what it measures, primary on the original's grid, primary on the filter-normalised grid)
+LANDSCAPE_STATS = (("rise", "mean rise of the loss over the grid (per mask)", True, False),
+                   ("roughness", "roughness: RMS of the loss left by a quadratic fit (per mask)", True, False),
+                   ("curvature", "|curvature| at the centre (per mask)", False, False),
+                   ("spread", "spread of the loss across MC masks (one value per network)", False, True))
+
+
+def landscapes_stage(ctx) -> dict:
+    """Claim 6: loss landscapes of the MLP head, the GAP head and GAP + smoothing. Primary: the original
+    notebook's grid (+-0.1, its direction normalisation, training images, one mask per landscape): rise and
+    roughness. Secondary: a filter-normalised +-1 grid with several masks: their spread, and the GIFs."""
     label = {**LABELS, "mcdo": "MC dropout, GAP head"}
-    for lo, hi, name in (("mcdo_mlp", "mcdo", "GAP head vs MLP head"), ("mcdo", "mcdo_smoothing",
-                                                                          "GAP + smoothing vs GAP head")):
-        a, b = label[lo], label[hi]
-        for key, what in (("rise", "mean rise of the loss over the grid (per mask)"),
-                          ("curvature", "|curvature| at the centre (per mask)"),
-                          ("spread", "spread of the loss across MC masks (one value per network)")):
-            h = ctx.mean({a: [_landscape_units(s, key) for s in summaries[lo]],
-                          b: [_landscape_units(s, key) for s in summaries[hi]]}, paired=False)
-            rows.append(row(h, a, b, key, f"{name}: {what}", stat="mean", direction="lower",
-                            primary=key in ("rise", "spread")))
-    gifs = ctx.gifs({label[v]: land for v, land in first.items()})
-    return {"rows": rows, "summaries": {v: [{k: s[f"mean_{k}"] for k in ("rise", "curvature", "spread")}
-                                            for s in runs] for v, runs in summaries.items()}, "gifs": gifs}
+    rows, out = [], {}
+    for key, protocol in (("landscapes", "original grid"), ("landscapes_filter", "filter-normalised grid")):
+        ls = ctx.s[key]
+        summaries, first = _landscapes(ctx, key)
+        where = (f"{protocol}: +-{ls['scale']:g}, {ls['n']} x {ls['n']}, {ls['images']} training images, "
+                 f"{ls['masks']} mask{'s' * (ls['masks'] > 1)}")
+        for lo, hi, name in (("mcdo_mlp", "mcdo", "GAP head vs MLP head"),
+                             ("mcdo", "mcdo_smoothing", "GAP + smoothing vs GAP head")):
+            a, b = label[lo], label[hi]
+            for stat, what, first_primary, filter_primary in LANDSCAPE_STATS:
+                if stat == "spread" and ls["masks"] < 2:
+                    continue  # one mask: no spread across masks
+                h = ctx.mean({a: [_landscape_units(s, stat) for s in summaries[lo]],
+                              b: [_landscape_units(s, stat) for s in summaries[hi]]}, paired=False)
+                primary = first_primary if key == "landscapes" else filter_primary
+                rows.append(row(h, a, b, stat, f"{name}: {what}; {where}", stat="mean", direction="lower",
+                                primary=primary))
+        out[key] = {v: [{k: s[f"mean_{k}"] for k in ("rise", "curvature", "spread", "roughness")} for s in runs]
+                    for v, runs in summaries.items()}
+        if key == "landscapes":
+            ctx.figure("landscapes", "landscapes", {label[v]: land for v, land in first.items()})
+        else:
+            out["gifs"] = ctx.gifs({label[v]: land for v, land in first.items()})
+    return {"rows": rows, "summaries": out.pop("landscapes"), "filter_summaries": out.pop("landscapes_filter"),
+            "gifs": out["gifs"]}
 
 
 def hessians_stage(ctx) -> dict:
-    """Claim 7: the top Hessian eigenvalue of each mini-batch (the same batches for both), plain vs smoothing."""
+    """Claim 7: the top Hessian eigenvalue of each mini-batch (the same batches for all): plain vs smoothing, and
+    the MLP head vs the GAP head."""
     hs = ctx.s["hessians"]
     spectra = {}
-    for variant in ("mcdo", "mcdo_smoothing"):
+    for variant in ("mcdo_mlp", "mcdo", "mcdo_smoothing"):
         spectra[variant] = []
         for seed, net in ctx.nets(variant):
             spec = hessians.max_eigenvalue_spectrum(net, ctx.train, n_batches=hs["batches"],
                                                     batch_size=hs["batch_size"], max_iter=hs["max_iter"],
                                                     tol=hs["tol"], seed=ctx.s["seed"], progress=True)
             spectra[variant].append(spec)
-    a, b = LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    label = {**LABELS, "mcdo": "MC dropout, GAP head"}
     rows = []
     # The paper's Algorithm 1 keeps each mini-batch's top eigenvalue with its sign: the magnitude is the claim,
     # the share of negative ones (negative curvature at the trained weights) is shown beside it.
     per = {"magnitude": lambda s: np.abs(s["eigenvalues"]), "negative": lambda s: np.array(s["eigenvalues"]) < 0,
            "eigenvalues": lambda s: np.array(s["eigenvalues"]), "normalised": lambda s: np.abs(s["normalised"])}
-    for key, what, primary in (
-            ("magnitude", "|top Hessian eigenvalue| per mini-batch (mean magnitude)", True),
-            ("negative", "share of mini-batches whose top eigenvalue is negative", False),
-            ("eigenvalues", "top Hessian eigenvalue per mini-batch, signed (mean)", False),
-            ("normalised", "|top eigenvalue| x ||w||^2 per mini-batch (scale-free, mean)", False)):
-        h = ctx.mean({a: [per[key](s).astype(float) for s in spectra["mcdo"]],
-                      b: [per[key](s).astype(float) for s in spectra["mcdo_smoothing"]]})
-        rows.append(row(h, a, b, "error" if key == "negative" else key, what, stat="mean", direction="lower",
-                        primary=primary))
+    for lo, hi, name in (("mcdo", "mcdo_smoothing", "smoothing vs plain"),
+                         ("mcdo_mlp", "mcdo", "GAP head vs MLP head")):
+        a, b = label[lo], label[hi]
+        for key, what, primary in (
+                ("magnitude", "|top Hessian eigenvalue| per mini-batch (mean magnitude)", True),
+                ("negative", "share of mini-batches whose top eigenvalue is negative", False),
+                ("eigenvalues", "top Hessian eigenvalue per mini-batch, signed (mean)", False),
+                ("normalised", "|top eigenvalue| x ||w||^2 per mini-batch (scale-free, mean)", False)):
+            h = ctx.mean({a: [per[key](s).astype(float) for s in spectra[lo]],  # the same mini-batches for all
+                          b: [per[key](s).astype(float) for s in spectra[hi]]})
+            rows.append(row(h, a, b, "error" if key == "negative" else key, f"{name}: {what}", stat="mean",
+                            direction="lower", primary=primary))
     keep = ("eigenvalues", "normalised", "iterations", "converged", "history", "weight_norm_sq")
-    out = {LABELS[v]: [{k: s[k] for k in keep} for s in runs] for v, runs in spectra.items()}
+    out = {label[v]: [{k: s[k] for k in keep} for s in runs] for v, runs in spectra.items()}
     ctx.figure("hessians", "hessians", out)
-    converged = {label: float(np.mean([c for s in runs for c in s["converged"]])) for label, runs in out.items()}
+    converged = {lab: float(np.mean([c for s in runs for c in s["converged"]])) for lab, runs in out.items()}
     return {"rows": rows, "spectra": out, "converged": converged}
 
 

@@ -67,6 +67,14 @@ def test_the_smoke_report_has_every_claim_with_numbers_an_interval_and_a_verdict
                 # withheld where an arm is one network (the deep ensemble of every seed): no seed level
                 expected = "not resolved" if r.get("note") else _rule(r["difference"], r["better"], r["margin"])
                 assert r["verdict"] == expected
+    # claim 6 on the original's grid (rise and roughness primary) and on the filter-normalised one (mask spread);
+    # claim 7 for smoothing vs plain and for the GAP head vs the MLP head
+    land = results["claims"]["landscapes"]["rows"]
+    assert {(r["metric"], "original grid" in r["quantity"]) for r in land if r["primary"]} == {
+        ("rise", True), ("roughness", True), ("spread", False)}
+    assert {r["quantity"].split(":")[0] for r in land} == {"GAP head vs MLP head", "GAP + smoothing vs GAP head"}
+    hess = [r for r in results["claims"]["hessians"]["rows"] if r["primary"]]
+    assert sorted(r["quantity"].split(":")[0] for r in hess) == ["GAP head vs MLP head", "smoothing vs plain"]
     withheld = [r for r in results["claims"]["ensembles"]["rows"] if r.get("note")]
     S = len(results["run"]["seeds"])  # the one ensemble of all seeds has no seed level; smaller ones have
     assert withheld and all(r["a"] == f"deep ensemble of {S}" for r in withheld)
@@ -115,7 +123,8 @@ def test_quick_and_smoke_shrink_the_full_settings():
     assert full["sweep"]["images"] == 10000 and full["robustness"]["images_per_cell"] >= 1000
     assert len(full["robustness"]["corruptions"]) * len(full["robustness"]["severities"]) == 75
     assert quick["sweep"]["images"] < full["sweep"]["images"] and quick["mode"] == "quick"
-    assert quick["landscapes"]["masks"] < full["landscapes"]["masks"]
+    assert quick["landscapes"]["n"] < full["landscapes"]["n"] == 21 and full["landscapes"]["scale"] == 0.1
+    assert quick["landscapes_filter"]["masks"] < full["landscapes_filter"]["masks"]
 
 
 def test_missing_networks_are_all_named_with_the_command_that_trains_them(tmp_path):
