@@ -25,6 +25,7 @@ from ops.data import corrupted_sets, datasets
 from ops.data.loaders import DeviceLoader
 from ops.evaluate.intervals import hierarchical_bootstrap, hierarchical_mean
 from ops.paper import settings as settings_mod
+from ops.paper.cache import NetworkCache
 from ops.paper.claims import CLAIMS
 from ops.train import pretrained, runs, sets
 
@@ -99,10 +100,25 @@ class Context:
         """[(seed, model in eval())] of the variant: loaded from disk once, and a fresh copy of the loaded network
         on every call, so that nothing a stage does to its networks (channels_last, BatchNorm folding, switched
         MC dropout) reaches a later stage: a resumed run computes what an uninterrupted one computes."""
-        if variant not in self._nets:
-            self._nets[variant] = [(seed, pretrained.load_trained(path, self.device))
-                                   for seed, path in self.paths[variant].items()]
-        return [(seed, copy.deepcopy(net)) for seed, net in self._nets[variant]]
+        return [(seed, load()) for seed, load in self._each_net(variant)]
+
+    def each(self, variant, stage, settings, compute) -> list:
+        """[(seed, compute(network))] over the variant's networks, each from the per-network cache where this stage
+        with these `settings` has already seen that network (ops.paper.cache): only new networks are computed.
+        `compute` must depend on nothing but the network, the settings and what the cache's base holds."""
+        out = []
+        for seed, net in self._each_net(variant):
+            sha = self.shas[variant][seed]
+            out.append((seed, self.cache.get(stage, sha, settings, lambda net=net: compute(net()))))
+        return out
+
+    def _each_net(self, variant):
+        """[(seed, loader of a fresh copy of that network)]: nothing is loaded for a network the cache answers."""
+        def load(seed, path):
+            if (variant, seed) not in self._nets:
+                self._nets[variant, seed] = pretrained.load_trained(path, self.device)
+            return copy.deepcopy(self._nets[variant, seed])
+        return [(seed, lambda seed=seed, path=path: load(seed, path)) for seed, path in self.paths[variant].items()]
 
     def loader(self, n):
         """The first n test images, in batches of the run's batch size."""
@@ -328,6 +344,15 @@ def _fingerprint(meta) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def cache_base(meta, s, train) -> dict:
+    """What every per-network cache entry of this run shares besides the network and the stage's settings: the
+    data (test and training images), the MC seed and batch, the device, the machine kind, torch and the claims."""
+    return {"dataset": meta["dataset"], "test": meta["test"], "seed": s["seed"], "batch_size": s["batch_size"],
+            "train": {"n": len(train), "sha1": corrupted_sets.fingerprint(train.images, train.labels)},
+            "device": meta["device"], "machine_kind": meta["machine_kind"], "torch": meta["torch"],
+            "claims_version": meta["claims_version"]}
+
+
 def describe(config, s, seeds, paths, dataset, test, device) -> dict:
     """What the run is: settings, the config's content, networks with their sha256, data, device and torch (MC
     streams differ between devices and versions). Its hash is the run's fingerprint."""
@@ -476,6 +501,8 @@ def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=N
         _open_run(folder, meta)
         official = Path(cfg["dataset"].get("root", "./data")) if dataset in ("cifar10", "cifar100") else None
         ctx = Context(s, folder, test, train, dataset, paths, device, corrupted_root(out, s, test), official)
+        ctx.shas = {v: {int(seed): n["sha256"] for seed, n in by.items()} for v, by in meta["networks"].items()}
+        ctx.cache = NetworkCache(Path(out) / "cache", cache_base(meta, s, train))
         print(f"paper run {uid} ({s['mode']}): {dataset}, seeds {seeds}, {len(test)} test images; {folder}")
         start = time.time()
         timings = run_stages(ctx, meta["fingerprint"], planned_units(s, len(seeds)))

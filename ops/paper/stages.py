@@ -7,6 +7,7 @@ difference's interval (ops.evaluate.intervals.verdict). `primary` rows decide th
 detail. Each function receives the run's Context (ops.paper.pipeline) and writes its figures through it.
 """
 import copy
+import hashlib
 import itertools
 import math
 
@@ -80,12 +81,15 @@ def _curve_means(curves) -> dict:
 
 def _predictions(ctx, variant, sizes, images):
     """[{n: (N, C) log-probs} per seed], targets: a seeded sweep of every seed of `variant`."""
-    loader, out, targets = ctx.loader(images), [], None
-    for seed, net in ctx.nets(variant):
+    def compute(net):
         kept = {}
-        engine.sweep(net, loader, sizes=sizes, keep_predictions=kept, seed=ctx.s["seed"], progress=True)
-        out.append({n: kept[n] for n in sizes})
-        targets = kept["targets"]
+        engine.sweep(net, ctx.loader(images), sizes=sizes, keep_predictions=kept, seed=ctx.s["seed"], progress=True)
+        return {f"p{n}": kept[n] for n in sizes} | {"targets": kept["targets"]}
+
+    out, targets = [], None
+    for _, r in ctx.each(variant, "predictions", {"images": images, "sizes": sorted(sizes)}, compute):
+        out.append({n: r[f"p{n}"] for n in sizes})
+        targets = r["targets"]
     return out, targets
 
 
@@ -148,15 +152,20 @@ def sweep(ctx) -> dict:
     sizes, M = list(range(1, s["max_size"] + 1)), s["max_size"]
     keep = sorted(set(s["interval_sizes"]) | {1, 2, M})
     curves, preds, targets = {}, {}, None
+
+    def compute(net):
+        kept = {}
+        res = engine.sweep(net, ctx.loader(s["images"]), sizes=sizes, keep_predictions=kept, seed=ctx.s["seed"],
+                           progress=True)
+        return {"curve": {n: {k: float(res[n][k]) for k in KEYS} for n in sizes}, "targets": kept["targets"],
+                **{f"p{n}": kept[n] for n in keep}}
+
     for variant in ("mcdo", "mcdo_smoothing"):
         curves[variant], preds[variant] = {}, []
-        for seed, net in ctx.nets(variant):
-            kept = {}
-            res = engine.sweep(net, ctx.loader(s["images"]), sizes=sizes, keep_predictions=kept, seed=ctx.s["seed"],
-                               progress=True)
-            curves[variant][seed] = {n: {k: float(res[n][k]) for k in KEYS} for n in sizes}
-            preds[variant].append({n: kept[n] for n in keep})
-            targets = kept["targets"]
+        for seed, r in ctx.each(variant, "sweep", {"images": s["images"], "max_size": M, "keep": keep}, compute):
+            curves[variant][seed] = r["curve"]
+            preds[variant].append({n: r[f"p{n}"] for n in keep})
+            targets = r["targets"]
     ctx.memory["sweep"] = (preds, targets)
     ctx.save_arrays("sweep", {f"{v}-{i}-{n}": p[n] for v, runs in preds.items() for i, p in enumerate(runs)
                               for n in (1, 2)} | {"targets": targets})
@@ -298,14 +307,14 @@ def _ood(ctx) -> tuple:
 
     o = ctx.s["ood"]
     inside, sets = corrupted_sets.take(ctx.test, o["images"]), _ood_sets(ctx)
-    found = {}  # {variant: [{set: {size: {score: {metric: value}}}} per seed]}
-    for variant in ("mcdo", "mcdo_smoothing"):
-        found[variant] = []
-        for _, net in ctx.nets(variant):
-            s_in = _ood_scores(ctx, net, inside, o["sizes"])
-            s_out = {name: _ood_scores(ctx, net, ds, o["sizes"]) for name, ds in sets.items()}
-            found[variant].append({name: {m: {k: detection_metrics(s_in[m][k], s_out[name][m][k]) for k in s_in[m]}
-                                          for m in o["sizes"]} for name in sets})
+    def compute(net):
+        s_in = _ood_scores(ctx, net, inside, o["sizes"])
+        s_out = {name: _ood_scores(ctx, net, ds, o["sizes"]) for name, ds in sets.items()}
+        return {"found": {name: {m: {k: detection_metrics(s_in[m][k], s_out[name][m][k]) for k in s_in[m]}
+                                 for m in o["sizes"]} for name in sets}}
+
+    found = {v: [r["found"] for _, r in ctx.each(v, "ood", o, compute)]  # {variant: [{set: {size: {score: {metric:
+             for v in ("mcdo", "mcdo_smoothing")}                           # value}}}} per seed]}
     rows, a, b = [], LABELS["mcdo"], LABELS["mcdo_smoothing"]
     for name in sets:
         for m in o["sizes"]:
@@ -381,14 +390,35 @@ def _cells_of(ctx, net, cset, clean, cells, sizes):
 ROBUSTNESS_PAIRS = (("mcdo", "mcdo_smoothing"), ("dnn", "dnn_smoothing"))
 
 
+def _cells_id(cset, clean, cells, r) -> str:
+    """A digest of the corrupted images every network is scored on (the cache key's data: a regenerated or
+    replaced -C set is another computation)."""
+    n = r["images_per_cell"]
+    parts = [corrupted_sets.fingerprint(clean.images[:n], clean.labels[:n])]
+    for c, sev in cells:
+        ds = cset.dataset(c, sev, clean.mean, clean.std, classes=clean.classes, n=n)
+        parts.append(corrupted_sets.fingerprint(ds.images, ds.labels))
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()
+
+
 def _robustness_units(ctx, variant, cset, clean, cells, sizes) -> tuple:
     """Per seed: {key: {size: (U,) units}} (errors and NLL per image averaged over the cells; ECE per cell) and
     the per-cell metrics."""
     units = {"mce": {m: [] for m in sizes}, "rel": {m: [] for m in sizes}, "nll": {m: [] for m in sizes},
              "ece": {m: [] for m in sizes}}
     per_cell = {}
-    for seed, net in ctx.nets(variant):
+
+    def compute(net):
         errs, nlls, clean_err, clean_m, cell_m = _cells_of(ctx, net, cset, clean, cells, sizes)
+        return ({f"err{m}": errs[m] for m in sizes} | {f"nll{m}": nlls[m] for m in sizes}
+                | {f"clean{m}": clean_err[m] for m in sizes} | {"clean": clean_m, "cells": cell_m})
+
+    if "cells_id" not in ctx.memory:
+        ctx.memory["cells_id"] = _cells_id(cset, clean, cells, ctx.s["robustness"])
+    settings = {"robustness": ctx.s["robustness"], "cells": cells, "sizes": sizes, "data": ctx.memory["cells_id"]}
+    for seed, r in ctx.each(variant, "robustness", settings, compute):
+        errs, nlls, clean_err = ({m: r[f"{k}{m}"] for m in sizes} for k in ("err", "nll", "clean"))
+        clean_m, cell_m = r["clean"], r["cells"]
         for m in sizes:
             units["mce"][m].append(errs[m].mean(0))          # (N,): mean error over the cells
             units["rel"][m].append(errs[m].mean(0) - clean_err[m])
@@ -535,10 +565,11 @@ def _landscapes(ctx, key) -> tuple[dict, dict]:
     for variant in ("mcdo_mlp", "mcdo", "mcdo_smoothing"):
         summaries[variant] = []
         for seed, net in ctx.nets(variant):
+            # the grid's resumable folder is the network's cache entry: another run over this network reads it
             land = landscapes.landscape(net, ctx.train, n=ls["n"], scale=ls["scale"], norm=ls["norm"],
                                         n_masks=ls["masks"], seed=ctx.s["seed"], n_images=ls["images"],
                                         batch_size=ctx.s["batch_size"], progress=True,
-                                        path=ctx.folder / key / f"{variant}-s{seed}")
+                                        path=ctx.cache.folder("landscape", ctx.shas[variant][seed], ls))
             summaries[variant].append(landscapes.summary(land))
             first.setdefault(variant, land)
     return summaries, first
@@ -588,13 +619,13 @@ def hessians_stage(ctx) -> dict:
     the MLP head vs the GAP head."""
     hs = ctx.s["hessians"]
     spectra = {}
+    def compute(net):
+        return hessians.max_eigenvalue_spectrum(net, ctx.train, n_batches=hs["batches"], batch_size=hs["batch_size"],
+                                                max_iter=hs["max_iter"], tol=hs["tol"], seed=ctx.s["seed"],
+                                                progress=True)
+
     for variant in ("mcdo_mlp", "mcdo", "mcdo_smoothing"):
-        spectra[variant] = []
-        for seed, net in ctx.nets(variant):
-            spec = hessians.max_eigenvalue_spectrum(net, ctx.train, n_batches=hs["batches"],
-                                                    batch_size=hs["batch_size"], max_iter=hs["max_iter"],
-                                                    tol=hs["tol"], seed=ctx.s["seed"], progress=True)
-            spectra[variant].append(spec)
+        spectra[variant] = [spec for _, spec in ctx.each(variant, "hessians", hs, compute)]
     label = {**LABELS, "mcdo": "MC dropout, GAP head"}
     rows = []
     # The paper's Algorithm 1 keeps each mini-batch's top eigenvalue with its sign: the magnitude is the claim,
@@ -627,13 +658,13 @@ SPECIAL_PAIRS = (("mcdo_mlp", "mcdo", "GAP head vs MLP head"), ("mcdo", "mcdo_pr
 
 def _train_nll(ctx, variant, n) -> list:
     """[(N,) per-image NLL of n un-augmented training images, one MC sample, per seed]: does the head overfit?"""
-    loader = DeviceLoader(corrupted_sets.take(ctx.train, n), ctx.s["batch_size"], device=ctx.device)
-    out = []
-    for _, net in ctx.nets(variant):
+    def compute(net):
         kept = {}
+        loader = DeviceLoader(corrupted_sets.take(ctx.train, n), ctx.s["batch_size"], device=ctx.device)
         engine.sweep(net, loader, sizes=[1], keep_predictions=kept, seed=ctx.s["seed"])
-        out.append(-kept[1].double().gather(1, kept["targets"][:, None]).squeeze(1))
-    return out
+        return {"nll": -kept[1].double().gather(1, kept["targets"][:, None]).squeeze(1)}
+
+    return [r["nll"] for _, r in ctx.each(variant, "train_nll", {"train_images": n}, compute)]
 
 
 def special(ctx) -> dict:

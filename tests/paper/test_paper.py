@@ -38,7 +38,7 @@ def smoke_run(tmp_path_factory):
             pipeline.run(CONFIG, smoke=True, out=out)
     finally:
         stages.STAGES["featuremaps"] = original
-    (folder,) = [p for p in out.iterdir() if p.name != "data"]
+    (folder,) = [p for p in out.iterdir() if p.name not in ("data", "cache")]
     finished = sorted(p.name for p in (folder / "stages").iterdir())
     return pipeline.run(CONFIG, smoke=True, out=out, uid=folder.name), finished
 

@@ -49,7 +49,7 @@ def test_a_run_killed_after_stage_1_and_resumed_gives_the_uninterrupted_numbers(
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    (folder,) = [p for p in out.iterdir() if p.name != "data"]
+    (folder,) = [p for p in out.iterdir() if p.name not in ("data", "cache")]
     assert not (folder / "report.md").exists()  # killed before the end
     resumed = pipeline.run(CONFIG, smoke=True, out=out, uid=folder.name)
     assert _claims(resumed) == _claims(uninterrupted)
@@ -231,3 +231,57 @@ def test_a_resumed_run_keeps_its_own_seeds_and_a_new_run_chooses_later(tmp_path)
     (tmp_path / "r1" / "run.json").write_text("{damaged")
     with pytest.raises(PaperError, match="run.json"):
         pipeline.resumed_seeds(tmp_path, "r1", None, smoke=False)
+
+
+def test_the_cache_computes_each_entry_once_and_refuses_damaged_or_foreign_entries(tmp_path):
+    from ops.paper.cache import CacheError, NetworkCache
+
+    cache, calls = NetworkCache(tmp_path / "cache", {"data": "d"}), []
+
+    def compute():
+        calls.append(1)
+        return {"pred": torch.arange(6.0).reshape(2, 3), "curve": {1: {"nll": 0.5}, 2: {"nll": 0.25}}, "n": (1, 2)}
+
+    first = cache.get("sweep", "sha-a", {"images": 10}, compute)
+    again = cache.get("sweep", "sha-a", {"images": 10}, compute)
+    assert len(calls) == 1 and torch.equal(first["pred"], again["pred"])
+    assert first["curve"] == again["curve"] == {1: {"nll": 0.5}, 2: {"nll": 0.25}} and again["n"] == [1, 2]
+    cache.get("sweep", "sha-a", {"images": 20}, compute)  # other settings, another network, another base: computed
+    cache.get("sweep", "sha-b", {"images": 10}, compute)
+    NetworkCache(tmp_path / "cache", {"data": "other"}).get("sweep", "sha-a", {"images": 10}, compute)
+    assert len(calls) == 4
+    folder = cache.folder("sweep", "sha-a", {"images": 10})
+    (folder / "entry.json").unlink()  # cut short before its last write: computed again, never half-read
+    cache.get("sweep", "sha-a", {"images": 10}, compute)
+    assert len(calls) == 5
+    (folder / "pred.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(CacheError, match=f"{folder / 'pred.npy'} is missing or damaged.*delete {folder}"):
+        cache.get("sweep", "sha-a", {"images": 10}, compute)
+    outside = tmp_path / "elsewhere.npy"
+    np.save(outside, np.zeros((2, 3), np.float32))
+    (folder / "pred.npy").unlink()
+    (folder / "pred.npy").symlink_to(outside)
+    with pytest.raises(CacheError, match="not an array this cache wrote"):
+        cache.get("sweep", "sha-a", {"images": 10}, compute)
+    entry = json.loads((folder / "entry.json").read_text())
+    entry["what"]["network"] = "sha-b"  # an entry copied under another key
+    (folder / "entry.json").write_text(json.dumps(entry))
+    with pytest.raises(CacheError, match="does not describe the computation its key stands for"):
+        cache.get("sweep", "sha-a", {"images": 10}, compute)
+
+
+def test_a_run_with_one_more_seed_computes_only_the_new_networks_and_gives_the_same_numbers(tmp_path):
+    """Results are cached per network (its sha256 and the stage's settings): a second run over the same networks
+    and a new seed computes the new seed's networks only, and its numbers for the old seeds are the first run's."""
+    first = pipeline.run(CONFIG, smoke=True, out=tmp_path, seeds=[0, 1])
+    entries = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*/*/entry.json")}
+    stages = {p.parent.parent.name for p in entries}
+    assert {"sweep", "predictions", "robustness", "hessians", "ood", "train_nll"} <= stages
+    second = pipeline.run(CONFIG, smoke=True, out=tmp_path, seeds=[0, 1, 2])
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*/*/entry.json")}
+    assert all(after[p] == t for p, t in entries.items())  # nothing of the first run was computed again
+    sweep = [p for p in after if p.parent.parent.name == "sweep"]
+    assert len(sweep) == 6 and len([p for p in entries if p.parent.parent.name == "sweep"]) == 4
+    curves = [json.loads((f / "results.json").read_text())["claims"]["sweep"]["curves"] for f in (first, second)]
+    for v in ("mcdo", "mcdo_smoothing"):
+        assert {s: curves[1][v][s] for s in ("0", "1")} == curves[0][v]

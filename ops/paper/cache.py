@@ -1,0 +1,116 @@
+"""Per-network results of `make paper`, kept across runs: what one stage computed for one network, keyed by
+everything that determines it (the network's sha256, the stage and its settings, the data, the MC seed, the
+machine kind, torch, the claims' version). A run with one more seed, or a new run over the same networks, computes
+only the networks it has not seen; a cached entry is never used for anything but its own key.
+
+    cache = NetworkCache(root, base={...what every entry shares...})
+    result = cache.get(stage, sha256, settings, lambda: {"pred": tensor, "curve": {...}})
+
+An entry is a folder <root>/<stage>/<key>/: one .npy file per array (loaded without pickles) and entry.json,
+written last, with the key's content and the JSON-able values; a folder without entry.json is unfinished and is
+computed again. The files are untrusted input: an entry whose entry.json does not describe its key, or whose arrays
+are missing, damaged or links out of the cache, is refused with the path and the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.atomic import exclusive, read_json, save_array, write_json
+
+
+class CacheError(ValueError):
+    """A cache entry cannot be trusted; the message names it and the fix."""
+
+
+def _plain(o: Any) -> Any:
+    return o.tolist() if hasattr(o, "tolist") else str(o)  # numpy and torch scalars and arrays as JSON values
+
+
+def _canonical(obj: Any) -> Any:
+    """`obj` as JSON gives it back (tuples as lists, numpy values as numbers): what an entry stores and compares."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_plain))
+
+
+def _int_keys(obj: Any) -> Any:
+    """Keys of digits back to ints (JSON keeps keys as strings; the stages key sizes and seeds by int)."""
+    if isinstance(obj, dict):
+        return {int(k) if k.isdigit() else k: _int_keys(v) for k, v in obj.items()}
+    return [_int_keys(v) for v in obj] if isinstance(obj, list) else obj
+
+
+class NetworkCache:
+    """Results per (stage, network, settings) under `root`, shared by every paper run that names the same root."""
+
+    def __init__(self, root: Path | str, base: dict):
+        self.root, self.base = Path(root), _canonical(base)
+
+    def key(self, stage: str, network: str, settings: Any) -> tuple[str, dict]:
+        """(hex key, what it stands for) of one entry."""
+        what = _canonical({**self.base, "stage": stage, "network": network, "settings": settings})
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32], what
+
+    def folder(self, stage: str, network: str, settings: Any) -> Path:
+        """The entry's folder (for a computation that keeps its own resumable files there)."""
+        return self.root / stage / self.key(stage, network, settings)[0]
+
+    def get(self, stage: str, network: str, settings: Any, compute: Callable[[], dict]) -> dict:
+        """The entry's {name: value} (arrays as torch tensors), from the cache or from `compute()` (then stored).
+        compute returns {name: tensor | ndarray | JSON-able value}; the values come back as JSON gives them (lists,
+        numbers, dicts whose digit keys are ints), the same whether computed now or read. One process computes an
+        entry at a time."""
+        key, what = self.key(stage, network, settings)
+        folder = self.root / stage / key
+        if (folder / "entry.json").exists():
+            return self._read(folder, what)
+        with exclusive(self.root / stage / f"{key}.lock", f"the paper cache entry {folder}"):
+            if (folder / "entry.json").exists():  # computed by another process meanwhile
+                return self._read(folder, what)
+            return self._write(folder, what, compute())
+
+    def _write(self, folder: Path, what: dict, result: dict) -> dict:
+        if folder.exists():  # an unfinished entry (cut short before entry.json): its files are not trusted
+            shutil.rmtree(folder)
+        arrays, values = {}, {}
+        for name, v in result.items():
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"cache entry names are plain words, got {name!r}")
+            if isinstance(v, (torch.Tensor, np.ndarray)):
+                arrays[name] = torch.as_tensor(v).cpu()
+                save_array(folder / f"{name}.npy", arrays[name].numpy())
+            else:
+                values[name] = v
+        values = _canonical(values)
+        write_json(folder / "entry.json", {"what": what, "arrays": sorted(arrays), "values": values})
+        return _int_keys(values) | arrays
+
+    def _read(self, folder: Path, what: dict) -> dict:
+        fix = f"delete {folder} (a cache entry: it is computed again)"
+        entry = folder / "entry.json"
+        if entry.is_symlink() or not folder.resolve().is_relative_to(self.root.resolve()):
+            raise CacheError(f"{entry} is a link out of the cache {self.root}, not an entry this cache wrote; {fix}")
+        try:
+            stored = read_json(entry, what="paper cache entry")
+        except ValueError as exc:
+            raise CacheError(f"{exc}; {fix}") from None
+        if stored.get("what") != what or not isinstance(stored.get("arrays"), list) \
+                or not isinstance(stored.get("values"), dict):
+            raise CacheError(f"{entry} does not describe the computation its key stands for (edited or "
+                             f"foreign); {fix}")
+        out = _int_keys(stored["values"])
+        for name in stored["arrays"]:
+            path = folder / f"{name}.npy"
+            if not isinstance(name, str) or path.is_symlink() or not path.resolve().is_relative_to(folder.resolve()):
+                raise CacheError(f"{path} is not an array this cache wrote (a link or an odd name); {fix}")
+            try:
+                out[name] = torch.from_numpy(np.load(path, allow_pickle=False))
+            except (OSError, ValueError, EOFError) as exc:
+                raise CacheError(f"{path} is missing or damaged ({type(exc).__name__}: {exc}); {fix}") from None
+        return out
