@@ -1,5 +1,5 @@
 """Value checks shared by the public functions' boundaries: one definition of "an integer" (a count, a seed, a
-severity) so that every function accepts and refuses the same values.
+severity) so that every function accepts and refuses the same values, and of "a file of this folder".
 
 An integer here is a Python int and never a bool (True is not a count of 1). NumPy integers pass only where the
 caller says so (`numpy=True`: values that index tables or seed generators); counts must be Python ints, because
@@ -9,6 +9,7 @@ caller raises its own error, naming the argument and the fix.
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 
 
 def is_int(value: object, low: int = None, high: int = None, numpy: bool = False) -> bool:
@@ -25,3 +26,10 @@ MAX_SEED = 2 ** 32 - 1  # numpy's range; torch takes more, but the trainer deriv
 def is_seed(value: object) -> bool:
     """True for a seed every generator here accepts: an integer from 0 to MAX_SEED."""
     return is_int(value, 0, MAX_SEED)
+
+
+def inside(path: Path | str, folder: Path | str) -> bool:
+    """True if `path` is a file name of `folder` itself: not a link, and inside it once resolved (untrusted run
+    and cache folders may hold links to anywhere)."""
+    path = Path(path)
+    return not path.is_symlink() and path.resolve().is_relative_to(Path(folder).resolve())

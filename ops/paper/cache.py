@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from models.atomic import exclusive, read_json, save_array, write_json
+from ops.common.checks import inside
 
 
 class CacheError(ValueError):
@@ -94,7 +95,7 @@ class NetworkCache:
     def _read(self, folder: Path, what: dict) -> dict:
         fix = f"delete {folder} (a cache entry: it is computed again)"
         entry = folder / "entry.json"
-        if entry.is_symlink() or not folder.resolve().is_relative_to(self.root.resolve()):
+        if not inside(entry, self.root) or not inside(folder, self.root):
             raise CacheError(f"{entry} is a link out of the cache {self.root}, not an entry this cache wrote; {fix}")
         try:
             stored = read_json(entry, what="paper cache entry")
@@ -107,7 +108,7 @@ class NetworkCache:
         out = _int_keys(stored["values"])
         for name in stored["arrays"]:
             path = folder / f"{name}.npy"
-            if not isinstance(name, str) or path.is_symlink() or not path.resolve().is_relative_to(folder.resolve()):
+            if not isinstance(name, str) or not inside(path, folder):
                 raise CacheError(f"{path} is not an array this cache wrote (a link or an odd name); {fix}")
             try:
                 out[name] = torch.from_numpy(np.load(path, allow_pickle=False))

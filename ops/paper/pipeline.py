@@ -20,6 +20,7 @@ import torch
 
 from models.atomic import exclusive, read_json, save_array, write_json
 from models.naming import plain_name
+from ops.common.checks import inside
 from ops.common.runtime import machine_info, resolve_device
 from ops.data import corrupted_sets, datasets
 from ops.data.loaders import DeviceLoader
@@ -147,7 +148,7 @@ class Context:
                              f"{' and more' if len(missing) > 5 else ''}: {fix}")
         out = {}
         for name, path in files.items():
-            if path.is_symlink() or not path.resolve().is_relative_to(self.folder.resolve()):
+            if not inside(path, self.folder):
                 raise PaperError(f"{path} is a link out of the run folder, not an array this run saved: {fix}")
             try:
                 out[name] = torch.from_numpy(np.load(path, allow_pickle=False))
@@ -209,26 +210,27 @@ def network_paths(spec, seeds, dataset, resources) -> dict:
                          f"{[spec['networks'][v].get('seeds', spec['seeds']) for v in empty]}): include one of them")
     paths, missing = {}, []
     for v in pretrained.REFERENCE_VARIANTS:
-        paths[v] = {}
-        for seed in variant_seeds(spec, v, seeds):
-            try:
-                paths[v][seed] = _with_card(pretrained.reference_path(v, seed, dataset, spec["name"], resources))
-            except FileNotFoundError:
-                missing.append(f"{v} seed {seed}")
+        paths[v], absent = _trained(spec, v, seeds, dataset, resources)
+        missing += [f"{v} seed {seed}" for seed in absent]
     if missing:
         raise PaperError(f"{len(missing)} reference networks are missing in {resources}: {', '.join(missing)}. "
                          f"Train them with `python -m ops.run train-set <the set config>` (finished ones are "
                          f"skipped), or pass --seeds with the seeds that are complete (the report says which)")
     for v in SPECIAL_VARIANTS:  # the special cases' networks where trained: claim 8 says which are missing
         if v in spec["networks"]:
-            found = {}
-            for seed in variant_seeds(spec, v, seeds):
-                try:
-                    found[seed] = _with_card(pretrained.reference_path(v, seed, dataset, spec["name"], resources))
-                except FileNotFoundError:
-                    pass
-            paths[v] = found
+            paths[v] = _trained(spec, v, seeds, dataset, resources)[0]
     return paths
+
+
+def _trained(spec, variant, seeds, dataset, resources) -> tuple[dict, list]:
+    """({seed: checkpoint} of the variant's finished networks among `seeds`, [the seeds not trained yet])."""
+    found, absent = {}, []
+    for seed in variant_seeds(spec, variant, seeds):
+        try:
+            found[seed] = _with_card(pretrained.reference_path(variant, seed, dataset, spec["name"], resources))
+        except FileNotFoundError:
+            absent.append(seed)
+    return found, absent
 
 
 def _with_card(path):
@@ -391,7 +393,7 @@ def _open_run(folder, meta):
 def _check_figures(folder, figures):
     """A stage file names its figures; they must be files of this run folder (the report embeds them)."""
     if not isinstance(figures, list) or not all(
-            isinstance(f, str) and (folder / f).resolve().is_relative_to(folder.resolve()) and (folder / f).is_file()
+            isinstance(f, str) and inside(folder / f, folder) and (folder / f).is_file()
             for f in figures):
         raise PaperError(f"a stage file of {folder} names figures outside the run folder or missing ({figures!r}): "
                          f"start a new run (no --uid)")
@@ -403,7 +405,7 @@ def _read_stage(folder, path):
     if not path.exists() and not path.is_symlink():
         return None
     fix = f"delete {path} to recompute the stage, or start a new run (no --uid)"
-    if path.is_symlink() or not path.resolve().is_relative_to(Path(folder).resolve()):
+    if not inside(path, folder):
         raise PaperError(f"{path} is a link out of the run folder, not a stage this run wrote: {fix}")
     try:
         saved = read_json(path, what="paper stage")

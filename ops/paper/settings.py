@@ -37,14 +37,14 @@ FULL = {
 # QUICK=1: fewer images, masks and batches (the report says so in its header); within 10 minutes here.
 QUICK = {
     "n_boot": 300,
-    "sweep": {"images": 1000, "max_size": 50, "interval_sizes": [1, 2, 5, 10, 50]},
-    "robustness": {"images_per_cell": 100, "sizes": [1, 2]},
+    "sweep": {"images": 400, "max_size": 50, "interval_sizes": [1, 2, 5, 10, 50]},
+    "robustness": {"images_per_cell": 50, "sizes": [1, 2]},
     "featuremaps": {"images": 64, "groups": 8, "samples": 5},
-    "landscapes": {"n": 11, "images": 64},
+    "landscapes": {"n": 7, "images": 48},
     "landscapes_filter": {"n": 5, "images": 32, "masks": 2},
-    "hessians": {"batches": 4, "max_iter": 10},
-    "ood": {"images": 300},
-    "special": {"images": 1000, "train_images": 1000},
+    "hessians": {"batches": 2, "max_iter": 8},
+    "ood": {"images": 200},
+    "special": {"images": 500, "train_images": 500},
 }
 
 # The CI smoke run: tiny untrained networks on synthetic data, every stage and section in seconds.
