@@ -1,4 +1,6 @@
 """The report's figures: each stage names a kind and hands over its data; the drawing lives in ops.plots."""
+from matplotlib.ticker import MaxNLocator
+
 from ops.plots import claims as claim_plots
 from ops.plots.classification import ensemble_size_figure, save_figure
 from ops.plots.featuremaps import fourier_figure, variance_figure
@@ -9,6 +11,14 @@ def _ensemble_size(lines, bands):
     return [ensemble_size_figure(lines, intervals=bands)]
 
 
+def _landscapes(lands):
+    fig = landscape_figure(lands, title="Loss - min on the original's grid (+-0.1), one MC mask")
+    for ax in fig.axes[:len(lands)]:  # three ticks: the panels' labels would run into each other
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.yaxis.set_major_locator(MaxNLocator(3))
+    return [fig]
+
+
 def _featuremaps(variances, profiles):
     return [variance_figure(variances), fourier_figure(profiles)]
 
@@ -16,7 +26,7 @@ def _featuremaps(variances, profiles):
 KINDS = {"ensemble_size": _ensemble_size, "forest": lambda *a: [claim_plots.forest_figure(*a)],
          "severity": lambda *a: [claim_plots.severity_figure(*a)],
          "hessians": lambda *a: [claim_plots.convergence_figure(*a)], "featuremaps": _featuremaps,
-         "landscapes": lambda lands: [landscape_figure(lands, title="Loss - min on the original's grid (+-0.1)")]}
+         "landscapes": _landscapes}
 
 
 def draw(path, kind, *data) -> list:
