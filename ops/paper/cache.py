@@ -107,11 +107,18 @@ class NetworkCache:
                              f"foreign); {fix}")
         out = _int_keys(stored["values"])
         for name in stored["arrays"]:
-            path = folder / f"{name}.npy"
-            if not isinstance(name, str) or not inside(path, folder):
-                raise CacheError(f"{path} is not an array this cache wrote (a link or an odd name); {fix}")
-            try:
-                out[name] = torch.from_numpy(np.load(path, allow_pickle=False))
-            except (OSError, ValueError, EOFError) as exc:
-                raise CacheError(f"{path} is missing or damaged ({type(exc).__name__}: {exc}); {fix}") from None
+            if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+                raise CacheError(f"{entry} names an array {name!r} this cache never writes; {fix}")
+            out[name] = load_array(folder / f"{name}.npy", folder, "the cache entry", CacheError, fix)
         return out
+
+
+def load_array(path: Path, folder: Path, where: str, error: type[Exception], fix: str) -> torch.Tensor:
+    """The array at `path`, a file of `folder` (`where`, in words), loaded without pickles; a link out of it, a
+    missing or a damaged file raises `error` naming the file and `fix`."""
+    if not inside(path, folder):
+        raise error(f"{path} is a link out of {where}, not an array written there: {fix}")
+    try:
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, EOFError) as exc:
+        raise error(f"{path} is missing or damaged ({type(exc).__name__}: {exc}): {fix}") from None

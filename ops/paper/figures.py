@@ -1,6 +1,4 @@
 """The report's figures: each stage names a kind and hands over its data; the drawing lives in ops.plots."""
-from matplotlib.ticker import MaxNLocator
-
 from ops.plots import claims as claim_plots
 from ops.plots.classification import ensemble_size_figure, save_figure
 from ops.plots.featuremaps import fourier_figure, variance_figure
@@ -12,11 +10,7 @@ def _ensemble_size(lines, bands):
 
 
 def _landscapes(lands):
-    fig = landscape_figure(lands, title="Loss - min on the original's grid (+-0.1), one MC mask")
-    for ax in fig.axes[:len(lands)]:  # three ticks: the panels' labels would run into each other
-        ax.xaxis.set_major_locator(MaxNLocator(3))
-        ax.yaxis.set_major_locator(MaxNLocator(3))
-    return [fig]
+    return [landscape_figure(lands, title="Loss - min on the original's grid (+-0.1), one MC mask", max_ticks=3)]
 
 
 def _featuremaps(variances, profiles):

@@ -26,7 +26,7 @@ from ops.data import corrupted_sets, datasets
 from ops.data.loaders import DeviceLoader
 from ops.evaluate.intervals import hierarchical_bootstrap, hierarchical_mean
 from ops.paper import settings as settings_mod
-from ops.paper.cache import NetworkCache
+from ops.paper.cache import NetworkCache, load_array
 from ops.paper.claims import CLAIMS
 from ops.train import pretrained, runs, sets
 
@@ -146,15 +146,7 @@ class Context:
         if missing:
             raise PaperError(f"{folder} lacks {', '.join(n + '.npy' for n in missing[:5])}"
                              f"{' and more' if len(missing) > 5 else ''}: {fix}")
-        out = {}
-        for name, path in files.items():
-            if not inside(path, self.folder):
-                raise PaperError(f"{path} is a link out of the run folder, not an array this run saved: {fix}")
-            try:
-                out[name] = torch.from_numpy(np.load(path, allow_pickle=False))
-            except (ValueError, OSError, EOFError) as exc:
-                raise PaperError(f"{path} is damaged ({exc}): {fix}") from None
-        return out
+        return {name: load_array(path, self.folder, "the run folder", PaperError, fix) for name, path in files.items()}
 
     def mean(self, arms, paired=True):
         return hierarchical_mean(arms, n_boot=self.s["n_boot"], level=self.s["level"], seed=self.s["seed"],

@@ -75,8 +75,9 @@ def _axes(n, kind, size=3.6):
 
 
 def landscape_figure(lands, key="loss", mask=0, kind="contourf", relative=True, clip=None, n_levels=20,
-                     title=None):
-    """One panel per model, shared colour levels / z-limits. clip: draw at most `clip` above the minimum."""
+                     title=None, max_ticks=None):
+    """One panel per model, shared colour levels / z-limits. clip: draw at most `clip` above the minimum.
+    max_ticks: at most this many ticks per axis (side-by-side panels' labels otherwise run into each other)."""
     values = _values(lands, key, mask, relative)
     limits = _limits(values, clip)
     levels = np.linspace(*limits, n_levels)
@@ -86,6 +87,9 @@ def landscape_figure(lands, key="loss", mask=0, kind="contourf", relative=True, 
         art = _draw(ax, land, values[label][mask], kind, levels, limits) or art
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("direction 1")
+        if max_ticks:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(max_ticks))
+            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(max_ticks))
         first = ax is axes[0] or kind == "surface"  # one y label per row: it would run into the panel on its left
         if land.ys is not None:
             ax.set_ylabel("direction 2" if first else "")

@@ -140,7 +140,7 @@ def test_damaged_or_foreign_stage_files_are_named_with_the_fix(uninterrupted, tm
     assert "robustness.json" in str(err.value) and ("delete" in str(err.value) or "new run" in str(err.value))
 
 
-@pytest.mark.parametrize("damage, message", [("truncate", "is damaged"), ("remove", "lacks"),
+@pytest.mark.parametrize("damage, message", [("truncate", "is missing or damaged"), ("remove", "lacks"),
                                              ("link", "link out of the run folder")])
 def test_damaged_missing_or_foreign_arrays_are_named_with_the_fix(uninterrupted, tmp_path, damage, message):
     folder = tmp_path / uninterrupted.name
@@ -255,13 +255,13 @@ def test_the_cache_computes_each_entry_once_and_refuses_damaged_or_foreign_entri
     cache.get("sweep", "sha-a", {"images": 10}, compute)
     assert len(calls) == 5
     (folder / "pred.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(CacheError, match=f"{folder / 'pred.npy'} is missing or damaged.*delete {folder}"):
+    with pytest.raises(CacheError, match=f"{folder / 'pred.npy'} is missing or damaged.*: delete {folder}"):
         cache.get("sweep", "sha-a", {"images": 10}, compute)
     outside = tmp_path / "elsewhere.npy"
     np.save(outside, np.zeros((2, 3), np.float32))
     (folder / "pred.npy").unlink()
     (folder / "pred.npy").symlink_to(outside)
-    with pytest.raises(CacheError, match="not an array this cache wrote"):
+    with pytest.raises(CacheError, match="link out of the cache entry"):
         cache.get("sweep", "sha-a", {"images": 10}, compute)
     entry = json.loads((folder / "entry.json").read_text())
     entry["what"]["network"] = "sha-b"  # an entry copied under another key
