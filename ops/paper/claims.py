@@ -51,8 +51,9 @@ CLAIMS = (
           "dropout and deterministic networks alike: the error, NLL and ECE under corruption.",
           "Paper (CIFAR-100-C, its figure 9, read off the plot): mCE about 90.5 -> 88.6 (MC dropout, 1 sample), "
           "86.8 -> 85.5 (50 samples) and 86.5 -> 84.9 (deterministic) with smoothing, AlexNet-normalised (ours is "
-          "not: the raw mean error); lower NLL and ECE under corruption at every severity. Our MC arms stop at "
-          "the sizes in the settings (the paper's curves go to 50)."),
+          "not: the raw mean error); lower NLL and ECE under corruption at every severity. Our primary rows stop "
+          "at the robustness sizes of the settings; the ensemble-size curve under corruption (its figure 9) goes "
+          "further on a share of each cell's images (corruption_curve; the paper's curves go to 50)."),
     Claim(5, "featuremaps", "Smoothing steadies and low-passes the feature maps",
           "Spatial smoothing ensembles neighbouring points of the feature maps: it lowers their variance across "
           "MC samples and damps their high frequencies (the Fourier profile). Right after a 2x2 blur the second "

@@ -38,7 +38,7 @@ PRIOR_RATE = 1500.0  # image-passes per second of resnet_mcdo_18 before anything
 
 # What the stages compute: raised whenever a stage's rows or protocol change, so that a run folder started under
 # other claims is not resumed into a report that mixes them (2: the claims as the paper states them, issue 31).
-CLAIMS_VERSION = 3
+CLAIMS_VERSION = 4
 
 
 class PaperError(ValueError):
@@ -54,7 +54,9 @@ def planned_units(s: dict, n_seeds: int) -> dict:
         "deterministic": sw["images"] * (COST["dnn"] + COST["dnn_smoothing"]),
         "ensembles": 0.1 * sw["images"],
         "robustness": cells * r["images_per_cell"] * (max(r["sizes"]) * (COST["mcdo"] + COST["mcdo_smoothing"])
-                                                      + COST["dnn"] + COST["dnn_smoothing"]),
+                                                      + COST["dnn"] + COST["dnn_smoothing"])
+        + cells * s["corruption_curve"]["images_per_cell"] * max(s["corruption_curve"]["sizes"])
+        * (COST["mcdo"] + COST["mcdo_smoothing"]),
         "featuremaps": f["images"] * (f["samples"] + 1) * (COST["mcdo"] + COST["mcdo_smoothing"]),
         "landscapes": sum(g["n"] ** 2 * g["masks"] * g["images"] for g in (ls, s["landscapes_filter"]))
         * (COST["mcdo_mlp"] + COST["mcdo"] + COST["mcdo_smoothing"]),

@@ -23,6 +23,8 @@ FULL = {
     "sweep": {"images": 10000, "max_size": 50, "interval_sizes": [1, 2, 3, 4, 5, 10, 20, 30, 40, 50]},
     "robustness": {"images_per_cell": 1000, "corruptions": list(CORRUPTIONS), "severities": [1, 2, 3, 4, 5],
                    "sizes": [1, 2, 3], "profile": "cifar"},
+    # the paper's figure 9: the MC ensemble-size curve under corruption, on a share of each cell's images
+    "corruption_curve": {"sizes": [1, 2, 3, 5, 10], "images_per_cell": 100},
     "featuremaps": {"images": 256, "groups": 16, "samples": 10},
     # claim 6: the original notebook's grid (+-0.1, 21 x 21, its direction normalisation, training images, one
     # MC mask per landscape; 256 images, not its 50,000), then a filter-normalised +-1 grid with several masks
@@ -39,6 +41,7 @@ QUICK = {
     "n_boot": 300,
     "sweep": {"images": 400, "max_size": 50, "interval_sizes": [1, 2, 5, 10, 50]},
     "robustness": {"images_per_cell": 50, "sizes": [1, 2]},
+    "corruption_curve": {"sizes": [1, 2, 5], "images_per_cell": 10},
     "featuremaps": {"images": 64, "groups": 8, "samples": 5},
     "landscapes": {"n": 7, "images": 48},
     "landscapes_filter": {"n": 5, "images": 32, "masks": 2},
@@ -54,6 +57,7 @@ SMOKE = {
     "sweep": {"images": 64, "max_size": 4, "interval_sizes": [1, 2, 4]},
     "robustness": {"images_per_cell": 16, "corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5],
                    "sizes": [1, 2]},
+    "corruption_curve": {"sizes": [1, 3], "images_per_cell": 8},
     "featuremaps": {"images": 16, "groups": 4, "samples": 3},
     "landscapes": {"n": 3, "images": 16},
     "landscapes_filter": {"n": 3, "images": 16, "masks": 2},
@@ -110,6 +114,13 @@ def _consistency(s) -> list:
         problems.append(f"paper.robustness.severities must be among 1-5, got {s['robustness']['severities']!r}")
     if not all(is_int(n, 1) for n in s["robustness"]["sizes"]):
         problems.append(f"paper.robustness.sizes must be positive integers, got {s['robustness']['sizes']!r}")
+    curve = s["corruption_curve"]
+    if not all(is_int(n, 1) for n in curve["sizes"]):
+        problems.append(f"paper.corruption_curve.sizes must be positive integers, got {curve['sizes']!r}")
+    if curve["images_per_cell"] > s["robustness"]["images_per_cell"]:
+        problems.append(f"paper.corruption_curve.images_per_cell ({curve['images_per_cell']}) must not exceed "
+                        f"paper.robustness.images_per_cell ({s['robustness']['images_per_cell']}): the curve "
+                        f"scores a share of the same corrupted images")
     if s["robustness"]["profile"] not in PROFILES:
         problems.append(f"paper.robustness.profile must be one of {PROFILES}, got {s['robustness']['profile']!r}")
     if s["n_boot"] < 2:

@@ -358,9 +358,9 @@ def _corrupted_set(ctx, clean):
                                              workers=2)
 
 
-def _cells_of(ctx, net, cset, clean, cells, sizes):
-    """Per-image errors and NLL {n: (K, N)} over the K cells, the clean ones {n: (N,)}, and each cell's metrics."""
-    n = ctx.s["robustness"]["images_per_cell"]
+def _cells_of(ctx, net, cset, clean, cells, sizes, n):
+    """Per-image errors and NLL {n: (K, N)} over the K cells (the first n images of each), the clean ones
+    {n: (N,)}, and each cell's metrics."""
     bs = ctx.s["batch_size"]
     example = next(iter(DeviceLoader(corrupted_sets.take(clean, bs), bs)))[0]
     prepared, stochastic = robustness.prepare(copy.deepcopy(net), example, channels_last=True)  # the shared
@@ -390,10 +390,9 @@ def _cells_of(ctx, net, cset, clean, cells, sizes):
 ROBUSTNESS_PAIRS = (("mcdo", "mcdo_smoothing"), ("dnn", "dnn_smoothing"))
 
 
-def _cells_id(cset, clean, cells, r) -> str:
+def _cells_id(cset, clean, cells, n) -> str:
     """A digest of the corrupted images every network is scored on (the cache key's data: a regenerated or
     replaced -C set is another computation)."""
-    n = r["images_per_cell"]
     parts = [corrupted_sets.fingerprint(clean.images[:n], clean.labels[:n])]
     for c, sev in cells:
         ds = cset.dataset(c, sev, clean.mean, clean.std, classes=clean.classes, n=n)
@@ -401,21 +400,22 @@ def _cells_id(cset, clean, cells, r) -> str:
     return hashlib.sha256(" ".join(parts).encode()).hexdigest()
 
 
-def _robustness_units(ctx, variant, cset, clean, cells, sizes) -> tuple:
+def _robustness_units(ctx, variant, cset, clean, cells, sizes, n) -> tuple:
     """Per seed: {key: {size: (U,) units}} (errors and NLL per image averaged over the cells; ECE per cell) and
-    the per-cell metrics."""
+    the per-cell metrics, on the first n images of each cell."""
     units = {"mce": {m: [] for m in sizes}, "rel": {m: [] for m in sizes}, "nll": {m: [] for m in sizes},
              "ece": {m: [] for m in sizes}}
     per_cell = {}
 
     def compute(net):
-        errs, nlls, clean_err, clean_m, cell_m = _cells_of(ctx, net, cset, clean, cells, sizes)
+        errs, nlls, clean_err, clean_m, cell_m = _cells_of(ctx, net, cset, clean, cells, sizes, n)
         return ({f"err{m}": errs[m] for m in sizes} | {f"nll{m}": nlls[m] for m in sizes}
                 | {f"clean{m}": clean_err[m] for m in sizes} | {"clean": clean_m, "cells": cell_m})
 
-    if "cells_id" not in ctx.memory:
-        ctx.memory["cells_id"] = _cells_id(cset, clean, cells, ctx.s["robustness"])
-    settings = {"robustness": ctx.s["robustness"], "cells": cells, "sizes": sizes, "data": ctx.memory["cells_id"]}
+    if ("cells_id", n) not in ctx.memory:
+        ctx.memory["cells_id", n] = _cells_id(cset, clean, cells, n)
+    settings = {"robustness": ctx.s["robustness"], "cells": cells, "sizes": sizes, "images_per_cell": n,
+                "data": ctx.memory["cells_id", n]}
     for seed, r in ctx.each(variant, "robustness", settings, compute):
         errs, nlls, clean_err = ({m: r[f"{k}{m}"] for m in sizes} for k in ("err", "nll", "clean"))
         clean_m, cell_m = r["clean"], r["cells"]
@@ -446,7 +446,8 @@ def robustness_stage(ctx) -> dict:
     for pair in ROBUSTNESS_PAIRS:
         sizes = mc_sizes if pair[0] == "mcdo" else [1]
         for variant in pair:
-            units[variant], per_cell[variant] = _robustness_units(ctx, variant, cset, clean, cells, sizes)
+            units[variant], per_cell[variant] = _robustness_units(ctx, variant, cset, clean, cells, sizes,
+                                                                  r["images_per_cell"])
         a, b = LABELS[pair[0]], LABELS[pair[1]]
         for m in sizes:
             for key, what, metric in ROBUSTNESS_ROWS:
@@ -456,8 +457,34 @@ def robustness_stage(ctx) -> dict:
                                 primary=(key != "rel" and m == sizes[0])))
     severity = _by_severity({v: per_cell[v] for v in ("mcdo", "mcdo_smoothing")}, r["severities"], mc_sizes)
     ctx.figure("robustness", "severity", severity, mc_sizes)
-    return {"rows": rows, "cells": [f"{c}/{s}" for c, s in cells], "images_per_cell": r["images_per_cell"],
-            "per_cell": per_cell, "by_severity": severity, "set": str(cset)}
+    curve_rows, curve = _corruption_curve(ctx, cset, clean, cells, skip=mc_sizes)
+    return {"rows": rows + curve_rows, "cells": [f"{c}/{s}" for c, s in cells],
+            "images_per_cell": r["images_per_cell"], "per_cell": per_cell, "by_severity": severity,
+            "curve": curve, "set": str(cset)}
+
+
+def _corruption_curve(ctx, cset, clean, cells, skip) -> tuple[list, dict]:
+    """The paper's figure 9: NLL, accuracy and ECE on corrupted images against the MC ensemble size, with and
+    without smoothing, on the first `corruption_curve.images_per_cell` images of each cell. Rows (not primary)
+    at the sizes the main rows (`skip`) do not cover; returns (rows, {label: {size: {metric: mean over seeds}}})."""
+    cv = ctx.s["corruption_curve"]
+    sizes, n = sorted(set(cv["sizes"])), cv["images_per_cell"]
+    units, lines = {}, {}
+    for v in ("mcdo", "mcdo_smoothing"):
+        units[v], _ = _robustness_units(ctx, v, cset, clean, cells, sizes, n)
+        avg = lambda key, m, i: float(np.asarray(units[v][key][m][i], dtype=float).mean())  # noqa: E731
+        per_seed = {i: {m: {"nll": avg("nll", m, i), "acc": 1.0 - avg("mce", m, i), "ece": avg("ece", m, i)}
+                        for m in sizes} for i in range(len(units[v]["nll"][sizes[0]]))}
+        lines[LABELS[v]] = _curve_means(per_seed)
+    a, b = LABELS["mcdo"], LABELS["mcdo_smoothing"]
+    rows = []
+    for m in (m for m in sizes if m not in skip):
+        for key, what, metric in ROBUSTNESS_ROWS[:2]:
+            h = ctx.mean({a: units["mcdo"][key][m], b: units["mcdo_smoothing"][key][m]})
+            rows.append(row(h, a, b, metric, f"{what}, {m} samples (the ensemble-size curve, {n} images per cell)",
+                            stat="mean", direction="lower"))
+    ctx.figure("robustness_curve", "ensemble_size", lines, None)
+    return rows, lines
 
 
 def _by_severity(per_cell, severities, sizes) -> dict:

@@ -75,6 +75,12 @@ def test_the_smoke_report_has_every_claim_with_numbers_an_interval_and_a_verdict
     assert {r["quantity"].split(":")[0] for r in land} == {"GAP head vs MLP head", "GAP + smoothing vs GAP head"}
     hess = [r for r in results["claims"]["hessians"]["rows"] if r["primary"]]
     assert sorted(r["quantity"].split(":")[0] for r in hess) == ["GAP head vs MLP head", "smoothing vs plain"]
+    # claim 4's ensemble-size curve under corruption (the paper's figure 9) goes beyond the primary rows' sizes
+    robust = results["claims"]["robustness"]
+    assert len(robust["curve"]) == 2 and all(sorted(c, key=int) == ["1", "3"] for c in robust["curve"].values())
+    beyond = [r for r in robust["rows"] if "ensemble-size curve" in r["quantity"]]
+    assert {(r["metric"], "3 samples" in r["quantity"]) for r in beyond} == {("error", True), ("nll", True)}
+    assert (folder / "figures" / "robustness_curve.png").is_file()
     withheld = [r for r in results["claims"]["ensembles"]["rows"] if r.get("note")]
     S = len(results["run"]["seeds"])  # the one ensemble of all seeds has no seed level; smaller ones have
     assert withheld and all(r["a"] == f"deep ensemble of {S}" for r in withheld)
