@@ -5,8 +5,8 @@ from ops.plots.featuremaps import fourier_figure, variance_figure
 from ops.plots.landscapes import landscape_figure
 
 
-def _ensemble_size(lines, bands):
-    return [ensemble_size_figure(lines, intervals=bands)]
+def _ensemble_size(lines, bands, title=None):
+    return [ensemble_size_figure(lines, intervals=bands, title=title)]
 
 
 def _landscapes(lands):

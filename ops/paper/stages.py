@@ -483,7 +483,8 @@ def _corruption_curve(ctx, cset, clean, cells, skip) -> tuple[list, dict]:
             h = ctx.mean({a: units["mcdo"][key][m], b: units["mcdo_smoothing"][key][m]})
             rows.append(row(h, a, b, metric, f"{what}, {m} samples (the ensemble-size curve, {n} images per cell)",
                             stat="mean", direction="lower"))
-    ctx.figure("robustness_curve", "ensemble_size", lines, None)
+    ctx.figure("robustness_curve", "ensemble_size", lines, None,
+               f"On corrupted images: {len(cells)} cells (corruption x severity), {n} images each, mean over seeds")
     return rows, lines
 
 
