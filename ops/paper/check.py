@@ -1,6 +1,9 @@
 """`python -m ops.paper --check`: validate a set config for the report and say what a run would still need
 (networks, data, the official -C set), running nothing. This is what can be done here for CIFAR-100."""
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ops.data import datasets
 from ops.data.corruptions import OFFICIAL_C
@@ -8,8 +11,12 @@ from ops.paper import settings as settings_mod
 from ops.paper.pipeline import PaperError, network_paths
 from ops.train import configs, sets
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def check(config, quick=False, seeds=None, resources=None, verbose=True) -> dict:
+
+def check(config: str | Path, quick: bool = False, seeds: Sequence[int] | None = None,
+          resources: str | Path | None = None, verbose: bool = True) -> dict:
     """{"config": [problems with the config and settings], "missing": [what a run would lack]}; prints both."""
     problems, missing = [], []
     try:

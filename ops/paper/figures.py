@@ -1,8 +1,16 @@
 """The report's figures: each stage names a kind and hands over its data; the drawing lives in ops.plots."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from ops.plots import claims as claim_plots
 from ops.plots.classification import ensemble_size_figure, save_figure
 from ops.plots.featuremaps import fourier_figure, variance_figure
 from ops.plots.landscapes import landscape_figure
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 
 def _ensemble_size(lines, bands, title=None):
@@ -23,7 +31,7 @@ KINDS = {"ensemble_size": _ensemble_size, "forest": lambda *a: [claim_plots.fore
          "landscapes": _landscapes}
 
 
-def draw(path, kind, *data) -> list:
+def draw(path: Path, kind: str, *data: Any) -> list[Path]:
     """Draw the figures of `kind` from `data` and save them as PNG: `path`, then `path-2`, ...; returns the
     paths."""
     paths = []

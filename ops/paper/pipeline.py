@@ -9,11 +9,14 @@ A run folder holds run.json (settings, networks with their sha256, data, machine
 stages/<stage>.json (each finished stage's results under that fingerprint), figures/ and the report. Resuming a
 folder whose fingerprint differs (other settings, networks or data) is refused; one writer per folder (a lock).
 """
+from __future__ import annotations
+
 import copy
 import hashlib
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +32,12 @@ from ops.paper import settings as settings_mod
 from ops.paper.cache import NetworkCache, load_array
 from ops.paper.claims import CLAIMS
 from ops.train import pretrained, runs, sets
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    import torch.nn as nn
 
 # Forward cost of each variant relative to resnet_mcdo_18 (for the time-left estimate only).
 COST = {"mcdo": 1.0, "mcdo_smoothing": 1.25, "dnn": 0.8, "dnn_smoothing": 1.05, "mcdo_mlp": 2.5, "mcdo_preact": 1.0,
@@ -67,7 +76,7 @@ def planned_units(s: dict, n_seeds: int) -> dict:
     }.items()}
 
 
-def sha256(path, chunk=1 << 20) -> str:
+def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -99,13 +108,14 @@ class Context:
         self.memory, self.results, self.figures, self.stage = {}, {}, {}, None
         self._nets = {}
 
-    def nets(self, variant) -> list:
+    def nets(self, variant: str) -> list[tuple[int, nn.Module]]:
         """[(seed, model in eval())] of the variant: loaded from disk once, and a fresh copy of the loaded network
         on every call, so that nothing a stage does to its networks (channels_last, BatchNorm folding, switched
         MC dropout) reaches a later stage: a resumed run computes what an uninterrupted one computes."""
         return [(seed, load()) for seed, load in self._each_net(variant)]
 
-    def each(self, variant, stage, settings, compute) -> list:
+    def each(self, variant: str, stage: str, settings: Any, compute: Callable[[nn.Module], dict]
+             ) -> list[tuple[int, dict]]:
         """[(seed, compute(network))] over the variant's networks, each from the per-network cache where this stage
         with these `settings` has already seen that network (ops.paper.cache): only new networks are computed.
         `compute` must depend on nothing but the network, the settings and what the cache's base holds."""
@@ -123,20 +133,20 @@ class Context:
             return copy.deepcopy(self._nets[variant, seed])
         return [(seed, lambda seed=seed, path=path: load(seed, path)) for seed, path in self.paths[variant].items()]
 
-    def loader(self, n):
+    def loader(self, n: int) -> DeviceLoader:
         """The first n test images, in batches of the run's batch size."""
         return DeviceLoader(corrupted_sets.take(self.test, n), self.s["batch_size"], device=self.device)
 
-    def bootstrap(self, arms, targets, paired_seeds=False):
+    def bootstrap(self, arms: dict, targets: torch.Tensor, paired_seeds: bool = False) -> dict:
         return hierarchical_bootstrap(arms, targets, n_boot=self.s["n_boot"], level=self.s["level"],
                                       seed=self.s["seed"], paired_seeds=paired_seeds)
 
-    def save_arrays(self, stage, arrays):
+    def save_arrays(self, stage: str, arrays: dict[str, torch.Tensor]) -> None:
         """Tensors a later stage needs again after a resume: arrays/<stage>/<name>.npy (no pickles)."""
         for name, t in arrays.items():
             save_array(self.folder / "arrays" / stage / f"{plain_name(name)}.npy", t.numpy())
 
-    def load_arrays(self, stage, names=None) -> dict:
+    def load_arrays(self, stage: str, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """The arrays a stage saved (save_arrays); `names`: the ones the caller needs (each must be there). A
         missing, damaged or foreign (symlinked out of the run folder) file is named with the fix."""
         folder = self.folder / "arrays" / stage
@@ -150,17 +160,17 @@ class Context:
                              f"{' and more' if len(missing) > 5 else ''}: {fix}")
         return {name: load_array(path, self.folder, "the run folder", PaperError, fix) for name, path in files.items()}
 
-    def mean(self, arms, paired=True):
+    def mean(self, arms: dict, paired: bool = True) -> dict:
         return hierarchical_mean(arms, n_boot=self.s["n_boot"], level=self.s["level"], seed=self.s["seed"],
                                  paired=paired)
 
-    def figure(self, name, kind, *data):
+    def figure(self, name: str, kind: str, *data: Any) -> None:
         from ops.paper import figures
 
         paths = figures.draw(self.folder / "figures" / f"{name}.png", kind, *data)
         self.figures.setdefault(self.stage, []).extend(str(p.relative_to(self.folder)) for p in paths)
 
-    def gifs(self, lands) -> list:
+    def gifs(self, lands: dict) -> list[str]:
         from ops.plots.landscapes import animate_masks
 
         out = []
@@ -175,20 +185,20 @@ class Context:
 DEFAULT_CONFIG = "configs/fashion_mnist_reference.json"
 
 
-def duration(seconds) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def variant_seeds(spec, variant, seeds) -> list:
+def variant_seeds(spec: dict, variant: str, seeds: Sequence[int]) -> list[int]:
     """The seeds of `seeds` that the set trains for `variant` (an entry may list fewer seeds than the set)."""
     own = spec["networks"][variant].get("seeds", spec["seeds"])
     return [seed for seed in seeds if seed in own]
 
 
-def network_paths(spec, seeds, dataset, resources) -> dict:
+def network_paths(spec: dict, seeds: Sequence[int], dataset: str, resources: str | Path) -> dict:
     """{variant: {seed: checkpoint}} of the five reference variants; raises naming everything missing."""
     missing_variants = [v for v in pretrained.REFERENCE_VARIANTS if v not in spec["networks"]]
     if missing_variants:
@@ -239,7 +249,7 @@ def _with_card(path):
 SPECIAL_VARIANTS = ("mcdo_preact", "mcdo_relu6")
 
 
-def complete_seeds(spec, dataset, resources) -> tuple:
+def complete_seeds(spec: dict, dataset: str, resources: str | Path) -> tuple:
     """(seeds whose every reference network is in `resources`, the set's other seeds): what a run without --seeds
     analyses while a set is still being trained."""
     done, partial = [], []
@@ -252,7 +262,7 @@ def complete_seeds(spec, dataset, resources) -> tuple:
     return done, partial
 
 
-def weights_digest(path) -> str:
+def weights_digest(path: str | Path) -> str:
     """sha256 of a checkpoint's tensors (names, dtypes, shapes and values), whatever else its file holds: two files
     with equal digests are the same network, even if re-saved."""
     from models.checkpoints import read_checkpoint
@@ -289,7 +299,7 @@ def _card_problems(card, network, check_recipe) -> list:
     return problems
 
 
-def check_networks(paths, networks, check_recipe=True) -> None:
+def check_networks(paths: dict, networks: Sequence, check_recipe: bool = True) -> None:
     """Refuse, naming the file, a network that is not the set's: a card of another recipe (check_recipe), of
     another seed, model or uid than its file name says, or weights equal to another network's (a copied seed
     would narrow every interval)."""
@@ -323,7 +333,7 @@ def _default_seeds(spec, seeds, dataset, resources, given) -> list:
     return done
 
 
-def load_data(cfg, smoke):
+def load_data(cfg: dict, smoke: bool) -> tuple:
     """(train, test) of the set's dataset (synthetic stand-ins for the smoke run)."""
     if smoke:
         return datasets.get_dataset("synthetic", n_train=512, n_test=256)
@@ -340,7 +350,7 @@ def _fingerprint(meta) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cache_base(meta, s, train) -> dict:
+def cache_base(meta: dict, s: dict, train: Any) -> dict:
     """What every per-network cache entry of this run shares besides the network and the stage's settings: the
     data (test and training images), the MC seed and batch, the device, the machine kind, torch and the claims."""
     return {"dataset": meta["dataset"], "test": meta["test"], "seed": s["seed"], "batch_size": s["batch_size"],
@@ -349,7 +359,8 @@ def cache_base(meta, s, train) -> dict:
             "claims_version": meta["claims_version"]}
 
 
-def describe(config, s, seeds, paths, dataset, test, device) -> dict:
+def describe(config: str | Path, s: dict, seeds: Sequence[int], paths: dict, dataset: str, test: Any,
+             device: torch.device) -> dict:
     """What the run is: settings, the config's content, networks with their sha256, data, device and torch (MC
     streams differ between devices and versions). Its hash is the run's fingerprint."""
     nets = {v: {str(seed): {"path": str(p), "sha256": sha256(p)} for seed, p in by.items()} for v, by in paths.items()}
@@ -411,7 +422,7 @@ def _read_stage(folder, path):
     return saved
 
 
-def corrupted_root(out, s, test) -> Path:
+def corrupted_root(out: str | Path, s: dict, test: Any) -> Path:
     """Where the generated -C set of these settings is cached: one folder per source images and corruption
     settings, so that runs with other settings (QUICK, an override) never meet a set they would refuse."""
     r = {k: v for k, v in s["robustness"].items() if k != "sizes"}
@@ -423,7 +434,7 @@ def _stage_rate(done_units, seconds):
     return done_units / seconds if seconds > 0 else PRIOR_RATE
 
 
-def run_stages(ctx, fingerprint, plan) -> dict:
+def run_stages(ctx: Context, fingerprint: str, plan: dict) -> dict:
     """Run (or keep, if finished under this fingerprint) every stage, printing stage i of 7 and the time left."""
     from ops.paper import stages
 
@@ -450,7 +461,7 @@ def run_stages(ctx, fingerprint, plan) -> dict:
     return timings
 
 
-def resumed_seeds(out, uid, seeds, smoke):
+def resumed_seeds(out: str | Path, uid: str | None, seeds: Sequence[int] | None, smoke: bool) -> list | None:
     """The seeds to analyse: those given, else a resumed run's own (its run.json: the set may have grown since it
     started, and a run never changes its seeds), else None (the set's trained seeds are chosen later)."""
     if seeds is not None or uid is None or smoke:
@@ -462,8 +473,9 @@ def resumed_seeds(out, uid, seeds, smoke):
     return stored if isinstance(stored, list) and stored else None
 
 
-def run(config=DEFAULT_CONFIG, quick=False, smoke=False, seeds=None, resources=None, out="runs/paper", uid=None,
-        device=None) -> Path:
+def run(config: str | Path = DEFAULT_CONFIG, quick: bool = False, smoke: bool = False,
+        seeds: Sequence[int] | None = None, resources: str | Path | None = None, out: str | Path = "runs/paper",
+        uid: str | None = None, device: str | torch.device | None = None) -> Path:
     """Run the report (see the module docstring); returns the run folder."""
     from ops.paper import report, smoke as smoke_set
     from ops.train import configs

@@ -1,6 +1,8 @@
 """The report of a paper run: report.md, report.html (figures embedded) and results.json, from the stages'
 results. The document is a list of blocks (heading, paragraph, table, image) rendered twice, so the Markdown and
 the HTML always say the same."""
+from __future__ import annotations
+
 import base64
 import datetime
 import html
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from models.atomic import write_json, write_text
 from ops.paper.claims import CLAIMS
+
 
 PERCENT = {"acc", "ece", "error", "auroc"}
 METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test units. Values are means over "
@@ -28,7 +31,7 @@ METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test
           "no verdict. Accuracy, ECE and errors are in percent, their differences in points.")
 
 
-def fmt(metric, value) -> str:
+def fmt(metric: str, value: float) -> str:
     """'estimate [low, high]' in the metric's units (accuracy, ECE and error in percent)."""
     if isinstance(value, (list, tuple)):
         est, low, high = value
@@ -118,7 +121,7 @@ def _claim_blocks(c, result, figures) -> list:
     return blocks
 
 
-def blocks(meta, results, figures, timings, total) -> list:
+def blocks(meta: dict, results: dict, figures: dict, timings: dict, total: float) -> list:
     s = meta["settings"]
     out = _header(meta, timings, total)
     out += [("h2", "Verdicts"), _verdict_table(results),
@@ -128,7 +131,7 @@ def blocks(meta, results, figures, timings, total) -> list:
     return out
 
 
-def to_markdown(doc) -> str:
+def to_markdown(doc: list) -> str:
     lines = []
     for b in doc:
         if b[0] in ("h1", "h2"):
@@ -153,7 +156,7 @@ def _inline(text) -> str:
     return "".join(out)
 
 
-def to_html(doc, folder) -> str:
+def to_html(doc: list, folder: Path) -> str:
     body = []
     for b in doc:
         if b[0] in ("h1", "h2"):
@@ -174,7 +177,7 @@ def to_html(doc, folder) -> str:
            + "\n".join(body) + "</body></html>\n"
 
 
-def write(folder, meta, results, figures, timings, total) -> Path:
+def write(folder: Path, meta: dict, results: dict, figures: dict, timings: dict, total: float) -> Path:
     """report.md, report.html and results.json in `folder`; returns the Markdown's path."""
     folder = Path(folder)
     doc = blocks(meta, results, figures, timings, total)
@@ -185,7 +188,7 @@ def write(folder, meta, results, figures, timings, total) -> Path:
     return write_text(folder / "report.md", to_markdown(doc))
 
 
-def verdicts(results_json) -> list:
+def verdicts(results_json: str | Path) -> list:
     """[(claim number, title, quantity, verdict)] of the primary rows of a results.json (for the README)."""
     data = json.loads(Path(results_json).read_text()) if not isinstance(results_json, dict) else results_json
     titles = data.get("titles") or FIRST_TITLES  # the titles the report was written with

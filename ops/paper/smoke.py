@@ -1,16 +1,23 @@
 """The CI smoke run's reference set: tiny untrained networks of every variant, exported with cards as a
 trained set would be, so that the whole report runs in seconds on synthetic data."""
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 import models
 from ops.train import pretrained
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 WIDTH = 4  # channels of the first stage: the networks only have to run, not to be good
 
 
-def make_set(root, spec, seeds, dataset="synthetic", num_classes=10) -> Path:
+def make_set(root: str | Path, spec: dict, seeds: Sequence[int], dataset: str = "synthetic",
+             num_classes: int = 10) -> Path:
     """Write `{root}/{dataset}/{model}/{dataset}_{model}_{set}-{variant}-s{seed}.pth.tar` + card for every
     variant of the set config's `spec` and every seed; returns root."""
     root = Path(root)

@@ -6,10 +6,13 @@ A row is one paired comparison "claimed arm (b) - other arm (a)": both arms' val
 difference's interval (ops.evaluate.intervals.verdict). `primary` rows decide the claim; the others show
 detail. Each function receives the run's Context (ops.paper.pipeline) and writes its figures through it.
 """
+from __future__ import annotations
+
 import copy
 import hashlib
 import itertools
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +23,13 @@ from ops.data import corrupted_sets
 from ops.data.loaders import DeviceLoader
 from ops.evaluate import engine, metrics
 from ops.evaluate.intervals import verdict
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    import torch.nn as nn
+
+    from ops.paper.pipeline import Context
 
 KEYS = ("nll", "acc", "ece")
 NAMES = {"nll": "NLL", "acc": "accuracy", "ece": "ECE"}
@@ -32,7 +42,8 @@ def better(metric: str) -> str:
     return "higher" if metric == "acc" else "lower"
 
 
-def row(h, a, b, metric, quantity, primary=False, margin=0.0, stat=None, direction=None, paired=False) -> dict:
+def row(h: dict, a: str, b: str, metric: str, quantity: str, primary: bool = False, margin: float = 0.0,
+        stat: str | None = None, direction: str | None = None, paired: bool = False) -> dict:
     """A row from a hierarchical interval `h` (arms a and b, b the claimed arm); stat: the key in `h`. Without
     a seed level (an arm of one network) the verdict is withheld: 'not resolved', with a note."""
     stat = stat or metric
@@ -53,7 +64,7 @@ def row(h, a, b, metric, quantity, primary=False, margin=0.0, stat=None, directi
     return out
 
 
-def seed_directions(a, b, better, paired=False) -> dict:
+def seed_directions(a: Sequence[float], b: Sequence[float], better: str, paired: bool = False) -> dict:
     """How many seeds point the claimed way: each network of arm b against the mean of arm a (independently
     trained arms have no natural pairing: seed i of one variant is not seed i of another), or network i against
     network i where both arms are the same networks (paired). {"better": k, "of": S, "text": "3 of 5 seeds lower",
@@ -64,7 +75,7 @@ def seed_directions(a, b, better, paired=False) -> dict:
     return {"better": k, "of": len(b), "text": f"{k} of {len(b)} seeds {better}", "all_claimed": k == len(b) > 1}
 
 
-def combined(verdicts) -> str:
+def combined(verdicts: Iterable[str]) -> str:
     """"X at every size": supported if supported everywhere, contradicted if contradicted anywhere."""
     verdicts = list(verdicts)
     if verdicts and all(v == "supported" for v in verdicts):
@@ -93,7 +104,7 @@ def _predictions(ctx, variant, sizes, images):
     return out, targets
 
 
-def equivalent_size(plain_curve, value) -> float:
+def equivalent_size(plain_curve: dict[int, float], value: float) -> float:
     """The number of plain MC samples whose NLL equals `value`, linearly interpolated on `plain_curve` ({n: NLL},
     decreasing in n): inf where even the largest size is worse than `value`, 0 where size 1 is already better."""
     sizes = sorted(plain_curve)
@@ -145,7 +156,7 @@ def _relative_margins(curves, M) -> dict:
 RELATIVE_MARGIN = 0.1
 
 
-def sweep(ctx) -> dict:
+def sweep(ctx: Context) -> dict:
     """Claims 1 and 2: MC dropout vs MC dropout + smoothing at every ensemble size, and 2-sample smoothing vs the
     plain network's largest size (the equivalent ensemble size, and a margin relative to the 1 -> M gain)."""
     s = ctx.s["sweep"]
@@ -201,7 +212,7 @@ def sweep(ctx) -> dict:
     return {"rows": rows + every, "curves": curves, "images": len(targets), "margins": margins}
 
 
-def deterministic(ctx) -> dict:
+def deterministic(ctx: Context) -> dict:
     """Claim 2: deterministic networks with and without smoothing (one pass each)."""
     n = ctx.s["sweep"]["images"]
     plain, t = _predictions(ctx, "dnn", [1], n)
@@ -224,7 +235,7 @@ def _deep_ensembles(members, k):
     return out
 
 
-def ensembles(ctx) -> dict:
+def ensembles(ctx: Context) -> dict:
     """Claim 3: deep ensembles of independently trained deterministic networks beside MC dropout (+ smoothing)."""
     n_img = ctx.s["sweep"]["images"]
     if "dnn" in ctx.memory:
@@ -434,7 +445,7 @@ ROBUSTNESS_ROWS = (("mce", "mCE (mean error over the cells, not AlexNet-normalis
                    ("rel", "relative mCE (corruption error - clean error)", "error"))
 
 
-def robustness_stage(ctx) -> dict:
+def robustness_stage(ctx: Context) -> dict:
     """Claim 4: corrupted test images (15 corruptions x 5 severities), MC dropout at each size and deterministic
     networks, with and without smoothing: mCE, NLL and ECE under corruption (primary at one sample), relative mCE."""
     r = ctx.s["robustness"]
@@ -503,7 +514,7 @@ def _by_severity(per_cell, severities, sizes) -> dict:
     return out
 
 
-def featuremaps(ctx) -> dict:
+def featuremaps(ctx: Context) -> dict:
     """Claim 5: MC variance of the stage outputs and their high-frequency amplitude, smoothing vs plain."""
     f = ctx.s["featuremaps"]
     images = next(iter(DeviceLoader(corrupted_sets.take(ctx.test, f["images"]), f["images"])))[0]
@@ -542,7 +553,7 @@ def featuremaps(ctx) -> dict:
     return {"rows": rows, "points": points, "variance": summary, "frequencies": at}
 
 
-def following_points(net, points) -> list:
+def following_points(net: nn.Module, points: Sequence[str]) -> list[str]:
     """The end of the stage after each smoothed point (smoothK -> layerK+1, where the network has it): there a blur
     is no longer trivially a low-pass, so a lower MC variance or less high frequency is not true by construction."""
     names = dict(net.named_modules())
@@ -610,7 +621,7 @@ LANDSCAPE_STATS = (("rise", "mean rise of the loss over the grid (per mask)", Tr
                    ("spread", "spread of the loss across MC masks (one value per network)", False, True))
 
 
-def landscapes_stage(ctx) -> dict:
+def landscapes_stage(ctx: Context) -> dict:
     """Claim 6: loss landscapes of the MLP head, the GAP head and GAP + smoothing. Primary: the original
     notebook's grid (+-0.1, its direction normalisation, training images, one mask per landscape): rise and
     roughness. Secondary: a filter-normalised +-1 grid with several masks: their spread, and the GIFs."""
@@ -642,7 +653,7 @@ def landscapes_stage(ctx) -> dict:
             "gifs": out["gifs"]}
 
 
-def hessians_stage(ctx) -> dict:
+def hessians_stage(ctx: Context) -> dict:
     """Claim 7: the top Hessian eigenvalue of each mini-batch (the same batches for all): plain vs smoothing, and
     the MLP head vs the GAP head."""
     hs = ctx.s["hessians"]
@@ -695,7 +706,7 @@ def _train_nll(ctx, variant, n) -> list:
     return [r["nll"] for _, r in ctx.each(variant, "train_nll", {"train_images": n}, compute)]
 
 
-def special(ctx) -> dict:
+def special(ctx: Context) -> dict:
     """Claim 8: GAP, pre-activation and ReLU6 against the plain MC dropout network (test NLL, accuracy and ECE at
     1 sample and the largest size), and the MLP vs GAP heads' training NLL. Variants not trained yet are named."""
     sp, rows, missing = ctx.s["special"], [], []
