@@ -88,9 +88,11 @@ class LockedError(RuntimeError):
 
 @contextlib.contextmanager
 def exclusive(lock_path: Path | str, what: str = "this folder",
-              advice: str = "Wait for it to finish, stop it, or write elsewhere.") -> Iterator[None]:
+              advice: str = "Wait for it to finish, stop it, or write elsewhere.",
+              wait: bool = False) -> Iterator[None]:
     """One writer at a time: an exclusive flock on `lock_path` (released by the kernel even if the holder is
-    killed), holding this process's pid, host and start; a second writer gets LockedError naming the holder."""
+    killed), holding this process's pid, host and start; a second writer gets LockedError naming the holder, or
+    (wait=True) says whom it waits for and waits."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock_path, "a+")
@@ -99,8 +101,11 @@ def exclusive(lock_path: Path | str, what: str = "this folder",
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
-        handle.close()
-        raise LockedError(f"{what} is in use by {holder}. {advice}") from None
+        if not wait:
+            handle.close()
+            raise LockedError(f"{what} is in use by {holder}. {advice}") from None
+        print(f"{what} is in use by {holder}: waiting for it", flush=True)
+        fcntl.flock(handle, fcntl.LOCK_EX)
     try:
         handle.seek(0)
         handle.truncate()

@@ -13,10 +13,11 @@ are missing, damaged or links out of the cache, is refused with the path and the
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,22 @@ def _canonical(obj: Any) -> Any:
 
 
 def _int_keys(obj: Any) -> Any:
-    """Keys of digits back to ints (JSON keeps keys as strings; the stages key sizes and seeds by int)."""
+    """Keys that are an int written out ("5", never "05" or "²") back to ints (JSON keeps keys as strings; the
+    stages key sizes and seeds by int)."""
     if isinstance(obj, dict):
-        return {int(k) if k.isdigit() else k: _int_keys(v) for k, v in obj.items()}
+        return {int(k) if k.isascii() and k.isdecimal() and str(int(k)) == k else k: _int_keys(v)
+                for k, v in obj.items()}
     return [_int_keys(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def code_digest() -> str:
+    """sha256 of the library's source (every .py file of models/ and ops/): an entry is only ever read by the code
+    that computed it, so a fix anywhere in the computation is never hidden by an older result."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for path in sorted([*root.glob("models/**/*.py"), *root.glob("ops/**/*.py")]):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 class NetworkCache:
@@ -59,8 +72,22 @@ class NetworkCache:
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32], what
 
     def folder(self, stage: str, network: str, settings: Any) -> Path:
-        """The entry's folder (for a computation that keeps its own resumable files there)."""
+        """The entry's folder."""
         return self.root / stage / self.key(stage, network, settings)[0]
+
+    @contextlib.contextmanager
+    def workspace(self, stage: str, network: str, settings: Any) -> Iterator[Path]:
+        """The entry's folder for a computation that keeps its own resumable, fingerprinted files there (a landscape
+        grid): held by this process while in use (another process waits), refused if it or a file in it is a link."""
+        key, _ = self.key(stage, network, settings)
+        folder = self.root / stage / key
+        with exclusive(self.root / stage / f"{key}.lock", f"the paper cache entry {folder}", wait=True):
+            found = [folder, *(folder.iterdir() if folder.is_dir() and not folder.is_symlink() else [])]
+            links = [p for p in found if not inside(p, self.root)]
+            if links:
+                raise CacheError(f"{links[0]} is a link, not a file this cache wrote; delete {folder} (a cache "
+                                 f"entry: it is computed again)")
+            yield folder
 
     def get(self, stage: str, network: str, settings: Any, compute: Callable[[], dict]) -> dict:
         """The entry's {name: value} (arrays as torch tensors), from the cache or from `compute()` (then stored).
@@ -71,7 +98,7 @@ class NetworkCache:
         folder = self.root / stage / key
         if (folder / "entry.json").exists():
             return self._read(folder, what)
-        with exclusive(self.root / stage / f"{key}.lock", f"the paper cache entry {folder}"):
+        with exclusive(self.root / stage / f"{key}.lock", f"the paper cache entry {folder}", wait=True):
             if (folder / "entry.json").exists():  # computed by another process meanwhile
                 return self._read(folder, what)
             return self._write(folder, what, compute())

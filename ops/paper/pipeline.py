@@ -29,7 +29,7 @@ from ops.data import corrupted_sets, datasets
 from ops.data.loaders import DeviceLoader
 from ops.evaluate.intervals import hierarchical_bootstrap, hierarchical_mean
 from ops.paper import settings as settings_mod
-from ops.paper.cache import NetworkCache, load_array
+from ops.paper.cache import NetworkCache, code_digest, load_array
 from ops.paper.claims import CLAIMS
 from ops.train import pretrained, runs, sets
 
@@ -352,11 +352,12 @@ def _fingerprint(meta) -> str:
 
 def cache_base(meta: dict, s: dict, train: Any) -> dict:
     """What every per-network cache entry of this run shares besides the network and the stage's settings: the
-    data (test and training images), the MC seed and batch, the device, the machine kind, torch and the claims."""
+    data (test and training images), the MC seed and batch, the device, the machine kind, torch, the claims and the
+    library's source code."""
     return {"dataset": meta["dataset"], "test": meta["test"], "seed": s["seed"], "batch_size": s["batch_size"],
             "train": {"n": len(train), "sha1": corrupted_sets.fingerprint(train.images, train.labels)},
             "device": meta["device"], "machine_kind": meta["machine_kind"], "torch": meta["torch"],
-            "claims_version": meta["claims_version"]}
+            "claims_version": meta["claims_version"], "code": code_digest()}
 
 
 def describe(config: str | Path, s: dict, seeds: Sequence[int], paths: dict, dataset: str, test: Any,

@@ -132,6 +132,9 @@ def _consistency(s) -> list:
                             f"{land['n']!r}")
         if land["norm"] not in NORMS:
             problems.append(f"paper.{key}.norm must be one of {NORMS}, got {land['norm']!r}")
+        if key == "landscapes_filter" and land["masks"] < 2:
+            problems.append("paper.landscapes_filter.masks must be at least 2: its primary row is the spread of "
+                            "the loss across MC masks")
         if not land["scale"] > 0:
             problems.append(f"paper.{key}.scale must be > 0 (the grid spans -scale..scale), got {land['scale']!r}")
     if s["featuremaps"]["groups"] > s["featuremaps"]["images"]:

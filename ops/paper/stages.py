@@ -605,10 +605,10 @@ def _landscapes(ctx, key) -> tuple[dict, dict]:
         summaries[variant] = []
         for seed, net in ctx.nets(variant):
             # the grid's resumable folder is the network's cache entry: another run over this network reads it
-            land = landscapes.landscape(net, ctx.train, n=ls["n"], scale=ls["scale"], norm=ls["norm"],
-                                        n_masks=ls["masks"], seed=ctx.s["seed"], n_images=ls["images"],
-                                        batch_size=ctx.s["batch_size"], progress=True,
-                                        path=ctx.cache.folder("landscape", ctx.shas[variant][seed], ls))
+            with ctx.cache.workspace("landscape", ctx.shas[variant][seed], ls) as folder:
+                land = landscapes.landscape(net, ctx.train, n=ls["n"], scale=ls["scale"], norm=ls["norm"],
+                                            n_masks=ls["masks"], seed=ctx.s["seed"], n_images=ls["images"],
+                                            batch_size=ctx.s["batch_size"], progress=True, path=folder)
             summaries[variant].append(landscapes.summary(land))
             first.setdefault(variant, land)
     return summaries, first
@@ -630,8 +630,8 @@ def landscapes_stage(ctx: Context) -> dict:
     for key, protocol in (("landscapes", "original grid"), ("landscapes_filter", "filter-normalised grid")):
         ls = ctx.s[key]
         summaries, first = _landscapes(ctx, key)
-        where = (f"{protocol}: +-{ls['scale']:g}, {ls['n']} x {ls['n']}, {ls['images']} training images, "
-                 f"{ls['masks']} mask{'s' * (ls['masks'] > 1)}")
+        where = (f"{protocol}: +-{ls['scale']:g}, {ls['norm']} directions, {ls['n']} x {ls['n']}, "
+                 f"{ls['images']} training images, {ls['masks']} mask{'s' * (ls['masks'] > 1)}")
         for lo, hi, name in (("mcdo_mlp", "mcdo", "GAP head vs MLP head"),
                              ("mcdo", "mcdo_smoothing", "GAP + smoothing vs GAP head")):
             a, b = label[lo], label[hi]

@@ -458,9 +458,11 @@ def train(config: dict = None, model_name: str = None, overrides: Sequence[str] 
                 save_epoch(run, epoch + 1)
             if run.world_size > 1:
                 dist.barrier()
-        final = finish(run) if run.is_main else None
-        if run.world_size > 1:  # the other ranks tear their process group down only once rank 0 has exported:
-            dist.barrier()      # rank 1 leaving early aborted once ("terminate called without an active exception")
+        try:
+            final = finish(run) if run.is_main else None
+        finally:  # the other ranks tear their process group down only once rank 0 has exported (or failed to):
+            if run.world_size > 1:  # rank 1 leaving early aborted once ("terminate called without an active
+                dist.barrier()      # exception")
     except KeyboardInterrupt:
         if run.is_main:
             # What the checkpoint file holds, not what was in memory: an interrupt may land between the two.

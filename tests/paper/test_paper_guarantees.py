@@ -285,3 +285,42 @@ def test_a_run_with_one_more_seed_computes_only_the_new_networks_and_gives_the_s
     curves = [json.loads((f / "results.json").read_text())["claims"]["sweep"]["curves"] for f in (first, second)]
     for v in ("mcdo", "mcdo_smoothing"):
         assert {s: curves[1][v][s] for s in ("0", "1")} == curves[0][v]
+
+
+def test_a_second_process_waits_for_a_cache_entry_being_computed_and_reads_it(tmp_path, capsys):
+    """Two runs reaching the same entry: the second waits for the first's lock (saying whom it waits for), then
+    reads what the first wrote; the entry is computed once."""
+    import threading
+
+    from ops.paper.cache import NetworkCache
+
+    cache, calls = NetworkCache(tmp_path / "cache", {}), []
+
+    def slow():
+        calls.append(1)
+        time.sleep(1.0)
+        return {"x": torch.ones(3)}
+
+    first = threading.Thread(target=lambda: cache.get("s", "sha", {}, slow))
+    first.start()
+    while not calls:
+        time.sleep(0.01)
+    second = NetworkCache(tmp_path / "cache", {}).get("s", "sha", {}, slow)  # its own lock handle, as a process
+    first.join()
+    assert len(calls) == 1 and torch.equal(second["x"], torch.ones(3))
+    out = capsys.readouterr().out
+    assert "is in use by pid" in out and "waiting for it" in out
+
+
+def test_a_cache_workspace_with_a_link_is_refused_and_digit_keys_come_back_only_when_plain(tmp_path):
+    from ops.paper.cache import CacheError, NetworkCache, _int_keys
+
+    cache = NetworkCache(tmp_path / "cache", {})
+    with cache.workspace("landscape", "sha", {"n": 3}) as folder:
+        folder.mkdir(parents=True)
+        (folder / "points.rank0.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(CacheError, match=r"points.rank0.jsonl is a link.*delete"):
+        with cache.workspace("landscape", "sha", {"n": 3}):
+            pass
+    assert _int_keys({"5": {"12": 1}, "05": 2, "²": 3, "x": [{"7": 4}]}) == {5: {12: 1}, "05": 2, "²": 3,
+                                                                             "x": [{7: 4}]}
