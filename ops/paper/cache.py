@@ -50,6 +50,11 @@ def _int_keys(obj: Any) -> Any:
     return [_int_keys(v) for v in obj] if isinstance(obj, list) else obj
 
 
+def _array_name(name: object) -> bool:
+    """An entry's array names are words of letters, digits, '-' and '_' (its file is <name>.npy in the entry)."""
+    return isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum()
+
+
 def code_digest() -> str:
     """sha256 of the library's source (every .py file of models/ and ops/): an entry is only ever read by the code
     that computed it, so a fix anywhere in the computation is never hidden by an older result."""
@@ -108,7 +113,7 @@ class NetworkCache:
             shutil.rmtree(folder)
         arrays, values = {}, {}
         for name, v in result.items():
-            if not name.replace("-", "").replace("_", "").isalnum():
+            if not _array_name(name):
                 raise ValueError(f"cache entry names are plain words, got {name!r}")
             if isinstance(v, (torch.Tensor, np.ndarray)):
                 arrays[name] = torch.as_tensor(v).cpu()
@@ -134,7 +139,7 @@ class NetworkCache:
                              f"foreign); {fix}")
         out = _int_keys(stored["values"])
         for name in stored["arrays"]:
-            if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            if not _array_name(name):
                 raise CacheError(f"{entry} names an array {name!r} this cache never writes; {fix}")
             out[name] = load_array(folder / f"{name}.npy", folder, "the cache entry", CacheError, fix)
         return out
