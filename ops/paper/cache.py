@@ -33,12 +33,24 @@ class CacheError(ValueError):
 
 
 def _plain(o: Any) -> Any:
-    return o.tolist() if hasattr(o, "tolist") else str(o)  # numpy and torch scalars and arrays as JSON values
+    if hasattr(o, "tolist"):  # numpy and torch scalars and arrays as JSON numbers and lists
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"a {type(o).__name__} is not a JSON value: a stage or cache entry must hold numbers, strings, "
+                    f"lists, dicts, arrays or paths")
 
 
-def _canonical(obj: Any) -> Any:
-    """`obj` as JSON gives it back (tuples as lists, numpy values as numbers): what an entry stores and compares."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=_plain))
+def _str_keys(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _str_keys(v) for k, v in obj.items()}
+    return [_str_keys(v) for v in obj] if isinstance(obj, (list, tuple)) else obj
+
+
+def canonical(obj: Any) -> Any:
+    """`obj` as JSON gives it back: keys as strings, tuples as lists, numpy and torch values as numbers and lists,
+    paths as strings. What a cache entry stores and compares, and what a stage's result is saved as."""
+    return json.loads(json.dumps(_str_keys(obj), default=_plain))
 
 
 def _int_keys(obj: Any) -> Any:
@@ -69,11 +81,11 @@ class NetworkCache:
     """Results per (stage, network, settings) under `root`, shared by every paper run that names the same root."""
 
     def __init__(self, root: Path | str, base: dict):
-        self.root, self.base = Path(root), _canonical(base)
+        self.root, self.base = Path(root), canonical(base)
 
     def key(self, stage: str, network: str, settings: Any) -> tuple[str, dict]:
         """(hex key, what it stands for) of one entry."""
-        what = _canonical({**self.base, "stage": stage, "network": network, "settings": settings})
+        what = canonical({**self.base, "stage": stage, "network": network, "settings": settings})
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32], what
 
     def folder(self, stage: str, network: str, settings: Any) -> Path:
@@ -120,7 +132,7 @@ class NetworkCache:
                 save_array(folder / f"{name}.npy", arrays[name].numpy())
             else:
                 values[name] = v
-        values = _canonical(values)
+        values = canonical(values)
         write_json(folder / "entry.json", {"what": what, "arrays": sorted(arrays), "values": values})
         return _int_keys(values) | arrays
 

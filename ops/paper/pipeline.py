@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from models.atomic import exclusive, read_json, save_array, write_json
@@ -29,7 +28,7 @@ from ops.data import corrupted_sets, datasets
 from ops.data.loaders import DeviceLoader
 from ops.evaluate.intervals import hierarchical_bootstrap, hierarchical_mean
 from ops.paper import settings as settings_mod
-from ops.paper.cache import NetworkCache, code_digest, load_array
+from ops.paper.cache import NetworkCache, canonical, code_digest, load_array
 from ops.paper.claims import CLAIMS
 from ops.train import pretrained, runs, sets
 
@@ -71,8 +70,9 @@ def planned_units(s: dict, n_seeds: int) -> dict:
         * (COST["mcdo_mlp"] + COST["mcdo"] + COST["mcdo_smoothing"]),
         "hessians": hs["batches"] * hs["batch_size"] * hs["max_iter"] * 6 * (COST["mcdo_mlp"] + COST["mcdo"]
                                                                              + COST["mcdo_smoothing"]),
-        "special": sp["images"] * max(sp["sizes"]) * (COST["mcdo_preact"] + COST["mcdo_relu6"] + COST["mcdo"]
-                                                      + COST["mcdo_mlp"]) + sp["train_images"] * 2 * COST["mcdo_mlp"],
+        "special": sp["images"] * max(sp["sizes"]) * (COST["mcdo_preact"] + COST["mcdo_relu6"] + COST["mcdo_mlp"]
+                                                      + COST["mcdo"] * (sp["images"] != sw["images"]))  # else: sweep's
+        + sp["train_images"] * 2 * COST["mcdo_mlp"],
     }.items()}
 
 
@@ -82,20 +82,6 @@ def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 class Context:
@@ -453,7 +439,7 @@ def run_stages(ctx: Context, fingerprint: str, plan: dict) -> dict:
         left = sum(plan[k] for k in keys[i - 1:]) / _stage_rate(done_units, measured)
         print(f"[stage {i} of {len(keys)}] {title}; time left: about {duration(left)}", flush=True)
         ctx.stage, start = key, time.time()
-        result = json.loads(json.dumps(_jsonable(stages.STAGES[key](ctx))))
+        result = canonical(stages.STAGES[key](ctx))
         timings[key] = time.time() - start
         done_units, measured = done_units + plan[key], measured + timings[key]
         write_json(cached, {"fingerprint": fingerprint, "result": result, "figures": ctx.figures.get(key, []),

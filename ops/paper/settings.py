@@ -47,7 +47,7 @@ QUICK = {
     "landscapes_filter": {"n": 5, "images": 32, "masks": 2},
     "hessians": {"batches": 2, "max_iter": 8},
     "ood": {"images": 200},
-    "special": {"images": 500, "train_images": 500},
+    "special": {"images": 400, "train_images": 500},  # the sweep's images: its MC dropout predictions serve
 }
 
 # The CI smoke run: tiny untrained networks on synthetic data, every stage and section in seconds.
@@ -63,7 +63,7 @@ SMOKE = {
     "landscapes_filter": {"n": 3, "images": 16, "masks": 2},
     "hessians": {"batches": 2, "batch_size": 8, "max_iter": 3},
     "ood": {"images": 16, "sizes": [2]},
-    "special": {"images": 32, "sizes": [1, 2], "train_images": 32},
+    "special": {"images": 64, "sizes": [1, 2], "train_images": 32},  # the sweep's images: its predictions serve
 }
 
 STAGES = ("sweep", "deterministic", "ensembles", "robustness", "featuremaps", "landscapes", "hessians", "special")

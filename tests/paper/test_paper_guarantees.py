@@ -277,6 +277,10 @@ def test_a_run_with_one_more_seed_computes_only_the_new_networks_and_gives_the_s
     entries = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*/*/entry.json")}
     stages = {p.parent.parent.name for p in entries}
     assert {"sweep", "predictions", "robustness", "hessians", "ood", "train_nll"} <= stages
+    networks = {stage: {json.loads(p.read_text())["what"]["network"] for p in entries if p.parent.parent.name == stage}
+                for stage in ("sweep", "predictions")}
+    assert len(networks["sweep"]) == 4 and len(networks["predictions"]) >= 4  # dnn, MLP, pre-act, ReLU6
+    assert not networks["sweep"] & networks["predictions"]  # claim 8 reads the MC networks' sweep, never a 2nd pass
     second = pipeline.run(CONFIG, smoke=True, out=tmp_path, seeds=[0, 1, 2])
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*/*/entry.json")}
     assert all(after[p] == t for p, t in entries.items())  # nothing of the first run was computed again
