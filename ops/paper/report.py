@@ -93,6 +93,7 @@ def _header(meta, timings, total) -> list:
                     f"Time: {total / 60:.1f} min for this invocation; per stage (each when it ran, earlier "
                     f"invocations of a resumed run included): " + ", ".join(f"{k} {v / 60:.1f} min"
                                                                            for k, v in timings.items()) + ".")]
+    blocks += _networks_and_settings(meta)
     if len(meta["seeds"]) < 2:
         blocks.append(("p", "**One seed**: no interval covers training-to-training variation, so every verdict is "
                             "withheld (not resolved); the numbers describe these networks only."))
@@ -102,6 +103,21 @@ def _header(meta, timings, total) -> list:
                             "--check --config configs/cifar100_reference.json` but not run: it needs a GPU, the "
                             "data and that trained set."))
     return blocks
+
+
+def _networks_and_settings(meta) -> list:
+    """The header's record of what was run: every network by its sha256 (the file names are the set's), and each
+    stage's settings as run."""
+    s = meta["settings"]
+    nets = [[v, str(seed), f"`{Path(n['path']).name}`", f"`{n['sha256']}`"]
+            for v, by in meta["networks"].items() for seed, n in by.items()]
+    stages = [[k, f"`{json.dumps(v, separators=(', ', ': '))}`"] for k, v in s.items() if isinstance(v, dict)]
+    other = ", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, dict))
+    return [("p", f"The {len(nets)} networks, by the sha256 of their weights files:"),
+            ("table", ["variant", "seed", "file", "sha256"], nets),
+            ("p", f"The settings of this run ({other}; images and batches are counts, margins in each metric's "
+                  f"units):"),
+            ("table", ["stage", "settings"], stages)]
 
 
 def _claim_blocks(c, result, figures) -> list:
@@ -142,7 +158,7 @@ def to_markdown(doc: list) -> str:
             lines += [f"![{b[2]}]({b[1]})", ""]
         elif b[0] == "table":
             lines += ["| " + " | ".join(b[1]) + " |", "|" + " --- |" * len(b[1])]
-            lines += ["| " + " | ".join(cell.replace("|", "/") for cell in r) + " |" for r in b[2]] + [""]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in b[2]] + [""]
     return "\n".join(lines)
 
 

@@ -50,8 +50,8 @@ def row(h: dict, a: str, b: str, metric: str, quantity: str, primary: bool = Fal
     diff = h[f"{b} - {a}"][stat]
     direction = direction or better(metric)
     if margin:
-        quantity += f" (matches: not worse by more than {100 * margin:g} points)" if metric in ("acc", "ece") \
-            else f" (matches: not worse by more than {margin:g})"
+        quantity += f" (matches: not worse by more than {100 * margin:.3g} points)" if metric in ("acc", "ece") \
+            else f" (matches: not worse by more than {margin:.3g} nats)"
     out = {"quantity": quantity, "metric": metric, "a": a, "b": b, "value_a": h[a][stat], "value_b": h[b][stat],
            "difference": diff, "better": direction, "margin": margin, "verdict": verdict(diff, direction, margin),
            "primary": primary, "seeds": h["seeds"]}
@@ -475,8 +475,8 @@ def robustness_stage(ctx: Context) -> dict:
         for m in sizes:
             for key, what, metric in ROBUSTNESS_ROWS:
                 h = ctx.mean({a: units[pair[0]][key][m], b: units[pair[1]][key][m]})
-                n = f", {m} sample{'s' * (m > 1)}" if pair[0] == "mcdo" else ""
-                rows.append(row(h, a, b, metric, f"{what}{n}", stat="mean", direction="lower",
+                arm = f"MC dropout, {m} sample{'s' * (m > 1)}" if pair[0] == "mcdo" else "deterministic"
+                rows.append(row(h, a, b, metric, f"{arm}: {what}", stat="mean", direction="lower",
                                 primary=(key != "rel" and m == sizes[0])))
     severity = _by_severity({v: per_cell[v] for v in ("mcdo", "mcdo_smoothing")}, r["severities"], mc_sizes)
     ctx.figure("robustness", "severity", severity, mc_sizes)
@@ -504,7 +504,8 @@ def _corruption_curve(ctx, cset, clean, cells, skip) -> tuple[list, dict]:
     for m in (m for m in sizes if m not in skip):
         for key, what, metric in ROBUSTNESS_ROWS[:2]:
             h = ctx.mean({a: units["mcdo"][key][m], b: units["mcdo_smoothing"][key][m]})
-            rows.append(row(h, a, b, metric, f"{what}, {m} samples (the ensemble-size curve, {n} images per cell)",
+            rows.append(row(h, a, b, metric, f"MC dropout, {m} samples: {what} (the ensemble-size curve, {n} "
+                                             f"images per cell)",
                             stat="mean", direction="lower"))
     ctx.figure("robustness_curve", "ensemble_size", lines, None,
                f"On corrupted images: {len(cells)} cells (corruption x severity), {n} images each, mean over seeds")

@@ -88,6 +88,15 @@ def test_the_smoke_report_has_every_claim_with_numbers_an_interval_and_a_verdict
     assert html.count("data:image/gif;base64,") == 3  # MLP head, GAP head, GAP + smoothing
     assert html.count("data:image/png;base64,") >= 7
     assert "smoke test" in md and "--check --config configs/cifar100_reference.json" in md
+    # the header names every network by its sha256 and every stage's settings, before the verdicts
+    header = md.split("## Verdicts")[0]
+    nets = [n for by in results["run"]["networks"].values() for n in by.values()]
+    assert nets and all(f"`{n['sha256']}`" in header for n in nets)
+    assert f"| robustness | `{json.dumps(results['run']['settings']['robustness'], separators=(', ', ': '))}` |" \
+        in header
+    # claim 4's rows say which arm they are (MC dropout at a size, or deterministic)
+    primary = [r["quantity"] for r in robust["rows"] if r["primary"]]
+    assert {q.split(":")[0] for q in primary} == {"MC dropout, 1 sample", "deterministic"}
 
 
 def test_a_killed_run_resumes_with_its_finished_stages_and_refuses_other_settings(smoke_run, tmp_path, capsys):
