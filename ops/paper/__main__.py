@@ -9,7 +9,7 @@ from pathlib import Path
 from models.atomic import LockedError
 from models.naming import uid_problem
 from ops.common.checks import MAX_SEED, is_seed
-from ops.paper import check, pipeline
+from ops.paper import check, pipeline, report
 from ops.train.runs import RunError
 
 # PaperError, ConfigError, SetError, CheckpointError are ValueErrors; data not found is a FileNotFoundError
@@ -27,10 +27,16 @@ def main(argv=None) -> int:
     p.add_argument("--uid", help="resume this run (its finished stages are kept)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--check", action="store_true", help="validate the config and say what is missing; run nothing")
+    p.add_argument("--readme", metavar="RESULTS_JSON", help="write README.md's verdict table from a run's "
+                   "results.json (the committed full run's), then exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
     try:
         _check_arguments(a)
+        if a.readme:
+            report.write_readme_table("README.md", a.readme)
+            print(f"README.md: the verdict table of {a.readme}")
+            return 0
         if a.check:
             problems = check.check(a.config, quick=a.quick, seeds=a.seeds, resources=a.resources)
             return 0 if not problems["config"] else 2

@@ -212,6 +212,40 @@ def verdicts(results_json: str | Path) -> list:
             for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")]
 
 
+def readme_table(results_json: str | Path | dict) -> str:
+    """The README's verdict table (markdown) of a results.json: the primary row of each claim, its difference as
+    the report prints it, its verdict and the per-seed directions. `python -m ops.paper --readme` writes it."""
+    data = json.loads(Path(results_json).read_text()) if not isinstance(results_json, dict) else results_json
+    if not isinstance(data, dict) or not isinstance(data.get("claims"), dict):
+        raise ValueError(f"{results_json} is not the results.json of a paper run (no 'claims'): give the "
+                         f"results.json beside a run's report.md")
+    rows = {(c.number, r["quantity"]): r for c in CLAIMS
+            for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")}
+    lines = ["| # | claim | row (claimed arm - other arm) | difference [95% interval] | verdict | seeds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for n, title, quantity, verdict in verdicts(data):
+        r = rows[n, quantity]
+        diff = "per size: see the report" if r.get("combined") else fmt(r["metric"], r["difference"])
+        cells = [str(n), title, quantity, diff, verdict, r.get("direction", {}).get("text", "")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+README_MARKS = ("<!-- --8<-- [start:verdicts] -->", "<!-- --8<-- [end:verdicts] -->")
+
+
+def write_readme_table(readme: str | Path, results_json: str | Path) -> None:
+    """Replace the table between the README's verdict marks by readme_table(results_json)."""
+    path = Path(readme)
+    text = path.read_text()
+    start, end = (text.find(m) for m in README_MARKS)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no verdict table between {README_MARKS[0]} and {README_MARKS[1]}: put the "
+                         f"two marks where the table belongs")
+    body = f"{README_MARKS[0]}\n\n{readme_table(results_json)}\n\n"
+    write_text(path, text[:start] + body + text[end:])
+
+
 # The claims' titles of reports written before results.json recorded them (the first full run, 3 seeds).
 FIRST_TITLES = {"sweep": "MC dropout + smoothing with 2 samples matches MC dropout with 50",
                 "deterministic": "Smoothing helps deterministic networks too",

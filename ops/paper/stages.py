@@ -630,7 +630,7 @@ def _landscapes(ctx, key) -> tuple[dict, dict]:
 # (statistic, what it measures, primary on the original's grid, primary on the filter-normalised grid)
 LANDSCAPE_STATS = (("rise", "mean rise of the loss over the grid (per mask)", True, False),
                    ("roughness", "roughness: RMS of the loss left by a quadratic fit (per mask)", True, False),
-                   ("curvature", "|curvature| at the centre (per mask)", False, False),
+                   ("curvature", "magnitude of the curvature at the centre (per mask)", False, False),
                    ("spread", "spread of the loss across MC masks (one value per network)", False, True))
 
 
@@ -688,10 +688,11 @@ def hessians_stage(ctx: Context) -> dict:
                          ("mcdo_mlp", "mcdo", "GAP head vs MLP head")):
         a, b = label[lo], label[hi]
         for key, what, primary in (
-                ("magnitude", "|top Hessian eigenvalue| per mini-batch (mean magnitude)", True),
+                ("magnitude", "magnitude of the top Hessian eigenvalue per mini-batch (mean)", True),
                 ("negative", "share of mini-batches whose top eigenvalue is negative", False),
                 ("eigenvalues", "top Hessian eigenvalue per mini-batch, signed (mean)", False),
-                ("normalised", "|top eigenvalue| x ||w||^2 per mini-batch (scale-free, mean)", False)):
+                ("normalised", "magnitude of the top eigenvalue x squared weight norm per mini-batch (scale-free, "
+                               "mean)", False)):
             h = ctx.mean({a: [per[key](s).astype(float) for s in spectra[lo]],  # the same mini-batches for all
                           b: [per[key](s).astype(float) for s in spectra[hi]]})
             rows.append(row(h, a, b, "error" if key == "negative" else key, f"{name}: {what}", stat="mean",

@@ -214,7 +214,7 @@ def _readme_verdict_table():
     for line in text[start:].splitlines()[2:]:
         if not line.startswith("|"):
             break
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # "\|" is a pipe in a cell
         rows.append((int(cells[0]), cells[1], cells[3], cells[4]))
     return rows
 
@@ -235,7 +235,7 @@ def test_the_committed_report_is_a_full_run_of_the_shipped_networks():
 
 
 def test_the_readme_verdict_table_is_the_committed_report():
-    from ops.paper.report import verdicts
+    from ops.paper.report import README_MARKS, readme_table, verdicts
 
     rows = _readme_verdict_table()
     assert [(n, claim, verdict) for n, claim, _, verdict in rows] == \
@@ -244,3 +244,23 @@ def test_the_readme_verdict_table_is_the_committed_report():
     for _, _, difference, _ in rows:
         if "[" in difference:
             assert f"| {difference} |" in report, difference  # the numbers are the report's
+    readme = (ROOT / "README.md").read_text()
+    assert f"{README_MARKS[0]}\n\n{readme_table(COMMITTED / 'results.json')}\n\n{README_MARKS[1]}" in readme
+
+
+def test_the_readme_table_command_writes_the_table_and_names_bad_input(tmp_path, monkeypatch, capsys):
+    from ops.paper.__main__ import main
+    from ops.paper.report import README_MARKS, readme_table
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text(f"# x\n\n{README_MARKS[0]}\n\nold table\n\n{README_MARKS[1]}\n\nafter\n")
+    assert main(["--readme", str(COMMITTED / "results.json")]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "old table" not in text and readme_table(COMMITTED / "results.json") in text and text.endswith("after\n")
+    (tmp_path / "bad.json").write_text('{"run": {}}')
+    assert main(["--readme", "bad.json"]) == 2
+    assert "bad.json is not the results.json of a paper run" in capsys.readouterr().err
+    (tmp_path / "README.md").write_text("no marks\n")
+    assert main(["--readme", str(COMMITTED / "results.json")]) == 2
+    assert "has no verdict table between" in capsys.readouterr().err
+    assert (tmp_path / "README.md").read_text() == "no marks\n"
