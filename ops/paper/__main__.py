@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--uid", help="resume this run (its finished stages are kept)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--check", action="store_true", help="validate the config and say what is missing; run nothing")
-    p.add_argument("--readme", metavar="RESULTS_JSON", help="write README.md's verdict table from a run's "
-                   "results.json (the committed full run's), then exit")
+    p.add_argument("--readme", metavar="RESULTS_JSON", help="write the verdict table of README.md (in the current "
+                   "directory: the repository's root) from a full run's results.json, then exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
     try:

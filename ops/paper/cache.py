@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,15 @@ class NetworkCache:
 
     def __init__(self, root: Path | str, base: dict):
         self.root, self.base = Path(root), canonical(base)
+        # what the entries this process read (not computed) took to compute, as each recorded it: with the stage
+        # times, what a run from scratch takes (ops.paper.report's header)
+        self.reused = 0.0
+        self._counted = set()  # entries computed or counted by this process: each entry's time counts once
+
+    def take_reused(self) -> float:
+        """The computing seconds of the entries read from the cache since the last call (and reset)."""
+        reused, self.reused = self.reused, 0.0
+        return reused
 
     def key(self, stage: str, network: str, settings: Any) -> tuple[str, dict]:
         """(hex key, what it stands for) of one entry."""
@@ -106,6 +117,16 @@ class NetworkCache:
                                  f"entry: it is computed again)")
             yield folder
 
+    def timed(self, folder: Path, seconds: float, finished_before: bool) -> None:
+        """A workspace's computing time: recorded (seconds.json) when it finished now; its recorded time added to
+        `reused` when it had finished before (a grid cut short and resumed records the last part only)."""
+        path = folder / "seconds.json"
+        if not finished_before:
+            write_json(path, {"seconds": seconds})
+        elif path.is_file() and folder not in self._counted:
+            self.reused += _seconds(read_json(path, what="paper cache timing").get("seconds"), path)
+        self._counted.add(folder)
+
     def get(self, stage: str, network: str, settings: Any, compute: Callable[[], dict]) -> dict:
         """The entry's {name: value} (arrays as torch tensors), from the cache or from `compute()` (then stored).
         compute returns {name: tensor | ndarray | JSON-able value}; the values come back as JSON gives them (lists,
@@ -118,9 +139,12 @@ class NetworkCache:
         with exclusive(self.root / stage / f"{key}.lock", f"the paper cache entry {folder}", wait=True):
             if (folder / "entry.json").exists():  # computed by another process meanwhile
                 return self._read(folder, what)
-            return self._write(folder, what, compute())
+            start = time.perf_counter()
+            result = compute()
+            self._counted.add(folder)
+            return self._write(folder, what, result, time.perf_counter() - start)
 
-    def _write(self, folder: Path, what: dict, result: dict) -> dict:
+    def _write(self, folder: Path, what: dict, result: dict, seconds: float) -> dict:
         if folder.exists():  # an unfinished entry (cut short before entry.json): its files are not trusted
             shutil.rmtree(folder)
         arrays, values = {}, {}
@@ -133,7 +157,8 @@ class NetworkCache:
             else:
                 values[name] = v
         values = canonical(values)
-        write_json(folder / "entry.json", {"what": what, "arrays": sorted(arrays), "values": values})
+        write_json(folder / "entry.json", {"what": what, "arrays": sorted(arrays), "values": values,
+                                           "seconds": seconds})
         return _int_keys(values) | arrays
 
     def _read(self, folder: Path, what: dict) -> dict:
@@ -149,12 +174,24 @@ class NetworkCache:
                 or not isinstance(stored.get("values"), dict):
             raise CacheError(f"{entry} does not describe the computation its key stands for (edited or "
                              f"foreign); {fix}")
+        seconds = _seconds(stored.get("seconds"), entry, fix)
         out = _int_keys(stored["values"])
         for name in stored["arrays"]:
             if not _array_name(name):
                 raise CacheError(f"{entry} names an array {name!r} this cache never writes; {fix}")
             out[name] = load_array(folder / f"{name}.npy", folder, "the cache entry", CacheError, fix)
+        if folder not in self._counted:  # read again later in this run (claim 8 reads claim 1's): counted once
+            self.reused += seconds
+            self._counted.add(folder)
         return out
+
+
+def _seconds(value: Any, path: Path, fix: str | None = None) -> float:
+    """A recorded computing time: a finite number of seconds, at least 0, else the file is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise CacheError(f"{path} records {value!r} as its computing time, not a number of seconds; "
+                         f"{fix or f'delete {path.parent} (a cache entry: it is computed again)'}")
+    return float(value)
 
 
 def load_array(path: Path, folder: Path, where: str, error: type[Exception], fix: str) -> torch.Tensor:

@@ -71,7 +71,7 @@ def planned_units(s: dict, n_seeds: int) -> dict:
         "hessians": hs["batches"] * hs["batch_size"] * hs["max_iter"] * 6 * (COST["mcdo_mlp"] + COST["mcdo"]
                                                                              + COST["mcdo_smoothing"]),
         "special": sp["images"] * max(sp["sizes"]) * (COST["mcdo_preact"] + COST["mcdo_relu6"] + COST["mcdo_mlp"]
-                                                      + COST["mcdo"] * (sp["images"] != sw["images"]))  # else: sweep's
+                                                      + COST["mcdo"] * (not settings_mod.special_reuses_sweep(s)))
         + sp["train_images"] * 2 * COST["mcdo_mlp"],
     }.items()}
 
@@ -92,6 +92,7 @@ class Context:
         self.dataset_name, self.paths, self.device = dataset_name, paths, device
         self.data_root, self.official_c = data_root, official_c
         self.memory, self.results, self.figures, self.stage = {}, {}, {}, None
+        self.reused = {}  # {stage: computing seconds of the per-network results it read from the cache}
         self._nets = {}
 
     def nets(self, variant: str) -> list[tuple[int, nn.Module]]:
@@ -404,7 +405,9 @@ def _read_stage(folder, path):
     except ValueError as exc:
         raise PaperError(f"{exc} ({fix})") from None
     lacking = [k for k in ("fingerprint", "result", "figures", "seconds") if k not in saved]
-    if lacking or not isinstance(saved["result"], dict) or not isinstance(saved["seconds"], (int, float)):
+    reused = saved.get("reused_seconds", 0.0)
+    if lacking or not isinstance(saved["result"], dict) or not isinstance(saved["seconds"], (int, float)) \
+            or isinstance(reused, bool) or not isinstance(reused, (int, float)) or not reused >= 0:
         raise PaperError(f"{path} is not a finished stage (lacks {lacking or 'a valid result'}): {fix}")
     return saved
 
@@ -434,16 +437,18 @@ def run_stages(ctx: Context, fingerprint: str, plan: dict) -> dict:
         if saved is not None and saved.get("fingerprint") == fingerprint:
             _check_figures(ctx.folder, saved.get("figures"))
             ctx.results[key], ctx.figures[key], timings[key] = saved["result"], saved["figures"], saved["seconds"]
+            ctx.reused[key] = saved.get("reused_seconds", 0.0)
             print(f"[stage {i} of {len(keys)}] {title}: finished earlier, kept", flush=True)
             continue
         left = sum(plan[k] for k in keys[i - 1:]) / _stage_rate(done_units, measured)
         print(f"[stage {i} of {len(keys)}] {title}; time left: about {duration(left)}", flush=True)
         ctx.stage, start = key, time.time()
+        ctx.cache.take_reused()
         result = canonical(stages.STAGES[key](ctx))
-        timings[key] = time.time() - start
+        timings[key], ctx.reused[key] = time.time() - start, ctx.cache.take_reused()
         done_units, measured = done_units + plan[key], measured + timings[key]
         write_json(cached, {"fingerprint": fingerprint, "result": result, "figures": ctx.figures.get(key, []),
-                            "seconds": timings[key]})
+                            "seconds": timings[key], "reused_seconds": ctx.reused[key]})
         ctx.results[key] = result
     return timings
 
@@ -501,6 +506,6 @@ def run(config: str | Path = DEFAULT_CONFIG, quick: bool = False, smoke: bool = 
         print(f"paper run {uid} ({s['mode']}): {dataset}, seeds {seeds}, {len(test)} test images; {folder}")
         start = time.time()
         timings = run_stages(ctx, meta["fingerprint"], planned_units(s, len(seeds)))
-        report.write(folder, meta, ctx.results, ctx.figures, timings, time.time() - start)
+        report.write(folder, meta, ctx.results, ctx.figures, timings, time.time() - start, ctx.reused)
     print(f"report: {folder / 'report.md'} (and report.html, results.json)")
     return folder

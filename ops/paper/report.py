@@ -76,7 +76,19 @@ def _grid(g) -> str:
             f"{g['masks']} MC mask{'s' * (g['masks'] > 1)}")
 
 
-def _header(meta, timings, total) -> list:
+def _scratch(timings, reused) -> str:
+    """The time a run from scratch takes: what the stages took plus what the results they read from the
+    per-network cache took to compute, each as recorded when it was computed (on this machine kind: the key)."""
+    cached = sum(reused.values())
+    if cached <= 0:
+        return " Nothing came from the per-network cache: these are the times from scratch."
+    return (f" From scratch, with nothing cached, about {(sum(timings.values()) + cached) / 60:.1f} min: the stage "
+            f"times plus the {cached / 60:.1f} min that the per-network results read from the cache took to compute "
+            f"(each timed when computed, on this machine kind); per stage: "
+            + ", ".join(f"{k} {(v + reused.get(k, 0.0)) / 60:.1f} min" for k, v in timings.items()) + ".")
+
+
+def _header(meta, timings, total, reused) -> list:
     s, m = meta["settings"], meta["machine"]
     mode = {"full": "full", "quick": "QUICK=1 (fewer images, masks and batches than the full report: less precise)",
             "smoke": "smoke test (tiny untrained networks, synthetic data: the numbers mean nothing)"}[s["mode"]]
@@ -92,7 +104,8 @@ def _header(meta, timings, total) -> list:
                     f"{m.get('torch')}{', imitation ' + str(m['imitation']) if m.get('imitation') else ''}). "
                     f"Time: {total / 60:.1f} min for this invocation; per stage (each when it ran, earlier "
                     f"invocations of a resumed run included): " + ", ".join(f"{k} {v / 60:.1f} min"
-                                                                           for k, v in timings.items()) + ".")]
+                                                                           for k, v in timings.items()) + "."
+                    + _scratch(timings, reused))]
     blocks += _networks_and_settings(meta)
     if len(meta["seeds"]) < 2:
         blocks.append(("p", "**One seed**: no interval covers training-to-training variation, so every verdict is "
@@ -137,9 +150,10 @@ def _claim_blocks(c, result, figures) -> list:
     return blocks
 
 
-def blocks(meta: dict, results: dict, figures: dict, timings: dict, total: float) -> list:
+def blocks(meta: dict, results: dict, figures: dict, timings: dict, total: float, reused: dict | None = None
+           ) -> list:
     s = meta["settings"]
-    out = _header(meta, timings, total)
+    out = _header(meta, timings, total, reused or {})
     out += [("h2", "Verdicts"), _verdict_table(results),
             ("p", METHOD.format(level=100 * s["level"]))]
     for c in CLAIMS:
@@ -193,11 +207,14 @@ def to_html(doc: list, folder: Path) -> str:
            + "\n".join(body) + "</body></html>\n"
 
 
-def write(folder: Path, meta: dict, results: dict, figures: dict, timings: dict, total: float) -> Path:
-    """report.md, report.html and results.json in `folder`; returns the Markdown's path."""
+def write(folder: Path, meta: dict, results: dict, figures: dict, timings: dict, total: float,
+          reused: dict | None = None) -> Path:
+    """report.md, report.html and results.json in `folder`; returns the Markdown's path. reused: {stage: seconds
+    that the per-network results it read from the cache took to compute}."""
     folder = Path(folder)
-    doc = blocks(meta, results, figures, timings, total)
+    doc = blocks(meta, results, figures, timings, total, reused)
     write_json(folder / "results.json", {"run": meta, "seconds": timings, "total_seconds": total,
+                                         "reused_seconds": reused or {},
                                          "titles": {c.key: c.title for c in CLAIMS},
                                          "claims": {c.key: results.get(c.key) for c in CLAIMS}})
     write_text(folder / "report.html", to_html(doc, folder))
@@ -213,12 +230,33 @@ def verdicts(results_json: str | Path) -> list:
 
 
 def readme_table(results_json: str | Path | dict) -> str:
-    """The README's verdict table (markdown) of a results.json: the primary row of each claim, its difference as
-    the report prints it, its verdict and the per-seed directions. `python -m ops.paper --readme` writes it."""
-    data = json.loads(Path(results_json).read_text()) if not isinstance(results_json, dict) else results_json
-    if not isinstance(data, dict) or not isinstance(data.get("claims"), dict):
-        raise ValueError(f"{results_json} is not the results.json of a paper run (no 'claims'): give the "
-                         f"results.json beside a run's report.md")
+    """The README's verdict table (markdown) of a full run's results.json: the primary row of each claim, its
+    difference as the report prints it, its verdict and the per-seed directions. `python -m ops.paper --readme`
+    writes it. Anything but a full run's results.json is refused with a ValueError naming it."""
+    data, fix = results_json, "give the results.json beside a full run's report.md"
+    if not isinstance(results_json, dict):
+        try:
+            data = json.loads(Path(results_json).read_text())
+        except OSError as exc:
+            raise ValueError(f"cannot read {results_json} ({exc.strerror or exc}): {fix}") from None
+        except ValueError as exc:
+            raise ValueError(f"{results_json} is not JSON ({exc}): {fix}") from None
+    run = data.get("run") if isinstance(data, dict) else None
+    settings = run.get("settings") if isinstance(run, dict) else None
+    mode = settings.get("mode") if isinstance(settings, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("claims"), dict) or mode is None:
+        raise ValueError(f"{results_json} is not the results.json of a paper run (no claims or settings): {fix}")
+    if mode != "full":
+        raise ValueError(f"{results_json} is the results.json of a {mode} run: the README shows a full run's "
+                         f"verdicts (make paper, without QUICK=1)")
+    try:
+        return "\n".join(_readme_lines(data))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{results_json} is not a complete results.json ({type(exc).__name__}: {exc}): "
+                         f"{fix}") from None
+
+
+def _readme_lines(data: dict) -> list[str]:
     rows = {(c.number, r["quantity"]): r for c in CLAIMS
             for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")}
     lines = ["| # | claim | row (claimed arm - other arm) | difference [95% interval] | verdict | seeds |",
@@ -226,9 +264,9 @@ def readme_table(results_json: str | Path | dict) -> str:
     for n, title, quantity, verdict in verdicts(data):
         r = rows[n, quantity]
         diff = "per size: see the report" if r.get("combined") else fmt(r["metric"], r["difference"])
-        cells = [str(n), title, quantity, diff, verdict, r.get("direction", {}).get("text", "")]
+        cells = [str(n), title, quantity, diff, str(verdict), (r.get("direction") or {}).get("text", "")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 README_MARKS = ("<!-- --8<-- [start:verdicts] -->", "<!-- --8<-- [end:verdicts] -->")
@@ -237,6 +275,8 @@ README_MARKS = ("<!-- --8<-- [start:verdicts] -->", "<!-- --8<-- [end:verdicts] 
 def write_readme_table(readme: str | Path, results_json: str | Path) -> None:
     """Replace the table between the README's verdict marks by readme_table(results_json)."""
     path = Path(readme)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the command in the repository's root, where README.md is")
     text = path.read_text()
     start, end = (text.find(m) for m in README_MARKS)
     if start < 0 or end < start:

@@ -68,6 +68,17 @@ SMOKE = {
     "special": {"images": 64, "sizes": [1, 2], "train_images": 32},  # the sweep's images: its predictions serve
 }
 
+def sweep_kept(sweep: dict) -> list[int]:
+    """The ensemble sizes whose predictions claim 1's sweep keeps (its interval sizes, 1, 2 and the largest)."""
+    return sorted(set(sweep["interval_sizes"]) | {1, 2, sweep["max_size"]})
+
+
+def special_reuses_sweep(s: dict) -> bool:
+    """Whether claim 8 takes the plain MC dropout networks' predictions from claim 1's sweep: the same test images
+    and sizes the sweep keeps (else it makes its own pass)."""
+    return s["special"]["images"] == s["sweep"]["images"] and set(s["special"]["sizes"]) <= set(sweep_kept(s["sweep"]))
+
+
 STAGES = ("sweep", "deterministic", "ensembles", "robustness", "featuremaps", "landscapes", "hessians", "special")
 
 

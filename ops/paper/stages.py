@@ -12,6 +12,7 @@ import copy
 import hashlib
 import itertools
 import math
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,7 @@ from ops.data import corrupted_sets
 from ops.data.loaders import DeviceLoader
 from ops.evaluate import engine, metrics
 from ops.evaluate.intervals import verdict
+from ops.paper.settings import special_reuses_sweep, sweep_kept
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -156,16 +158,11 @@ def _relative_margins(curves, M) -> dict:
 RELATIVE_MARGIN = 0.1
 
 
-def _sweep_kept(s: dict) -> list[int]:
-    """The ensemble sizes whose predictions the sweep keeps (its interval sizes, 1, 2 and the largest)."""
-    return sorted(set(s["interval_sizes"]) | {1, 2, s["max_size"]})
-
-
 def _sweep_entries(ctx: Context, variant: str) -> list[tuple[int, dict]]:
     """[(seed, {"curve": {n: metrics}, "targets", "p<n>": (N, C) log-probs of the kept sizes})]: the sweep of
     1..max_size MC samples of every network of `variant` (cached per network)."""
     s = ctx.s["sweep"]
-    sizes, keep = list(range(1, s["max_size"] + 1)), _sweep_kept(s)
+    sizes, keep = list(range(1, s["max_size"] + 1)), sweep_kept(s)
 
     def compute(net):
         kept = {}
@@ -181,7 +178,7 @@ def sweep(ctx: Context) -> dict:
     """Claims 1 and 2: MC dropout vs MC dropout + smoothing at every ensemble size, and 2-sample smoothing vs the
     plain network's largest size (the equivalent ensemble size, and a margin relative to the 1 -> M gain)."""
     s = ctx.s["sweep"]
-    M, keep = s["max_size"], _sweep_kept(s)
+    M, keep = s["max_size"], sweep_kept(s)
     curves, preds, targets = {}, {}, None
     for variant in ("mcdo", "mcdo_smoothing"):
         curves[variant], preds[variant] = {}, []
@@ -619,9 +616,11 @@ def _landscapes(ctx, key) -> tuple[dict, dict]:
         for seed, net in ctx.nets(variant):
             # the grid's resumable folder is the network's cache entry: another run over this network reads it
             with ctx.cache.workspace("landscape", ctx.shas[variant][seed], ls) as folder:
+                finished, start = (folder / "landscape.json").is_file(), time.perf_counter()
                 land = landscapes.landscape(net, ctx.train, n=ls["n"], scale=ls["scale"], norm=ls["norm"],
                                             n_masks=ls["masks"], seed=ctx.s["seed"], n_images=ls["images"],
                                             batch_size=ctx.s["batch_size"], progress=True, path=folder)
+                ctx.cache.timed(folder, time.perf_counter() - start, finished)
             summaries[variant].append(landscapes.summary(land))
             first.setdefault(variant, land)
     return summaries, first
@@ -723,8 +722,7 @@ def _train_nll(ctx, variant, n) -> list:
 def _special_predictions(ctx, variant, sizes, images) -> tuple[list, torch.Tensor]:
     """_predictions of claim 8, where the plain MC dropout networks' come from claim 1's sweep when it scored the
     same images and kept these sizes: the first n of its masks, not a second pass over 10,000 images x n."""
-    sw = ctx.s["sweep"]
-    if variant in ("mcdo", "mcdo_smoothing") and images == sw["images"] and set(sizes) <= set(_sweep_kept(sw)):
+    if variant == "mcdo" and special_reuses_sweep(ctx.s):
         found = _sweep_entries(ctx, variant)
         return [{n: r[f"p{n}"] for n in sizes} for _, r in found], found[-1][1]["targets"]
     return _predictions(ctx, variant, sizes, images)

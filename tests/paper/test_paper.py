@@ -215,7 +215,7 @@ def _readme_verdict_table():
     for line in text[start:].splitlines()[2:]:
         if not line.startswith("|"):
             break
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # "\|" is a pipe in a cell
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # \| a pipe
         rows.append((int(cells[0]), cells[1], cells[3], cells[4]))
     return rows
 
@@ -261,7 +261,20 @@ def test_the_readme_table_command_writes_the_table_and_names_bad_input(tmp_path,
     (tmp_path / "bad.json").write_text('{"run": {}}')
     assert main(["--readme", "bad.json"]) == 2
     assert "bad.json is not the results.json of a paper run" in capsys.readouterr().err
+    committed = json.loads((COMMITTED / "results.json").read_text())
+    quick = dict(committed, run=dict(committed["run"], settings=dict(committed["run"]["settings"], mode="quick")))
+    (tmp_path / "quick.json").write_text(json.dumps(quick))
+    assert main(["--readme", "quick.json"]) == 2
+    assert "quick.json is the results.json of a quick run: the README shows a full run's" in capsys.readouterr().err
+    (tmp_path / "cut.json").write_text(json.dumps(dict(committed, claims={"sweep": {"rows": [{"primary": True}]}})))
+    assert main(["--readme", "cut.json"]) == 2
+    assert "cut.json is not a complete results.json (KeyError" in capsys.readouterr().err
+    assert main(["--readme", str(tmp_path)]) == 2  # a folder
+    assert "cannot read" in capsys.readouterr().err
     (tmp_path / "README.md").write_text("no marks\n")
     assert main(["--readme", str(COMMITTED / "results.json")]) == 2
     assert "has no verdict table between" in capsys.readouterr().err
     assert (tmp_path / "README.md").read_text() == "no marks\n"
+    (tmp_path / "README.md").unlink()
+    assert main(["--readme", str(COMMITTED / "results.json")]) == 2
+    assert "run the command in the repository's root" in capsys.readouterr().err

@@ -243,8 +243,15 @@ def test_the_cache_computes_each_entry_once_and_refuses_damaged_or_foreign_entri
         return {"pred": torch.arange(6.0).reshape(2, 3), "curve": {1: {"nll": 0.5}, 2: {"nll": 0.25}}, "n": (1, 2)}
 
     first = cache.get("sweep", "sha-a", {"images": 10}, compute)
+    assert cache.take_reused() == 0.0  # computed, not read
     again = cache.get("sweep", "sha-a", {"images": 10}, compute)
     assert len(calls) == 1 and torch.equal(first["pred"], again["pred"])
+    recorded = json.loads((cache.folder("sweep", "sha-a", {"images": 10}) / "entry.json").read_text())["seconds"]
+    assert recorded > 0 and cache.take_reused() == 0.0  # computed by this process: not reused when read again
+    later = NetworkCache(tmp_path / "cache", {"data": "d"})  # another run: its recorded time, counted once
+    later.get("sweep", "sha-a", {"images": 10}, compute)
+    later.get("sweep", "sha-a", {"images": 10}, compute)
+    assert later.take_reused() == recorded and later.take_reused() == 0.0 and len(calls) == 1
     assert first["curve"] == again["curve"] == {1: {"nll": 0.5}, 2: {"nll": 0.25}} and again["n"] == [1, 2]
     cache.get("sweep", "sha-a", {"images": 20}, compute)  # other settings, another network, another base: computed
     cache.get("sweep", "sha-b", {"images": 10}, compute)
@@ -264,6 +271,9 @@ def test_the_cache_computes_each_entry_once_and_refuses_damaged_or_foreign_entri
     with pytest.raises(CacheError, match="link out of the cache entry"):
         cache.get("sweep", "sha-a", {"images": 10}, compute)
     entry = json.loads((folder / "entry.json").read_text())
+    (folder / "entry.json").write_text(json.dumps(dict(entry, seconds="soon")))
+    with pytest.raises(CacheError, match="records 'soon' as its computing time, not a number of seconds"):
+        cache.get("sweep", "sha-a", {"images": 10}, compute)
     entry["what"]["network"] = "sha-b"  # an entry copied under another key
     (folder / "entry.json").write_text(json.dumps(entry))
     with pytest.raises(CacheError, match="does not describe the computation its key stands for"):
@@ -287,6 +297,11 @@ def test_a_run_with_one_more_seed_computes_only_the_new_networks_and_gives_the_s
     sweep = [p for p in after if p.parent.parent.name == "sweep"]
     assert len(sweep) == 6 and len([p for p in entries if p.parent.parent.name == "sweep"]) == 4
     curves = [json.loads((f / "results.json").read_text())["claims"]["sweep"]["curves"] for f in (first, second)]
+    # the report's time from scratch adds what the reused results took when they were computed
+    reused = [json.loads((f / "results.json").read_text())["reused_seconds"] for f in (first, second)]
+    assert sum(reused[0].values()) == 0 and sum(reused[1].values()) > 0 and reused[1]["landscapes"] > 0
+    assert "Nothing came from the per-network cache" in (first / "report.md").read_text()
+    assert "From scratch, with nothing cached, about" in (second / "report.md").read_text()
     for v in ("mcdo", "mcdo_smoothing"):
         assert {s: curves[1][v][s] for s in ("0", "1")} == curves[0][v]
 
