@@ -1,5 +1,6 @@
 """Value checks shared by the public functions' boundaries: one definition of "an integer" (a count, a seed, a
-severity) so that every function accepts and refuses the same values, and of "a file of this folder".
+severity), of "a number" (a time, a margin) and of "a file of this folder", so that every function accepts and
+refuses the same values.
 
 An integer here is a Python int and never a bool (True is not a count of 1). NumPy integers pass only where the
 caller says so (`numpy=True`: values that index tables or seed generators); counts must be Python ints, because
@@ -8,6 +9,7 @@ caller raises its own error, naming the argument and the fix.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from pathlib import Path
 
@@ -18,6 +20,14 @@ def is_int(value: object, low: int = None, high: int = None, numpy: bool = False
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if numpy else int):
         return False
     return (low is None or value >= low) and (high is None or value <= high)
+
+
+def is_number(value: object, low: float = None) -> bool:
+    """True for a finite real number (an int or a float, never a bool) with low <= value (low may be None): a
+    time, a margin, a rate."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return low is None or value >= low
 
 
 MAX_SEED = 2 ** 32 - 1  # numpy's range; torch takes more, but the trainer derives per-epoch seeds from it

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from models.atomic import exclusive, read_json, save_array, write_json
-from ops.common.checks import inside
+from ops.common.checks import inside, is_number
 
 
 class CacheError(ValueError):
@@ -188,7 +187,7 @@ class NetworkCache:
 
 def _seconds(value: Any, path: Path, fix: str | None = None) -> float:
     """A recorded computing time: a finite number of seconds, at least 0, else the file is refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not is_number(value, 0):
         raise CacheError(f"{path} records {value!r} as its computing time, not a number of seconds; "
                          f"{fix or f'delete {path.parent} (a cache entry: it is computed again)'}")
     return float(value)

@@ -22,7 +22,7 @@ import torch
 
 from models.atomic import exclusive, read_json, save_array, write_json
 from models.naming import plain_name
-from ops.common.checks import inside
+from ops.common.checks import inside, is_number
 from ops.common.runtime import machine_info, resolve_device
 from ops.data import corrupted_sets, datasets
 from ops.data.loaders import DeviceLoader
@@ -405,9 +405,8 @@ def _read_stage(folder, path):
     except ValueError as exc:
         raise PaperError(f"{exc} ({fix})") from None
     lacking = [k for k in ("fingerprint", "result", "figures", "seconds") if k not in saved]
-    reused = saved.get("reused_seconds", 0.0)
     if lacking or not isinstance(saved["result"], dict) or not isinstance(saved["seconds"], (int, float)) \
-            or isinstance(reused, bool) or not isinstance(reused, (int, float)) or not reused >= 0:
+            or not is_number(saved.get("reused_seconds", 0.0), 0):
         raise PaperError(f"{path} is not a finished stage (lacks {lacking or 'a valid result'}): {fix}")
     return saved
 

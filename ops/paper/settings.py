@@ -6,10 +6,9 @@ networks were exported) plus these settings. A set config may carry a `paper` se
 (`"paper": {"sweep": {"images": 5000}}`); QUICK=1 applies QUICK on top, the CI smoke run SMOKE. Units: images
 and batches are counts, margins are in the metric's own units (NLL in nats, accuracy and ECE as fractions).
 """
-import math
 
 from ops.analysis.landscapes import NORMS
-from ops.common.checks import is_int
+from ops.common.checks import is_int, is_number
 from ops.data.corruptions import CORRUPTIONS, PROFILES
 from ops.train.configs import merge as merged  # one nested-dict merge for configs and settings
 
@@ -68,6 +67,7 @@ SMOKE = {
     "special": {"images": 64, "sizes": [1, 2], "train_images": 32},  # the sweep's images: its predictions serve
 }
 
+
 def sweep_kept(sweep: dict) -> list[int]:
     """The ensemble sizes whose predictions claim 1's sweep keeps (its interval sizes, 1, 2 and the largest)."""
     return sorted(set(sweep["interval_sizes"]) | {1, 2, sweep["max_size"]})
@@ -102,8 +102,7 @@ def _problems(settings, path="", reference=FULL) -> list:
                 problems.append(f"paper.{where} must be a string, got {value!r}")
         elif isinstance(reference[key], int) and not is_int(value, 1) and key != "seed":
             problems.append(f"paper.{where} must be a positive integer, got {value!r}")
-        elif isinstance(reference[key], float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                                        and math.isfinite(value) and value >= 0):
+        elif isinstance(reference[key], float) and not is_number(value, 0):
             problems.append(f"paper.{where} must be a number >= 0, got {value!r}")
     return problems
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ops.analysis import featuremaps, landscapes
-from ops.common.checks import is_int
+from ops.common.checks import is_int, is_number
 from ops.data import corruptions
 from ops.evaluate import engine
 
@@ -28,6 +28,13 @@ def test_bounds_are_inclusive_and_optional():
     assert is_int(1, 1) and not is_int(0, 1)
     assert is_int(5, 1, 5) and not is_int(6, 1, 5)
     assert is_int(-7, None, 0) and not is_int(1, None, 0)
+
+
+@pytest.mark.parametrize("value, low, expected", [
+    (0, 0, True), (2.5, 0, True), (-1e-9, 0, False), (-3, None, True), (float("inf"), None, False),
+    (float("nan"), 0, False), (True, None, False), ("1", None, False), (None, 0, False)])
+def test_a_number_is_a_finite_int_or_float_never_a_bool(value, low, expected):
+    assert is_number(value, low) is expected
 
 
 def test_table_indices_take_numpy_integers_and_counts_refuse_them_at_the_boundary():
