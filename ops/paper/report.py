@@ -12,7 +12,6 @@ from pathlib import Path
 from models.atomic import write_json, write_text
 from ops.paper.claims import CLAIMS
 
-
 PERCENT = {"acc", "ece", "error", "auroc"}
 METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test units. Values are means over "
           "seeds. An interval combines two sources of uncertainty: the seeds (independently trained networks: the "
@@ -250,23 +249,22 @@ def readme_table(results_json: str | Path | dict) -> str:
         raise ValueError(f"{results_json} is the results.json of a {mode} run: the README shows a full run's "
                          f"verdicts (make paper, without QUICK=1)")
     try:
-        return "\n".join(_readme_lines(data))
+        return _readme_table(data)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"{results_json} is not a complete results.json ({type(exc).__name__}: {exc}): "
                          f"{fix}") from None
 
 
-def _readme_lines(data: dict) -> list[str]:
+def _readme_table(data: dict) -> str:
     rows = {(c.number, r["quantity"]): r for c in CLAIMS
             for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")}
-    lines = ["| # | claim | row (claimed arm - other arm) | difference [95% interval] | verdict | seeds |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    cells = []
     for n, title, quantity, verdict in verdicts(data):
         r = rows[n, quantity]
         diff = "per size: see the report" if r.get("combined") else fmt(r["metric"], r["difference"])
-        cells = [str(n), title, quantity, diff, str(verdict), (r.get("direction") or {}).get("text", "")]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return lines
+        cells.append([str(n), title, quantity, diff, str(verdict), (r.get("direction") or {}).get("text", "")])
+    header = ["#", "claim", "row (claimed arm - other arm)", "difference [95% interval]", "verdict", "seeds"]
+    return to_markdown([("table", header, cells)]).rstrip("\n")  # the report's own table markdown
 
 
 README_MARKS = ("<!-- --8<-- [start:verdicts] -->", "<!-- --8<-- [end:verdicts] -->")
