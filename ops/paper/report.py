@@ -22,12 +22,16 @@ METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test
           "Verdict: *supported* if the interval of b - a excludes 0 in the claimed direction, *contradicted* if "
           "it excludes 0 the other way, *not resolved* otherwise; where an arm has a single network (one seed, "
           "or the one deep ensemble of all seeds) there is no seed level and the verdict is withheld (not "
-          "resolved). Beside each verdict: how many seeds point the claimed way (seed i of one arm against seed i of "
-          "the other); where every seed does but the interval crosses zero, the row says so and stays not "
-          "resolved. A claim that b *matches* a reads as 'not worse by more than a margin', 10% of what plain MC "
-          "dropout's own 1 -> 50 samples change in the same metric: supported if the whole interval is better "
-          "than that margin, contradicted if it is entirely worse. Rows marked context (beyond the paper) carry "
-          "no verdict. Accuracy, ECE and errors are in percent, their differences in points.")
+          "resolved). Beside each verdict: how many seeds point the claimed way: each network of the claimed arm "
+          "against the other arm's mean over seeds (independently trained variants have no natural pairing), or "
+          "network i against network i where both arms are the same networks (e.g. 50 MC samples vs 1); where "
+          "every seed does but the interval crosses zero, the row says so and stays not resolved. A claim that b "
+          "*matches* a reads as 'not worse by more than a margin', 10% of what plain MC dropout's own 1 -> 50 "
+          "samples change in the same metric: supported if the whole interval is better than that margin, "
+          "contradicted if it is entirely worse. Measurements (the equivalent ensemble size) and rows of the "
+          "section beyond the paper carry no verdict. An arm's own interval (its mean +- t times its standard "
+          "error) can pass 0 or 100%: only the differences decide. Accuracy, ECE and errors are in percent, their "
+          "differences in points.")
 
 
 def fmt(metric: str, value: float) -> str:
@@ -46,27 +50,48 @@ def _row_cells(r) -> list:
     if r.get("combined"):
         return [r["quantity"], "", "", f"per size: see below ({len(r['sizes'])} sizes)", _verdict_cell(r)]
     if r.get("kind") == "equivalent":
-        return [r["quantity"], f"paper: {r['paper']}", "", r["text"], "measurement (no verdict)"]
+        return [r["quantity"], f"paper: {r['paper']}", "", r["text"], _verdict_cell(r)]
     unit = " (%)" if r["metric"] in PERCENT else ""
-    note = f" ({r['note']})" if r.get("note") else ""
+    note = f" ({r['note']})" if r.get("note") and not _all_seeds(r) else ""
     return [r["quantity"] + unit + note, f"{r['a']}: {fmt(r['metric'], r['value_a'])}",
             f"{r['b']}: {fmt(r['metric'], r['value_b'])}", fmt(r["metric"], r["difference"]), _verdict_cell(r)]
+
+
+ALL_SEEDS = "every seed points the claimed way, but the interval crosses zero"
+
+
+def _all_seeds(r) -> bool:
+    """Whether the row's note is 'every seed points the claimed way, but the interval crosses zero'."""
+    return str(r.get("note", "")).startswith(ALL_SEEDS)
+
+
+def _directions(r) -> str:
+    """The per-seed direction, and in words where every seed points the claimed way but the interval crosses zero
+    ("5 of 5 seeds lower: every seed points the claimed way, but the interval crosses zero")."""
+    text = (r.get("direction") or {}).get("text", "")
+    return f"{text}: {ALL_SEEDS}" if text and _all_seeds(r) else text
 
 
 def _verdict_cell(r) -> str:
     """The verdict with the per-seed direction beside it ("**not resolved** (5 of 5 seeds lower)")."""
     if r.get("verdict") is None:
-        return "context (no verdict)"
-    direction = r.get("direction", {}).get("text")
+        return "measurement (no verdict)" if r.get("kind") == "equivalent" else "context (no verdict)"
+    direction = _directions(r)
     return f"**{r['verdict']}**" + (f" ({direction})" if direction else "")
+
+
+def _difference(r) -> str:
+    """A primary row's difference as the tables print it (the equivalent size: its estimate and interval)."""
+    if r.get("kind") == "equivalent":
+        return r["text"]
+    return "" if r.get("combined") else fmt(r["metric"], r["difference"])
 
 
 def _verdict_table(results) -> tuple:
     rows = []
     for c in CLAIMS:
         for r in (x for x in results.get(c.key, {}).get("rows", []) if x.get("primary")):
-            diff = "" if r.get("combined") else fmt(r["metric"], r["difference"])
-            rows.append([str(c.number), c.title, r["quantity"], diff, _verdict_cell(r)])
+            rows.append([c.number, c.title, r["quantity"], _difference(r), _verdict_cell(r)])
     return ("table", ["#", "claim", "measured (claimed arm - other)", "difference [interval]", "verdict"], rows)
 
 
@@ -127,22 +152,23 @@ def _networks_and_settings(meta) -> list:
     other = ", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, dict))
     return [("p", f"The {len(nets)} networks, by the sha256 of their weights files:"),
             ("table", ["variant", "seed", "file", "sha256"], nets),
-            ("p", f"The settings of this run ({other}; images and batches are counts, margins in each metric's "
-                  f"units):"),
+            ("p", f"The settings of this run ({other}; images and batches are counts):"),
             ("table", ["stage", "settings"], stages)]
 
 
 def _claim_blocks(c, result, figures) -> list:
-    blocks = [("h2", f"Claim {c.number}: {c.title}"), ("p", c.words)]
+    blocks = [("h2", c.heading), ("p", c.words)]
     rows = result.get("rows", [])
     primary = [r for r in rows if r.get("primary")]
     if primary:
-        blocks.append(("p", "Verdict: " + "; ".join(f"{r['quantity']}: **{r['verdict']}**" for r in primary) + "."))
+        blocks.append(("p", "Verdict: " + "; ".join(
+            f"{r['quantity']}: " + (r["text"] if r.get("kind") == "equivalent" else f"**{r['verdict']}**")
+            for r in primary) + "."))
     if result.get("missing"):
         blocks.append(("p", "Not measured yet: " + "; ".join(result["missing"]) + " (train them with `python -m "
                             "ops.run train-set <the set config>`; a new run then includes them)."))
     for f in figures:
-        blocks.append(("img", f, f"claim {c.number}"))
+        blocks.append(("img", f, f"claim {c.number or c.key}"))
     blocks.append(("p", c.paper))
     header = ["quantity", "a", "b (claimed)", "b - a [interval]", "verdict"]
     blocks.append(("table", header, [_row_cells(r) for r in rows]))
@@ -221,10 +247,13 @@ def write(folder: Path, meta: dict, results: dict, figures: dict, timings: dict,
 
 
 def verdicts(results_json: str | Path) -> list:
-    """[(claim number, title, quantity, verdict)] of the primary rows of a results.json (for the README)."""
+    """[(claim number, title, quantity, verdict)] of the primary rows of a results.json (for the README; a
+    measurement's verdict: 'measurement (no verdict)')."""
     data = json.loads(Path(results_json).read_text()) if not isinstance(results_json, dict) else results_json
-    titles = data.get("titles") or FIRST_TITLES  # the titles the report was written with
-    return [(c.number, titles.get(c.key, c.title), r["quantity"], r["verdict"]) for c in CLAIMS
+    first = not data.get("titles")  # a report of the first version: the titles and numbers it was written with
+    titles, numbers = (FIRST_TITLES, FIRST_NUMBERS) if first else (data["titles"], {})
+    return [(numbers.get(c.key, c.number), titles.get(c.key, c.title), r["quantity"],
+             r["verdict"] or "measurement (no verdict)") for c in CLAIMS
             for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")]
 
 
@@ -256,13 +285,13 @@ def readme_table(results_json: str | Path | dict) -> str:
 
 
 def _readme_table(data: dict) -> str:
-    rows = {(c.number, r["quantity"]): r for c in CLAIMS
-            for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")}
+    rows = {(title, r["quantity"]): r for c in CLAIMS for title in [(data.get("titles") or FIRST_TITLES).get(
+        c.key, c.title)] for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")}
     cells = []
     for n, title, quantity, verdict in verdicts(data):
-        r = rows[n, quantity]
-        diff = "per size: see the report" if r.get("combined") else fmt(r["metric"], r["difference"])
-        cells.append([str(n), title, quantity, diff, str(verdict), (r.get("direction") or {}).get("text", "")])
+        r = rows[title, quantity]
+        diff = "per size: see the report" if r.get("combined") else _difference(r)
+        cells.append([n, title, quantity, diff, str(verdict), _directions(r)])
     header = ["#", "claim", "row (claimed arm - other arm)", "difference [95% interval]", "verdict", "seeds"]
     return to_markdown([("table", header, cells)]).rstrip("\n")  # the report's own table markdown
 
@@ -292,3 +321,4 @@ FIRST_TITLES = {"sweep": "MC dropout + smoothing with 2 samples matches MC dropo
                 "featuremaps": "Smoothing steadies and low-passes the feature maps",
                 "landscapes": "GAP and smoothing flatten and steady the loss landscape",
                 "hessians": "Smoothing suppresses the large Hessian eigenvalues"}
+FIRST_NUMBERS = {key: str(i) for i, key in enumerate(FIRST_TITLES, 1)}  # and the numbers: one per stage

@@ -211,6 +211,11 @@ def test_the_equivalent_ensemble_size_interpolates_the_plain_curve():
     assert equivalent_size(curve, 0.83) == 50
     assert equivalent_size(curve, 0.80) == float("inf")  # better than the largest size: "> 50"
     assert equivalent_size(curve, 1.2) == 0.0  # worse than one sample
+    # where the curve flattens it wobbles: a smaller size matching the value does not count while 50 is worse
+    wobbly = {1: 1.0, 2: 0.9, 5: 0.84, 10: 0.845, 50: 0.846}
+    assert equivalent_size(wobbly, 0.842) == float("inf")
+    # the size from which on every larger one is at least as good: between 10 (worse) and 50
+    assert equivalent_size({1: 1.0, 2: 0.9, 5: 0.84, 10: 0.86, 50: 0.83}, 0.85) == pytest.approx(10 + 40 / 3)
 
 
 def test_seed_directions_count_each_seed_against_the_other_arm():
@@ -343,3 +348,23 @@ def test_a_cache_workspace_with_a_link_is_refused_and_digit_keys_come_back_only_
             pass
     assert _int_keys({"5": {"12": 1}, "05": 2, "²": 3, "x": [{"7": 4}]}) == {5: {12: 1}, "05": 2, "²": 3,
                                                                              "x": [{7: 4}]}
+
+
+def test_the_tables_say_in_words_where_every_seed_points_the_claimed_way_and_show_the_equivalent_size():
+    from ops.paper import report
+    from ops.paper.stages import row
+
+    h = {"a": (0.20, 0.1, 0.3), "b": (0.19, 0.09, 0.29), "b - a": {"nll": (-0.01, -0.03, 0.01)},
+         "seeds": 3, "per_seed": {"a": {"nll": [0.20, 0.21, 0.19]}, "b": {"nll": [0.18, 0.19, 0.185]}}}
+    h["a"], h["b"] = {"nll": h["a"]}, {"nll": h["b"]}
+    r = row(h, "a", "b", "nll", "NLL: b vs a", primary=True)
+    assert r["verdict"] == "not resolved" and r["direction"]["text"] == "3 of 3 seeds lower"
+    cell = report._verdict_cell(r)
+    assert cell == ("**not resolved** (3 of 3 seeds lower: every seed points the claimed way, but the interval "
+                    "crosses zero)")
+    assert report._row_cells(r)[0] == "NLL: b vs a"  # said once, beside the verdict
+    eq = {"quantity": "equivalent ensemble size", "metric": "size", "kind": "equivalent", "text": "> 50 [30, > 50]",
+          "verdict": None, "primary": True, "paper": "about 30"}
+    _, _, rows = report._verdict_table({"sweep": {"rows": [r, eq]}})
+    assert rows == [["1-2", rows[0][1], "NLL: b vs a", "-0.0100 [-0.0300, 0.0100]", cell],
+                    ["1-2", rows[0][1], "equivalent ensemble size", "> 50 [30, > 50]", "measurement (no verdict)"]]
