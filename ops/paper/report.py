@@ -246,15 +246,19 @@ def write(folder: Path, meta: dict, results: dict, figures: dict, timings: dict,
     return write_text(folder / "report.md", to_markdown(doc))
 
 
-def verdicts(results_json: str | Path) -> list:
+def _primary(data: dict) -> list[tuple[str, str, dict]]:
+    """(claim number, title, row) of each primary row of a results.json, numbered and titled as its report was
+    (a report of the first version recorded no titles: its own are FIRST_TITLES and FIRST_NUMBERS)."""
+    titles, numbers = (data["titles"], {}) if data.get("titles") else (FIRST_TITLES, FIRST_NUMBERS)
+    return [(numbers.get(c.key, c.number), titles.get(c.key, c.title), r) for c in CLAIMS
+            for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")]
+
+
+def verdicts(results_json: str | Path | dict) -> list:
     """[(claim number, title, quantity, verdict)] of the primary rows of a results.json (for the README; a
     measurement's verdict: 'measurement (no verdict)')."""
     data = json.loads(Path(results_json).read_text()) if not isinstance(results_json, dict) else results_json
-    first = not data.get("titles")  # a report of the first version: the titles and numbers it was written with
-    titles, numbers = (FIRST_TITLES, FIRST_NUMBERS) if first else (data["titles"], {})
-    return [(numbers.get(c.key, c.number), titles.get(c.key, c.title), r["quantity"],
-             r["verdict"] or "measurement (no verdict)") for c in CLAIMS
-            for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")]
+    return [(n, title, r["quantity"], r["verdict"] or "measurement (no verdict)") for n, title, r in _primary(data)]
 
 
 def readme_table(results_json: str | Path | dict) -> str:
@@ -285,13 +289,10 @@ def readme_table(results_json: str | Path | dict) -> str:
 
 
 def _readme_table(data: dict) -> str:
-    rows = {(title, r["quantity"]): r for c in CLAIMS for title in [(data.get("titles") or FIRST_TITLES).get(
-        c.key, c.title)] for r in (data["claims"].get(c.key) or {}).get("rows", []) if r.get("primary")}
     cells = []
-    for n, title, quantity, verdict in verdicts(data):
-        r = rows[title, quantity]
+    for n, title, r in _primary(data):
         diff = "per size: see the report" if r.get("combined") else _difference(r)
-        cells.append([n, title, quantity, diff, str(verdict), _directions(r)])
+        cells.append([n, title, r["quantity"], diff, r["verdict"] or "measurement (no verdict)", _directions(r)])
     header = ["#", "claim", "row (claimed arm - other arm)", "difference [95% interval]", "verdict", "seeds"]
     return to_markdown([("table", header, cells)]).rstrip("\n")  # the report's own table markdown
 

@@ -43,6 +43,12 @@ def smoke_run(tmp_path_factory):
     return pipeline.run(CONFIG, smoke=True, out=out, uid=folder.name), finished
 
 
+def verdicts_of(md: str) -> list[list[str]]:
+    """The cells of the report's verdict table."""
+    table = md.split("## Verdicts")[1].split("\n\n")[1].splitlines()[2:]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in table]
+
+
 def test_the_smoke_report_has_every_claim_with_numbers_an_interval_and_a_verdict(smoke_run):
     folder, _ = smoke_run
     md = (folder / "report.md").read_text()
@@ -101,6 +107,12 @@ def test_the_smoke_report_has_every_claim_with_numbers_an_interval_and_a_verdict
     # claim 4's rows say which arm they are (MC dropout at a size, or deterministic)
     primary = [r["quantity"] for r in robust["rows"] if r["primary"]]
     assert {q.split(":")[0] for q in primary} == {"MC dropout, 1 sample", "deterministic"}
+    # the README's table of such a run: numbered as the report, the equivalent size a measurement without verdict
+    from ops.paper.report import _readme_table
+    table = _readme_table(results).splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == [f"| {r[0]}" for r in verdicts_of(md)]
+    equivalent = [line for line in table if "equivalent ensemble size" in line]
+    assert len(equivalent) == 1 and "| measurement (no verdict) |" in equivalent[0]
 
 
 def test_a_killed_run_resumes_with_its_finished_stages_and_refuses_other_settings(smoke_run, tmp_path, capsys):
