@@ -10,6 +10,10 @@ ensembles) carry no verdict.
 """
 from dataclasses import dataclass
 
+# What a row says where every seed points the claimed way but its interval crosses zero (issue 31: in words, never
+# turned into a verdict): the stages write it as the row's note, the report's tables and the README's repeat it.
+ALL_SEEDS = "every seed points the claimed way, but the interval crosses zero"
+
 
 @dataclass(frozen=True)
 class Claim:

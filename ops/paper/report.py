@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from models.atomic import write_json, write_text
-from ops.paper.claims import CLAIMS
+from ops.paper.claims import ALL_SEEDS, CLAIMS
 
 PERCENT = {"acc", "ece", "error", "auroc"}
 METHOD = ("Each row compares a claimed arm (b) with another (a) on the same test units. Values are means over "
@@ -57,7 +57,7 @@ def _row_cells(r) -> list:
             f"{r['b']}: {fmt(r['metric'], r['value_b'])}", fmt(r["metric"], r["difference"]), _verdict_cell(r)]
 
 
-ALL_SEEDS = "every seed points the claimed way, but the interval crosses zero"
+MEASUREMENT = "measurement (no verdict)"  # a primary row that is a quantity, not a comparison (the equivalent size)
 
 
 def _all_seeds(r) -> bool:
@@ -75,7 +75,7 @@ def _directions(r) -> str:
 def _verdict_cell(r) -> str:
     """The verdict with the per-seed direction beside it ("**not resolved** (5 of 5 seeds lower)")."""
     if r.get("verdict") is None:
-        return "measurement (no verdict)" if r.get("kind") == "equivalent" else "context (no verdict)"
+        return MEASUREMENT if r.get("kind") == "equivalent" else "context (no verdict)"
     direction = _directions(r)
     return f"**{r['verdict']}**" + (f" ({direction})" if direction else "")
 
@@ -88,10 +88,8 @@ def _difference(r) -> str:
 
 
 def _verdict_table(results) -> tuple:
-    rows = []
-    for c in CLAIMS:
-        for r in (x for x in results.get(c.key, {}).get("rows", []) if x.get("primary")):
-            rows.append([c.number, c.title, r["quantity"], _difference(r), _verdict_cell(r)])
+    rows = [[n, title, r["quantity"], _difference(r), _verdict_cell(r)]
+            for n, title, r in _primary({"claims": results, "titles": {c.key: c.title for c in CLAIMS}})]
     return ("table", ["#", "claim", "measured (claimed arm - other)", "difference [interval]", "verdict"], rows)
 
 
@@ -258,7 +256,7 @@ def verdicts(results_json: str | Path | dict) -> list:
     """[(claim number, title, quantity, verdict)] of the primary rows of a results.json (for the README; a
     measurement's verdict: 'measurement (no verdict)')."""
     data = json.loads(Path(results_json).read_text()) if not isinstance(results_json, dict) else results_json
-    return [(n, title, r["quantity"], r["verdict"] or "measurement (no verdict)") for n, title, r in _primary(data)]
+    return [(n, title, r["quantity"], r["verdict"] or MEASUREMENT) for n, title, r in _primary(data)]
 
 
 def readme_table(results_json: str | Path | dict) -> str:
@@ -292,7 +290,7 @@ def _readme_table(data: dict) -> str:
     cells = []
     for n, title, r in _primary(data):
         diff = "per size: see the report" if r.get("combined") else _difference(r)
-        cells.append([n, title, r["quantity"], diff, r["verdict"] or "measurement (no verdict)", _directions(r)])
+        cells.append([n, title, r["quantity"], diff, r["verdict"] or MEASUREMENT, _directions(r)])
     header = ["#", "claim", "row (claimed arm - other arm)", "difference [95% interval]", "verdict", "seeds"]
     return to_markdown([("table", header, cells)]).rstrip("\n")  # the report's own table markdown
 

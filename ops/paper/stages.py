@@ -24,6 +24,7 @@ from ops.data import corrupted_sets
 from ops.data.loaders import DeviceLoader
 from ops.evaluate import engine, metrics
 from ops.evaluate.intervals import verdict
+from ops.paper.claims import ALL_SEEDS
 from ops.paper.settings import special_reuses_sweep, sweep_kept
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def row(h: dict, a: str, b: str, metric: str, quantity: str, primary: bool = Fal
     if not h.get("seed_level", True):
         out.update(verdict="not resolved", note="an arm has one network: the interval covers test units only")
     elif out["verdict"] == "not resolved" and out.get("direction", {}).get("all_claimed"):
-        out["note"] = "every seed points the claimed way, but the interval crosses zero: not resolved"
+        out["note"] = f"{ALL_SEEDS}: not resolved"
     return out
 
 
@@ -294,7 +295,7 @@ def ensembles(ctx: Context) -> dict:
     rows += scaled + ood_rows
     for r in rows:  # not a claim of the paper: the numbers and intervals as context, no verdict either way
         r.update(verdict=None, primary=False, context=True)
-        if r.get("note", "").startswith("every seed"):
+        if r.get("note", "").startswith(ALL_SEEDS):
             r.pop("note")
     mc = ctx.results.get("sweep", {}).get("curves", {})
     lines = {LABELS[v]: _curve_means(c) for v, c in mc.items()}
