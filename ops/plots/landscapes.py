@@ -93,6 +93,8 @@ def landscape_figure(lands, key="loss", mask=0, kind="contourf", relative=True, 
         first = ax is axes[0] or kind == "surface"  # one y label per row: it would run into the panel on its left
         if land.ys is not None:
             ax.set_ylabel("direction 2" if first else "")
+            if not first and list(land.ys) == list(next(iter(lands.values())).ys):
+                ax.tick_params(labelleft=False)  # the same grid as the first panel: its tick labels say it
             if kind != "surface":
                 ax.set_aspect("equal")
         else:

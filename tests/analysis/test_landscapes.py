@@ -317,6 +317,23 @@ def test_figures_and_the_mask_animation_are_written(tmp_path):
         plots.landscape_figure(lands, kind="heatmap")
 
 
+def test_side_by_side_panels_of_one_grid_label_its_y_ticks_once():
+    """Panels on the same grid leave the y tick labels to the first (they would run into the panel on their
+    left); a panel on another grid keeps its own."""
+    from ops.plots import landscapes as plots
+
+    def fake(ys):
+        xs = [-1.0, 0.0, 1.0]
+        return lfiles.Landscape(xs, list(ys), [{"index": iy * 3 + ix, "mask": 0, "x": x, "y": y, "loss": x * x + y * y}
+                                               for iy, y in enumerate(ys) for ix, x in enumerate(xs)])
+
+    same, other = fake((-1.0, 0.0, 1.0)), fake((-2.0, 0.0, 2.0))
+    fig = plots.landscape_figure({"a": same, "b": same, "c": other})
+    fig.canvas.draw()
+    shown = [any(t.get_visible() and t.get_text() for t in ax.get_yticklabels()) for ax in fig.axes[:3]]
+    assert shown == [True, False, True]
+
+
 def test_roughness_ignores_any_quadratic_and_measures_the_bumps_left():
     """A bowl or saddle of any steepness is perfectly regular (0); bumps added to it count exactly as bumps alone
     (the quadratic part is removed) and scale with their size; a single spike at one point of an n x n grid
