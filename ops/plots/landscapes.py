@@ -82,6 +82,7 @@ def landscape_figure(lands, key="loss", mask=0, kind="contourf", relative=True, 
     limits = _limits(values, clip)
     levels = np.linspace(*limits, n_levels)
     fig, axes = _axes(len(lands), kind)
+    grid = next(iter(lands.values())).ys  # the first panel's y grid: panels on the same one need no tick labels
     art = None
     for ax, (label, land) in zip(axes, lands.items()):
         art = _draw(ax, land, values[label][mask], kind, levels, limits) or art
@@ -93,7 +94,7 @@ def landscape_figure(lands, key="loss", mask=0, kind="contourf", relative=True, 
         first = ax is axes[0] or kind == "surface"  # one y label per row: it would run into the panel on its left
         if land.ys is not None:
             ax.set_ylabel("direction 2" if first else "")
-            if not first and list(land.ys) == list(next(iter(lands.values())).ys):
+            if not first and grid is not None and list(land.ys) == list(grid):
                 ax.tick_params(labelleft=False)  # the same grid as the first panel: its tick labels say it
             if kind != "surface":
                 ax.set_aspect("equal")
